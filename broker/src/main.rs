@@ -1,1 +1,150 @@
-fn main() {}
+//! `creek`: a Kafka-compatible broker. This file is the composition root: CLI and config,
+//! logging, the listener, background tasks and clean shutdown.
+
+mod config;
+mod flusher;
+mod handlers;
+mod server;
+mod state;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use creek_protocol::budget::BudgetAllocator;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Bounds the memory any request body can take while decoding (see `creek_protocol::budget`).
+#[global_allocator]
+static ALLOC: BudgetAllocator = BudgetAllocator;
+
+#[derive(Parser)]
+#[command(name = "creek", version, about = "Creek: a Kafka-compatible broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ServeArgs {
+    /// TOML config file with Kafka-style names (`log.retention.ms = 1000`).
+    #[arg(long, env = "CREEK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka listener address [config: listeners, default 127.0.0.1:9092].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address clients are told to connect to [config: advertised.listeners].
+    #[arg(long)]
+    advertised_listener: Option<String>,
+    /// Data directory [config: log.dirs, default ./creek-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// This broker's id [config: node.id, default 1].
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Any broker config as key=value; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(a)) => a,
+        None => cli.serve,
+    };
+    init_logging(&args.log_format);
+    let settings = collect_settings(&args)?;
+    let config = config::BrokerConfig::from_settings(&settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("creek")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Defaults < config file < `CREEK_*` environment < flags.
+fn collect_settings(args: &ServeArgs) -> anyhow::Result<Vec<(String, String)>> {
+    let mut settings = Vec::new();
+    if let Some(path) = &args.config {
+        settings.extend(config::read_toml(path)?);
+    }
+    settings.extend(config::from_env());
+    if let Some(v) = &args.listen {
+        settings.push(("listeners".into(), v.clone()));
+    }
+    if let Some(v) = &args.advertised_listener {
+        settings.push(("advertised.listeners".into(), v.clone()));
+    }
+    if let Some(v) = &args.data_dir {
+        settings.push(("log.dirs".into(), v.display().to_string()));
+    }
+    if let Some(v) = args.node_id {
+        settings.push(("node.id".into(), v.to_string()));
+    }
+    for kv in &args.set {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--set `{kv}` is not KEY=VALUE"))?;
+        settings.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(settings)
+}
+
+async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the Kafka listener on {}", config.listen))?;
+    config.bound(listener.local_addr()?);
+    let (node, addr) = (config.node_id, config.listen);
+    let advertised = format!("{}:{}", config.advertised_host, config.advertised_port);
+    let data_dir = config.data_dir.clone();
+    let broker = tokio::task::spawn_blocking(move || state::Broker::open(config)).await??;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let flusher = flusher::Flusher::start();
+    let ctx = handlers::Ctx { broker: broker.clone(), flusher };
+    let bg = tokio::spawn(flusher::background(broker.clone(), stop_rx.clone()));
+    let server = tokio::spawn(server::serve(listener, ctx, stop_rx));
+    tracing::info!(node, %addr, %advertised, data = %data_dir.display(), cluster = %broker.cluster_id, "creek ready");
+    println!("creek ready kafka={addr}");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = bg.await;
+    tokio::task::spawn_blocking(move || broker.close()).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

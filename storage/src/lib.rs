@@ -1,1 +1,714 @@
-//! placeholder
+//! Creek's partition log: segment files of opaque RecordBatch v2 bytes, with indexes, recovery and retention.
+//!
+//! What it is: one [`PartitionLog`] per partition directory. Batches are appended whole (their
+//! `baseOffset` and `partitionLeaderEpoch` stamped in place), read back zero-copy as
+//! [`bytes::Bytes`] sliced from read-only memory maps, and made durable by fsync in a group-commit
+//! friendly way ([`PartitionLog::flush_target`] syncs outside the caller's lock). Segments roll by
+//! size, time and index size; retention deletes whole segments by time and size; DeleteRecords
+//! moves the log start; truncation cuts the tail at a batch boundary. Opening a directory recovers
+//! it: a torn or corrupt tail after a crash is cut off, missing or bad indexes are rebuilt.
+//!
+//! What it deliberately does not do: it knows nothing of sockets, Raft or Kafka requests, never
+//! decodes records (only the 61-byte batch header), never reads a clock (time is passed in) and
+//! spawns no threads. Locking is the caller's: `PartitionLog` is `Send` and is used behind a mutex.
+//!
+//! Main types: [`PartitionLog`], [`LogConfig`], [`AppendInfo`], [`ReadResult`], [`FlushTarget`],
+//! [`StorageError`].
+//!
+//! On disk, per partition directory: `{base_offset:020}.log` (batches), `.index` (sparse
+//! relative offset → position), `.timeindex` (sparse max timestamp → relative offset), and the
+//! checkpoints `recovery-point`, `log-start-offset`, `leader-epoch-checkpoint`, plus
+//! `clean-shutdown` while closed cleanly.
+//!
+//! ```
+//! use creek_protocol::batch::build_batch;
+//! use creek_storage::{LogConfig, PartitionLog};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut log = PartitionLog::open(dir.path(), LogConfig::default(), 1_000).unwrap();
+//! let mut batch = build_batch(0, 1_000, &[(None, Some(b"hello")), (None, Some(b"world"))]);
+//! let info = log.append(&mut batch, 0, 1_000).unwrap();
+//! assert_eq!((info.base_offset, info.last_offset), (0, 1));
+//! log.flush().unwrap();
+//! let read = log.read(1, 1 << 20).unwrap(); // offset 1 is inside the batch: the whole batch
+//! assert_eq!(&read.bytes[..], &batch[..]);
+//! assert_eq!(read.next_offset, 2);
+//! log.close().unwrap();
+//! ```
+
+mod checkpoint;
+mod epoch;
+mod index;
+mod mmap;
+mod recovery;
+mod segment;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use creek_protocol::batch::{
+    BatchError, BatchView, HEADER_LEN, batch_ranges, set_base_offset, set_partition_leader_epoch,
+};
+
+use crate::checkpoint::{io_err, sync_dir};
+use crate::epoch::EpochCache;
+use crate::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
+use crate::segment::{BatchInfo, LOG_EXT, Segment};
+
+/// Per-partition log settings, named after the Kafka topic configs they implement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll when the active segment would exceed it.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll when the active segment's first append is at least this old.
+    pub segment_ms: i64,
+    /// `retention.ms`: delete segments whose largest timestamp is older; -1 = unlimited.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete the oldest segments while the log is larger; -1 = unlimited.
+    pub retention_bytes: i64,
+    /// `index.interval.bytes`: bytes between sparse index entries.
+    pub index_interval_bytes: u32,
+    /// `segment.index.bytes`: roll when an index would exceed it.
+    pub segment_index_bytes: u32,
+    /// The active segment grows by `fallocate` in chunks of this (capped by `segment_bytes`).
+    pub preallocate_chunk_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 60 * 60 * 1000,
+            retention_ms: 7 * 24 * 60 * 60 * 1000,
+            retention_bytes: -1,
+            index_interval_bytes: 4096,
+            segment_index_bytes: 10 << 20,
+            preallocate_chunk_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Offsets assigned by an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// Largest `maxTimestamp` among the appended batches.
+    pub max_timestamp: i64,
+    /// The `now_ms` of the append, for LogAppendTime topics.
+    pub log_append_time_ms: i64,
+}
+
+/// Whole batches read from the log.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Whole batches, zero-copy from a read-only map. Empty at the log end.
+    pub bytes: Bytes,
+    /// Offset after the last returned batch (the read offset itself if nothing was returned).
+    pub next_offset: u64,
+}
+
+/// What to fsync to make the log durable up to [`FlushTarget::covers`], taken under the
+/// caller's lock and synced outside it (group commit).
+#[derive(Debug, Clone)]
+pub struct FlushTarget {
+    files: Vec<Arc<File>>,
+    covers: u64,
+    generation: u64,
+}
+
+impl FlushTarget {
+    /// fsyncs the data (not metadata that reads do not need) of every file with unsynced appends.
+    pub fn sync(&self) -> std::io::Result<()> {
+        for f in &self.files {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+    /// The log end offset this target makes durable.
+    pub fn covers(&self) -> u64 {
+        self.covers
+    }
+}
+
+/// Operating errors of the partition log. Broken invariants are panics, not errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("offset {offset} is out of range [{log_start}, {log_end}]")]
+    OffsetOutOfRange {
+        offset: u64,
+        log_start: u64,
+        log_end: u64,
+    },
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    #[error("disk full writing {path} ({needed_bytes} bytes needed)")]
+    DiskFull { path: PathBuf, needed_bytes: u64 },
+    #[error(
+        "offset {offset} is not a batch boundary (the batch holding it starts at {batch_base})"
+    )]
+    NotBatchBoundary { offset: u64, batch_base: u64 },
+    #[error("leader epoch {epoch} is older than the log's latest epoch {latest}")]
+    StaleLeaderEpoch { epoch: i32, latest: i32 },
+    #[error("corrupt segment {path} at position {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+}
+
+/// One partition's log in one directory. See the crate docs.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Sorted by base offset, contiguous (each starts where the previous ends), never empty.
+    /// The last one is the active segment.
+    segments: Vec<Segment>,
+    log_start: u64,
+    flushed: u64,
+    recovery_point_written: u64,
+    epochs: EpochCache,
+    /// Bumped by every truncation, so flush targets taken before it can be recognised.
+    generation: u64,
+}
+
+impl PartitionLog {
+    /// Opens (creating if missing) and recovers the log in `dir`.
+    pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<Self, StorageError> {
+        let rec = recovery::recover(dir, &config, now_ms)?;
+        let log_end = rec
+            .segments
+            .last()
+            .expect("recovery leaves a segment")
+            .next_offset;
+        let log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            segments: rec.segments,
+            log_start: rec.log_start,
+            flushed: log_end,
+            recovery_point_written: log_end,
+            epochs: rec.epochs,
+            generation: 0,
+        };
+        log.check_invariants();
+        Ok(log)
+    }
+
+    fn check_invariants(&self) {
+        assert!(!self.segments.is_empty());
+        for w in self.segments.windows(2) {
+            assert_eq!(
+                w[0].next_offset, w[1].base_offset,
+                "segments must be contiguous"
+            );
+            assert!(
+                w[0].sealed && !w[0].is_empty(),
+                "only the last segment may be active or empty"
+            );
+        }
+        assert!(self.log_start <= self.log_end_offset());
+        assert!(self.flushed <= self.log_end_offset());
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("never empty")
+    }
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("never empty")
+    }
+    fn out_of_range(&self, offset: u64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            offset,
+            log_start: self.log_start,
+            log_end: self.log_end_offset(),
+        }
+    }
+    /// Index of the segment holding `offset` (the last one whose base is `<= offset`).
+    fn segment_index(&self, offset: u64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
+    }
+
+    /// Appends one or more concatenated v2 batches (already CRC-validated by the caller):
+    /// stamps dense offsets and `leader_epoch` in place, rolls first if needed, writes them with
+    /// one positioned write and updates the indexes.
+    pub fn append(
+        &mut self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        let ranges = batch_ranges(batches)?;
+        if ranges.is_empty() {
+            return Err(BatchError::Truncated {
+                have: 0,
+                need: HEADER_LEN,
+            }
+            .into());
+        }
+        if let Some(latest) = self.epochs.latest()
+            && leader_epoch >= 0
+            && leader_epoch < latest
+        {
+            return Err(StorageError::StaleLeaderEpoch {
+                epoch: leader_epoch,
+                latest,
+            });
+        }
+        let mut records: u64 = 0;
+        for r in &ranges {
+            let v = BatchView::new(&batches[r.clone()])?;
+            if v.last_offset_delta() < 0 {
+                return Err(BatchError::Inconsistent("negative lastOffsetDelta").into());
+            }
+            records += v.last_offset_delta() as u64 + 1;
+        }
+        if self.should_roll(batches.len() as u64, ranges.len(), records, now_ms) {
+            self.roll()?;
+        }
+
+        let base = self.log_end_offset();
+        assert!(
+            base.checked_add(records)
+                .is_some_and(|e| e <= i64::MAX as u64),
+            "offsets exhausted"
+        );
+        let mut next = base;
+        let mut max_timestamp = i64::MIN;
+        let mut infos = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let b = &mut batches[r.clone()];
+            set_base_offset(b, next as i64);
+            set_partition_leader_epoch(b, leader_epoch);
+            let v = BatchView::new(b)?;
+            let info = BatchInfo::of(&v, r.start as u64);
+            max_timestamp = max_timestamp.max(info.max_ts);
+            next = info.last + 1;
+            infos.push(info);
+        }
+
+        // The epoch cache is durable before data of a new epoch (recovery drops entries past the end).
+        let new_epoch = self.epochs.assign(leader_epoch, base);
+        if new_epoch {
+            checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
+        }
+        let config = self.config.clone();
+        if let Err(e) = self.active_mut().append(batches, &infos, &config, now_ms) {
+            if new_epoch {
+                self.epochs.truncate_from_end(base);
+                let _ = checkpoint::write_epochs(&self.dir, self.epochs.entries());
+            }
+            return Err(e);
+        }
+        Ok(AppendInfo {
+            base_offset: base,
+            last_offset: next - 1,
+            max_timestamp,
+            log_append_time_ms: now_ms,
+        })
+    }
+
+    fn should_roll(&self, bytes: u64, batches: usize, records: u64, now_ms: i64) -> bool {
+        let a = self.active();
+        if a.is_empty() {
+            return false;
+        }
+        let c = &self.config;
+        let index_bytes = |entries: usize, len: usize| ((entries + batches + 1) * len) as u64;
+        a.valid_len + bytes > c.segment_bytes
+            || a.valid_len + bytes > u64::from(u32::MAX)
+            || a.first_append_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= c.segment_ms)
+            || index_bytes(a.offset_index.len(), OFFSET_ENTRY_LEN)
+                > u64::from(c.segment_index_bytes)
+            || index_bytes(a.time_index.len(), TIME_ENTRY_LEN) > u64::from(c.segment_index_bytes)
+            || a.next_offset + records - a.base_offset > u64::from(u32::MAX)
+    }
+
+    /// Seals the (non-empty) active segment and starts a new one at the log end.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        let active = self.active_mut();
+        assert!(!active.is_empty(), "never roll an empty segment");
+        active.seal()?;
+        let base = active.next_offset;
+        let seg = Segment::create(&self.dir, base)?;
+        sync_dir(&self.dir)?;
+        self.segments.push(seg);
+        // Sealing fsynced everything below the new segment.
+        self.flushed = self.flushed.max(base);
+        Ok(())
+    }
+
+    /// Whole batches starting with the one containing `offset`: at least one batch, then more
+    /// while the total stays within `max_bytes`; may stop at a segment end (read again from
+    /// `next_offset`). At the log end the result is empty.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, StorageError> {
+        let log_end = self.log_end_offset();
+        if offset < self.log_start || offset > log_end {
+            return Err(self.out_of_range(offset));
+        }
+        if offset == log_end {
+            return Ok(ReadResult {
+                bytes: Bytes::new(),
+                next_offset: log_end,
+            });
+        }
+        let seg = &self.segments[self.segment_index(offset)];
+        let start = seg.position_of(offset)?;
+        let (mut end, mut next_offset) = (start, offset);
+        while end < seg.valid_len {
+            let v = seg.batch_at(end)?;
+            let len = v.total_len() as u64;
+            if end > start && end - start + len > max_bytes as u64 {
+                break;
+            }
+            end += len;
+            next_offset = v.last_offset() as u64 + 1;
+        }
+        Ok(ReadResult {
+            bytes: seg.slice(start, end),
+            next_offset,
+        })
+    }
+
+    /// What to fsync to make everything appended so far durable; sync it without holding the
+    /// log, then report it with [`PartitionLog::mark_flushed_target`] (or `mark_flushed`).
+    pub fn flush_target(&self) -> FlushTarget {
+        let covers = self.log_end_offset();
+        // Rolls fsync sealed segments, so only the active one can hold unsynced appends.
+        let files = if self.flushed < covers {
+            vec![self.active().file.clone()]
+        } else {
+            Vec::new()
+        };
+        FlushTarget {
+            files,
+            covers,
+            generation: self.generation,
+        }
+    }
+
+    /// Records that everything below `offset` is durable. Monotonic; clamped to the log end.
+    /// The caller must not report a target taken before a `truncate_to`; prefer
+    /// [`PartitionLog::mark_flushed_target`], which checks that.
+    pub fn mark_flushed(&mut self, offset: u64) {
+        self.flushed = self.flushed.max(offset.min(self.log_end_offset()));
+    }
+
+    /// Records a synced [`FlushTarget`], ignoring one taken before a truncation (its files and
+    /// offsets may belong to data that no longer exists).
+    pub fn mark_flushed_target(&mut self, target: &FlushTarget) {
+        if target.generation == self.generation {
+            self.mark_flushed(target.covers);
+        }
+    }
+
+    /// Syncs now and returns the flushed offset.
+    pub fn flush(&mut self) -> Result<u64, StorageError> {
+        let target = self.flush_target();
+        target
+            .sync()
+            .map_err(io_err(&self.active().path(LOG_EXT)))?;
+        self.mark_flushed_target(&target);
+        Ok(self.flushed)
+    }
+
+    /// Every offset below this is durable (fsynced).
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed
+    }
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start
+    }
+    /// The next offset to assign.
+    pub fn log_end_offset(&self) -> u64 {
+        self.active().next_offset
+    }
+    /// Bytes of batches held in segment files (including any below the log start in the first one).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.valid_len).sum()
+    }
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Positions of visible batches (ending at or after the log start) in segment `i`, from `pos`,
+    /// until `stop` says so. Returns the position where `stop` returned true.
+    fn find_in_segment(
+        &self,
+        i: usize,
+        mut pos: u64,
+        mut stop: impl FnMut(&BatchView<'_>) -> bool,
+    ) -> Result<Option<u64>, StorageError> {
+        let seg = &self.segments[i];
+        while pos < seg.valid_len {
+            let v = seg.batch_at(pos)?;
+            if v.last_offset() as u64 >= self.log_start && stop(&v) {
+                return Ok(Some(pos));
+            }
+            pos += v.total_len() as u64;
+        }
+        Ok(None)
+    }
+
+    fn batch_bytes(&self, i: usize, pos: u64) -> Result<Bytes, StorageError> {
+        let seg = &self.segments[i];
+        let len = seg.batch_at(pos)?.total_len() as u64;
+        Ok(seg.slice(pos, pos + len))
+    }
+
+    /// The first batch (from the log start) whose `maxTimestamp >= ts`, found through the time
+    /// indexes; `None` if there is none.
+    pub fn batch_at_timestamp(&self, ts: i64) -> Result<Option<Bytes>, StorageError> {
+        for (i, seg) in self.segments.iter().enumerate() {
+            if seg.is_empty() || seg.next_offset <= self.log_start || seg.max_timestamp < ts {
+                continue;
+            }
+            let start = match seg.time_index.last_below(ts) {
+                Some(rel) => seg.position_of(seg.base_offset + u64::from(rel))?,
+                None => 0,
+            };
+            if let Some(pos) = self.find_in_segment(i, start, |v| v.max_timestamp() >= ts)? {
+                return Ok(Some(self.batch_bytes(i, pos)?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first batch holding the largest timestamp in the log (ListOffsets -3); `None` if empty.
+    pub fn max_timestamp_batch(&self) -> Result<Option<Bytes>, StorageError> {
+        let mut best: Option<(i64, usize)> = None;
+        for (i, seg) in self.segments.iter().enumerate() {
+            if seg.is_empty() || seg.next_offset <= self.log_start {
+                continue;
+            }
+            let seg_max = if seg.base_offset >= self.log_start {
+                seg.max_timestamp
+            } else {
+                // The first segment may hold batches below the log start: look only at visible ones.
+                let mut m = None::<i64>;
+                self.find_in_segment(i, 0, |v| {
+                    m = Some(m.map_or(v.max_timestamp(), |m| m.max(v.max_timestamp())));
+                    false
+                })?;
+                match m {
+                    Some(m) => m,
+                    None => continue,
+                }
+            };
+            if best.is_none_or(|(t, _)| seg_max > t) {
+                best = Some((seg_max, i));
+            }
+        }
+        let Some((ts, i)) = best else { return Ok(None) };
+        let seg = &self.segments[i];
+        let start =
+            if seg.base_offset >= self.log_start && seg.max_timestamp_offset >= self.log_start {
+                seg.position_of(seg.max_timestamp_offset)?
+            } else {
+                0
+            };
+        match self.find_in_segment(i, start, |v| v.max_timestamp() == ts)? {
+            Some(pos) => Ok(Some(self.batch_bytes(i, pos)?)),
+            None => Err(StorageError::Corrupt {
+                path: seg.path(LOG_EXT),
+                position: start,
+                reason: format!("no batch with the segment's max timestamp {ts}"),
+            }),
+        }
+    }
+
+    /// Removes every batch at or above `offset`, which must be a batch boundary at or above the
+    /// log start (or the log end, a no-op). Durable before it returns: recovery never brings the
+    /// removed batches back. Bytes already handed out for removed batches may change under their
+    /// holders (they are zeroed, then reused); callers must not keep reads across a truncation.
+    pub fn truncate_to(&mut self, offset: u64) -> Result<(), StorageError> {
+        let log_end = self.log_end_offset();
+        if offset == log_end {
+            return Ok(());
+        }
+        if offset > log_end || offset < self.log_start {
+            return Err(self.out_of_range(offset));
+        }
+        let i = self.segment_index(offset);
+        let seg = &self.segments[i];
+        let pos = seg.position_of(offset)?;
+        let batch_base = seg.batch_at(pos)?.base_offset() as u64;
+        if batch_base != offset {
+            return Err(StorageError::NotBatchBoundary { offset, batch_base });
+        }
+        self.generation += 1;
+        if self.flushed > offset {
+            self.flushed = offset;
+        }
+        if self.recovery_point_written > offset {
+            checkpoint::write_u64(&self.dir, checkpoint::RECOVERY_POINT, self.flushed)?;
+            self.recovery_point_written = self.flushed;
+        }
+        if self.epochs.truncate_from_end(offset) {
+            checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
+        }
+        // Cut the segment first: the segments after it then no longer follow on, so a crash
+        // part-way through deleting them cannot bring them back.
+        let interval = self.config.index_interval_bytes;
+        self.segments[i].truncate_at(pos, offset, interval)?;
+        for seg in self.segments.drain(i + 1..).rev() {
+            seg.delete_files()?;
+        }
+        sync_dir(&self.dir)?;
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// DeleteRecords: moves the log start up to `offset` (durably, in `log-start-offset`) and
+    /// deletes segments entirely below it. Offsets never move. Returns the new log start.
+    pub fn delete_records_before(&mut self, offset: u64) -> Result<u64, StorageError> {
+        if offset > self.log_end_offset() {
+            return Err(self.out_of_range(offset));
+        }
+        if offset <= self.log_start {
+            return Ok(self.log_start);
+        }
+        self.log_start = offset;
+        checkpoint::write_u64(&self.dir, checkpoint::LOG_START_OFFSET, offset)?;
+        if !self.active().is_empty() && self.active().next_offset <= offset {
+            self.roll()?;
+        }
+        let n = self
+            .segments
+            .iter()
+            .take_while(|s| s.next_offset <= offset)
+            .count();
+        self.delete_oldest(n.min(self.segments.len() - 1))?;
+        if self
+            .epochs
+            .truncate_from_start(self.log_start, self.log_end_offset())
+        {
+            checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
+        }
+        Ok(self.log_start)
+    }
+
+    /// Deletes the `n` oldest segments (never the active one) and moves the log start past them.
+    fn delete_oldest(&mut self, n: usize) -> Result<(), StorageError> {
+        assert!(
+            n < self.segments.len(),
+            "the active segment is never deleted"
+        );
+        if n == 0 {
+            return Ok(());
+        }
+        for seg in self.segments.drain(..n) {
+            seg.delete_files()?;
+        }
+        sync_dir(&self.dir)?;
+        self.log_start = self.log_start.max(self.segments[0].base_offset);
+        if self
+            .epochs
+            .truncate_from_start(self.log_start, self.log_end_offset())
+        {
+            checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
+        }
+        Ok(())
+    }
+
+    /// Periodic work: roll by `segment.ms`, delete segments past `retention.ms` (largest timestamp
+    /// older) and `retention.bytes` (oldest first), and checkpoint the recovery point. The active
+    /// segment is deleted by time only after rolling it, when everything before it is gone too.
+    /// Returns how many segments were deleted.
+    pub fn housekeeping(&mut self, now_ms: i64) -> Result<usize, StorageError> {
+        let c = self.config.clone();
+        let active = self.active();
+        if !active.is_empty()
+            && active
+                .first_append_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= c.segment_ms)
+        {
+            self.roll()?;
+        }
+        let mut deleted = 0;
+        if c.retention_ms >= 0 {
+            let expired = |s: &Segment| {
+                !s.is_empty() && now_ms.saturating_sub(s.max_timestamp) > c.retention_ms
+            };
+            let n = self.segments.iter().take_while(|s| expired(s)).count();
+            if n == self.segments.len() {
+                self.roll()?; // the active segment expired too: seal it so it can go
+            }
+            let n = n.min(self.segments.len() - 1);
+            self.delete_oldest(n)?;
+            deleted += n;
+        }
+        if c.retention_bytes >= 0 {
+            let mut excess = self.size_bytes().saturating_sub(c.retention_bytes as u64);
+            let mut n = 0;
+            for seg in &self.segments[..self.segments.len() - 1] {
+                if seg.valid_len > excess {
+                    break;
+                }
+                excess -= seg.valid_len;
+                n += 1;
+            }
+            self.delete_oldest(n)?;
+            deleted += n;
+        }
+        if self.flushed > self.recovery_point_written {
+            checkpoint::write_u64(&self.dir, checkpoint::RECOVERY_POINT, self.flushed)?;
+            self.recovery_point_written = self.flushed;
+        }
+        Ok(deleted)
+    }
+
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch `<= epoch` and its end offset (the start of the
+    /// next epoch, or the log end for the latest); `None` if no epoch `<= epoch` is known.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, u64)> {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.latest()
+    }
+
+    /// Flushes everything, writes the active segment's indexes, trims it to its real size and
+    /// leaves a clean-shutdown marker so the next open trusts the indexes.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        let active = self.active_mut();
+        active.trim_and_sync()?;
+        active.push_time_entry();
+        active.write_indexes(false)?;
+        let log_end = self.log_end_offset();
+        checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
+        checkpoint::write_u64(&self.dir, checkpoint::LOG_START_OFFSET, self.log_start)?;
+        checkpoint::write_u64(&self.dir, checkpoint::RECOVERY_POINT, log_end)?;
+        let marker = self.dir.join(checkpoint::CLEAN_SHUTDOWN);
+        File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&marker))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Removes the directory and all its files. Bytes already handed out stay readable.
+    pub fn delete(self) -> Result<(), StorageError> {
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).map_err(io_err(&dir))
+    }
+}

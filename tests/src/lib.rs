@@ -1,1 +1,219 @@
-//! placeholder
+//! End-to-end test support: run the real `creek` binary and drive it with real Kafka clients.
+//!
+//! [`CreekProcess`] starts one broker on a free loopback port with a fresh temporary data
+//! directory, waits for its `creek ready kafka=HOST:PORT` line, and kills it when dropped. It can also
+//! be stopped cleanly (SIGTERM) or crashed (SIGKILL) and started again on the same data directory,
+//! for crash tests. [`tools`] finds the client programs that `tests/setup.sh` installs and runs them
+//! with a time limit.
+//!
+//! This crate does not start clusters, proxies or network namespaces yet, and it never skips: a
+//! missing binary or tool is a test failure that says what to run.
+//!
+//! ```no_run
+//! let broker = creek_tests::CreekProcess::start(&[("auto.create.topics.enable", "true")]);
+//! println!("bootstrap servers: {}", broker.bootstrap());
+//! ```
+
+pub mod tools;
+pub mod wire;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long a broker may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a clean shutdown may take after SIGTERM before the broker is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_PREFIX: &str = "creek ready kafka=";
+
+/// Path of the `creek` binary: `$CREEK_BIN`, else `creek` next to the directory of the running
+/// test executable (`target/debug/deps/..` = `target/debug`). Panics with what to run if it is missing.
+pub fn creek_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CREEK_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "CREEK_BIN={} does not exist", bin.display());
+        return bin;
+    }
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in <target>/<profile>/deps");
+    let bin = profile_dir.join("creek");
+    assert!(
+        bin.is_file(),
+        "the creek binary is missing at {}: run `cargo build -p creek` first (or set CREEK_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1 at the time of the call.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
+    listener.local_addr().expect("local address").port()
+}
+
+/// One running `creek` broker process.
+pub struct CreekProcess {
+    child: Option<Child>,
+    port: u16,
+    bootstrap: String,
+    settings: Vec<(String, String)>,
+    // Held so the directory lives as long as the process, and is removed after it.
+    data_dir: tempfile::TempDir,
+}
+
+impl CreekProcess {
+    /// Starts a broker with node id 1 on a free port and a new data directory, with extra broker
+    /// configs passed as `--set key=value`. Panics if it does not become ready in [`READY_TIMEOUT`].
+    pub fn start(settings: &[(&str, &str)]) -> Self {
+        let data_dir = tempfile::Builder::new()
+            .prefix("creek-test-")
+            .tempdir()
+            .expect("create a temporary data directory");
+        let settings: Vec<(String, String)> =
+            settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut broker = CreekProcess {
+            child: None,
+            port: free_port(),
+            bootstrap: String::new(),
+            settings,
+            data_dir,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// `HOST:PORT` of the Kafka listener, as the broker announced it.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// Process id of the running broker, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Crashes the broker with SIGKILL and reaps it. Does nothing if it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The process may have exited on its own already; both calls are then harmless.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the broker with SIGTERM and waits for it to exit; returns its exit status.
+    /// Panics if it does not exit within [`STOP_TIMEOUT`] (the process is killed first).
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("stop() on a broker that is not running");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+        kill(pid, Signal::SIGTERM).expect("send SIGTERM to creek");
+        match tools::wait_timeout(&mut child, STOP_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("creek did not exit within {STOP_TIMEOUT:?} of SIGTERM");
+            }
+        }
+    }
+
+    /// Starts the broker again on the same port and data directory, after [`kill`](Self::kill)
+    /// or [`stop`](Self::stop).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart() while the broker still runs");
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut cmd = Command::new(creek_bin());
+        cmd.arg("serve")
+            .args(["--listen", &listen, "--advertised-listener", &listen])
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--node-id", "1"]);
+        for (k, v) in &self.settings {
+            cmd.args(["--set", &format!("{k}={v}")]);
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        forward_lines("creek stdout", stdout, Some(ready_tx));
+        let stderr = child.stderr.take().expect("piped stderr");
+        forward_lines("creek stderr", stderr, None);
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match ready_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(addr) => {
+                    self.bootstrap = addr;
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().expect("wait for creek");
+                    panic!("creek exited before it was ready ({status}); its output is above: {cmd:?}");
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("creek exited before it was ready ({status}); its output is above: {cmd:?}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("creek printed no `{READY_PREFIX}...` line within {READY_TIMEOUT:?}: {cmd:?}");
+            }
+        }
+        self.child = Some(child);
+    }
+}
+
+impl Drop for CreekProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Copies a child's output lines to this process's stderr (which the test runner captures), and
+/// sends the address from the first ready line to `ready`.
+fn forward_lines(label: &'static str, stream: impl Read + Send + 'static, ready: Option<mpsc::Sender<String>>) {
+    thread::spawn(move || {
+        let mut ready = ready;
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[{label}] {line}");
+            if let Some(addr) = line.trim().strip_prefix(READY_PREFIX) {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        }
+    });
+}
+
+/// A topic name unique within this test process and across concurrent processes.
+pub fn unique_topic(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}

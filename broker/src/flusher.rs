@@ -1,0 +1,138 @@
+//! Group commit: acks=all producers wait here until an fsync covers their batch; every fsync
+//! covers all appends made before it, so concurrent producers share one. Also runs the periodic
+//! background flush (`flush.ms`) and housekeeping (rolls and retention).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::state::{Broker, Partition, now_ms};
+
+/// Pending acks=all waiters; a full queue makes producers wait for room (back-pressure).
+const WAITERS_MAX: usize = 16 * 1024;
+
+struct Waiter {
+    partition: Arc<Partition>,
+    /// The waiter is satisfied once the flushed offset reaches this (last offset + 1).
+    end_offset: u64,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Handle to the group-commit task.
+#[derive(Clone)]
+pub(crate) struct Flusher {
+    tx: mpsc::Sender<Waiter>,
+}
+
+impl Flusher {
+    pub(crate) fn start() -> Flusher {
+        let (tx, rx) = mpsc::channel(WAITERS_MAX);
+        tokio::spawn(run(rx));
+        Flusher { tx }
+    }
+
+    /// Returns once every offset below `end_offset` of `partition` is on disk.
+    pub(crate) async fn wait_durable(&self, partition: Arc<Partition>, end_offset: u64) -> Result<(), String> {
+        if partition.log.lock().flushed_offset() >= end_offset {
+            return Ok(());
+        }
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Waiter { partition, end_offset, done })
+            .await
+            .map_err(|_| "flusher stopped".to_string())?;
+        rx.await.map_err(|_| "flusher stopped".to_string())?
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Waiter>) {
+    while let Some(first) = rx.recv().await {
+        let mut by_partition: HashMap<usize, (Arc<Partition>, Vec<Waiter>)> = HashMap::new();
+        let mut add = |w: Waiter| {
+            by_partition
+                .entry(Arc::as_ptr(&w.partition) as usize)
+                .or_insert_with(|| (w.partition.clone(), Vec::new()))
+                .1
+                .push(w);
+        };
+        add(first);
+        while let Ok(w) = rx.try_recv() {
+            add(w);
+        }
+        let mut flushes = tokio::task::JoinSet::new();
+        for (_, (partition, waiters)) in by_partition {
+            flushes.spawn(async move {
+                let result = flush_partition(&partition).await;
+                for w in waiters {
+                    let r = match &result {
+                        Ok(flushed) if *flushed >= w.end_offset => Ok(()),
+                        Ok(flushed) => Err(format!("flushed to {flushed}, below {}", w.end_offset)),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let _ = w.done.send(r);
+                }
+            });
+        }
+        while flushes.join_next().await.is_some() {}
+    }
+}
+
+/// fsyncs a partition outside its log lock, then records the durable offset. Returns it.
+pub(crate) async fn flush_partition(partition: &Arc<Partition>) -> Result<u64, String> {
+    let _one_at_a_time = partition.flush_lock.lock().await;
+    let target = partition.log.lock().flush_target();
+    if partition.log.lock().flushed_offset() >= target.covers() {
+        return Ok(partition.log.lock().flushed_offset());
+    }
+    let t = target.clone();
+    match tokio::task::spawn_blocking(move || t.sync()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "fsync failed");
+            return Err(format!("fsync failed: {e}"));
+        }
+        Err(e) => return Err(format!("fsync task failed: {e}")),
+    }
+    let mut log = partition.log.lock();
+    log.mark_flushed_target(&target);
+    *partition.last_flush_ms.lock() = now_ms();
+    Ok(log.flushed_offset())
+}
+
+/// Periodic work: background flush by `flush.ms`, and rolls plus retention every
+/// `log.retention.check.interval.ms`. Stops when `shutdown` turns true.
+pub(crate) async fn background(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_housekeeping = now_ms();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = now_ms();
+        for p in broker.partitions() {
+            let flush_ms = p.config.read().flush_ms;
+            let due = now - *p.last_flush_ms.lock() >= flush_ms;
+            let dirty = {
+                let log = p.log.lock();
+                log.flushed_offset() < log.log_end_offset()
+            };
+            if dirty && due {
+                let _ = flush_partition(&p).await;
+            }
+        }
+        let interval = broker.config.read().i64("log.retention.check.interval.ms");
+        if now - last_housekeeping >= interval {
+            last_housekeeping = now;
+            for p in broker.partitions() {
+                match p.log.lock().housekeeping(now) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(topic = %p.topic, partition = p.index, deleted = n, "retention deleted segments"),
+                    Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "housekeeping failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Metadata: brokers, topics with ids and partitions, and topic auto-creation.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use uuid::Uuid;
+
+use super::{Ctx, Request, code, str_bytes};
+use crate::state::{CreateError, Topic, check_topic_name};
+
+pub(super) async fn handle(ctx: &Ctx, req: Request<MetadataRequest>) -> Option<MetadataResponse> {
+    let version = req.version();
+    let broker = &ctx.broker;
+    let (node_id, host, port, auto_create, partitions_default) = {
+        let c = broker.config.read();
+        (
+            c.node_id,
+            c.advertised_host.clone(),
+            c.advertised_port,
+            c.bool("auto.create.topics.enable"),
+            c.i64("num.partitions").max(1) as u32,
+        )
+    };
+    let mut resp = MetadataResponse::default();
+    let mut b = MetadataResponseBroker::default();
+    b.node_id = BrokerId(node_id);
+    b.host = str_bytes(host);
+    b.port = i32::from(port);
+    resp.brokers = vec![b];
+    resp.cluster_id = Some(str_bytes(broker.cluster_id.clone()));
+    resp.controller_id = BrokerId(node_id);
+    resp.cluster_authorized_operations = i32::MIN;
+
+    // v0: an empty list means all topics; v1+: null means all.
+    let requested = match req.body.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(t),
+    };
+    let allow_auto = auto_create && (version < 4 || req.body.allow_auto_topic_creation);
+    match requested {
+        None => {
+            for t in broker.topics() {
+                resp.topics.push(describe(&t, node_id, version));
+            }
+        }
+        Some(list) => {
+            for rt in list {
+                let name = rt.name.as_ref().map(|n| n.0.to_string());
+                let topic = match &name {
+                    Some(n) => broker.topic(n),
+                    None => broker.topic_by_id(rt.topic_id),
+                };
+                let entry = match (topic, name) {
+                    (Some(t), _) => describe(&t, node_id, version),
+                    (None, Some(n)) if allow_auto && check_topic_name(&n).is_ok() => {
+                        match broker.create_topic(&n, partitions_default, BTreeMap::new()) {
+                            Ok(t) => describe(&t, node_id, version),
+                            // Someone else created it between our lookup and the create.
+                            Err(CreateError::Exists) => match broker.topic(&n) {
+                                Some(t) => describe(&t, node_id, version),
+                                None => error_topic(Some(n), rt.topic_id, code::LEADER_NOT_AVAILABLE),
+                            },
+                            Err(e) => {
+                                tracing::warn!(topic = n, error = ?e, "auto-create failed");
+                                error_topic(Some(n), rt.topic_id, code::LEADER_NOT_AVAILABLE)
+                            }
+                        }
+                    }
+                    (None, Some(n)) if check_topic_name(&n).is_err() => {
+                        error_topic(Some(n), rt.topic_id, code::INVALID_TOPIC_EXCEPTION)
+                    }
+                    (None, Some(n)) => error_topic(Some(n), rt.topic_id, code::UNKNOWN_TOPIC_OR_PARTITION),
+                    (None, None) => error_topic(None, rt.topic_id, code::UNKNOWN_TOPIC_ID),
+                };
+                resp.topics.push(entry);
+            }
+        }
+    }
+    Some(resp)
+}
+
+fn error_topic(name: Option<String>, id: Uuid, error: i16) -> MetadataResponseTopic {
+    let mut t = MetadataResponseTopic::default();
+    t.error_code = error;
+    t.name = name.map(|n| TopicName(str_bytes(n)));
+    t.topic_id = id;
+    t.topic_authorized_operations = i32::MIN;
+    t
+}
+
+fn describe(topic: &Topic, node_id: i32, version: i16) -> MetadataResponseTopic {
+    let mut t = MetadataResponseTopic::default();
+    t.name = Some(TopicName(str_bytes(topic.name.clone())));
+    t.topic_id = topic.id;
+    t.is_internal = topic.name.starts_with("__");
+    t.topic_authorized_operations = i32::MIN;
+    t.partitions = topic
+        .partitions
+        .read()
+        .iter()
+        .map(|p| {
+            let mut mp = MetadataResponsePartition::default();
+            mp.partition_index = p.index;
+            mp.leader_id = BrokerId(node_id);
+            mp.leader_epoch = if version >= 7 { p.leader_epoch } else { -1 };
+            mp.replica_nodes = vec![BrokerId(node_id)];
+            mp.isr_nodes = vec![BrokerId(node_id)];
+            mp
+        })
+        .collect();
+    t
+}

@@ -1,0 +1,182 @@
+//! One handler per Kafka API, and the table that both dispatches requests and generates the
+//! ApiVersions response, so the broker advertises exactly what it implements.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use creek_protocol::codec::{DecodeError, decode_body, encode_response};
+use creek_protocol::header::RequestHeader;
+use kafka_protocol::messages::ApiKey;
+
+use crate::flusher::Flusher;
+use crate::state::Broker;
+
+mod alter_configs;
+mod api_versions;
+mod create_partitions;
+mod create_topics;
+mod delete_records;
+mod delete_topics;
+mod describe_cluster;
+mod describe_configs;
+mod describe_log_dirs;
+mod fetch;
+mod incremental_alter_configs;
+mod list_offsets;
+mod metadata;
+mod offset_for_leader_epoch;
+mod produce;
+
+pub(crate) use api_versions::unsupported_version_response;
+
+/// Kafka error codes used as response values.
+pub(crate) mod code {
+    pub(crate) const NONE: i16 = 0;
+    pub(crate) const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub(crate) const CORRUPT_MESSAGE: i16 = 2;
+    pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub(crate) const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub(crate) const REQUEST_TIMED_OUT: i16 = 7;
+    pub(crate) const MESSAGE_TOO_LARGE: i16 = 10;
+    pub(crate) const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub(crate) const RECORD_LIST_TOO_LARGE: i16 = 18;
+    pub(crate) const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub(crate) const INVALID_TIMESTAMP: i16 = 32;
+    pub(crate) const UNSUPPORTED_VERSION: i16 = 35;
+    pub(crate) const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub(crate) const INVALID_PARTITIONS: i16 = 37;
+    pub(crate) const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub(crate) const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    pub(crate) const INVALID_CONFIG: i16 = 40;
+    pub(crate) const INVALID_REQUEST: i16 = 42;
+    pub(crate) const POLICY_VIOLATION: i16 = 44;
+    pub(crate) const TOPIC_DELETION_DISABLED: i16 = 73;
+    pub(crate) const FENCED_LEADER_EPOCH: i16 = 74;
+    pub(crate) const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub(crate) const INVALID_RECORD: i16 = 87;
+    pub(crate) const UNKNOWN_TOPIC_ID: i16 = 100;
+    pub(crate) const UNKNOWN_SERVER_ERROR: i16 = -1;
+}
+
+/// What a handler can reach.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) flusher: Flusher,
+}
+
+/// A decoded request with its header and the frame it was decoded from (Produce reclaims the
+/// frame to stamp batches in place; other handlers ignore it).
+pub(crate) struct Request<T> {
+    pub(crate) header: RequestHeader,
+    pub(crate) body: T,
+    pub(crate) frame: Bytes,
+}
+
+impl<T> Request<T> {
+    pub(crate) fn version(&self) -> i16 {
+        self.header.api_version
+    }
+}
+
+/// What to do after a request.
+pub(crate) enum Outcome {
+    Reply(BytesMut),
+    /// acks=0 produce: no response is sent.
+    NoReply,
+    /// The request was malformed or not servable: log and close the connection, as Kafka does.
+    Close(String),
+}
+
+macro_rules! apis {
+    ($( $key:ident: $min:literal..=$max:literal => $req:ty, $handler:path; )*) => {
+        /// Every implemented API with the versions this broker serves.
+        pub(crate) const APIS: &[(ApiKey, i16, i16)] = &[$((ApiKey::$key, $min, $max)),*];
+
+        /// Decodes the body, runs the handler and encodes its response.
+        pub(crate) async fn dispatch(ctx: &Ctx, key: ApiKey, header: RequestHeader, body: Bytes) -> Outcome {
+            let version = header.api_version;
+            match key {
+                $(ApiKey::$key => {
+                    let frame = body.clone();
+                    let req: $req = match decode_request(key, version, body) {
+                        Ok(r) => r,
+                        Err(e) => return Outcome::Close(format!("{key:?} v{version}: {e}")),
+                    };
+                    let correlation_id = header.correlation_id;
+                    match $handler(ctx, Request { header, body: req, frame }).await {
+                        Some(resp) => match encode_response(key, version, correlation_id, &resp) {
+                            Ok(bytes) => Outcome::Reply(bytes),
+                            Err(e) => Outcome::Close(format!("encoding response: {e}")),
+                        },
+                        None => Outcome::NoReply,
+                    }
+                })*
+                _ => Outcome::Close(format!("API {key:?} is not implemented")),
+            }
+        }
+    };
+}
+
+apis! {
+    Produce: 0..=11 => kafka_protocol::messages::ProduceRequest, produce::handle;
+    Fetch: 4..=16 => kafka_protocol::messages::FetchRequest, fetch::handle;
+    ListOffsets: 1..=9 => kafka_protocol::messages::ListOffsetsRequest, list_offsets::handle;
+    Metadata: 0..=12 => kafka_protocol::messages::MetadataRequest, metadata::handle;
+    ApiVersions: 0..=4 => kafka_protocol::messages::ApiVersionsRequest, api_versions::handle;
+    CreateTopics: 2..=7 => kafka_protocol::messages::CreateTopicsRequest, create_topics::handle;
+    DeleteTopics: 1..=6 => kafka_protocol::messages::DeleteTopicsRequest, delete_topics::handle;
+    DeleteRecords: 0..=2 => kafka_protocol::messages::DeleteRecordsRequest, delete_records::handle;
+    OffsetForLeaderEpoch: 2..=4 => kafka_protocol::messages::OffsetForLeaderEpochRequest, offset_for_leader_epoch::handle;
+    DescribeConfigs: 1..=4 => kafka_protocol::messages::DescribeConfigsRequest, describe_configs::handle;
+    AlterConfigs: 0..=2 => kafka_protocol::messages::AlterConfigsRequest, alter_configs::handle;
+    DescribeLogDirs: 1..=4 => kafka_protocol::messages::DescribeLogDirsRequest, describe_log_dirs::handle;
+    CreatePartitions: 0..=3 => kafka_protocol::messages::CreatePartitionsRequest, create_partitions::handle;
+    IncrementalAlterConfigs: 0..=1 => kafka_protocol::messages::IncrementalAlterConfigsRequest, incremental_alter_configs::handle;
+    DescribeCluster: 0..=1 => kafka_protocol::messages::DescribeClusterRequest, describe_cluster::handle;
+}
+
+/// Produce below v3 is v3 without `transactional_id`; every other body decodes directly.
+fn decode_request<T: kafka_protocol::protocol::Decodable + 'static>(
+    key: ApiKey,
+    version: i16,
+    body: Bytes,
+) -> Result<T, DecodeError> {
+    if key == ApiKey::Produce && version < 3 {
+        let req = creek_protocol::codec::decode_produce(body, version)?;
+        let boxed: Box<dyn std::any::Any> = Box::new(req);
+        return boxed.downcast::<T>().map(|b| *b).map_err(|_| DecodeError::Malformed("produce shim".into()));
+    }
+    decode_body(body, version)
+}
+
+/// The versions served for `key`, if it is implemented.
+pub(crate) fn supported(key: ApiKey) -> Option<(i16, i16)> {
+    APIS.iter().find(|(k, _, _)| *k == key).map(|&(_, min, max)| (min, max))
+}
+
+/// `Some(s)` as the protocol's string type.
+pub(crate) fn str_bytes(s: impl Into<String>) -> kafka_protocol::protocol::StrBytes {
+    kafka_protocol::protocol::StrBytes::from_string(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_versions_are_within_what_the_codec_supports() {
+        for &(key, min, max) in APIS {
+            let codec = key.valid_versions();
+            assert!(min <= max, "{key:?}");
+            assert!(max <= codec.max, "{key:?} advertises v{max} beyond the codec's v{}", codec.max);
+            // Produce v0-2 go through the v3 shim.
+            assert!(min >= codec.min || key == ApiKey::Produce, "{key:?} min v{min} below codec");
+        }
+        assert_eq!(supported(ApiKey::Produce), Some((0, 11)), "librdkafka relies on Produce min 0");
+    }
+}
+
+#[cfg(test)]
+mod wire_versions_test;

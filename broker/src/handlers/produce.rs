@@ -1,0 +1,252 @@
+//! Produce: validate batches by their headers (never decoding records), stamp base offset and
+//! leader epoch in place in the request frame, append, and acknowledge per `acks`.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use creek_protocol::batch::{self, BatchError, BatchView};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+
+use super::{Ctx, Request, code, str_bytes};
+use crate::state::{Partition, now_ms};
+
+/// Where a partition's records are once the decoded message is gone.
+enum Records {
+    /// A range of the request frame (the normal case: stamped in place, no copy).
+    InFrame(Range<usize>),
+    /// Records decoded from another buffer (the Produce v0-2 shim); copied to be stamped.
+    Owned(bytes::Bytes),
+}
+
+/// One partition's part of the request, detached from the decoded message.
+struct Part {
+    partition: i32,
+    records: Option<Records>,
+    result: PartitionProduceResponse,
+}
+
+struct TopicPart {
+    name: String,
+    parts: Vec<Part>,
+}
+
+pub(super) async fn handle(ctx: &Ctx, req: Request<ProduceRequest>) -> Option<ProduceResponse> {
+    let version = req.version();
+    let Request { body, frame, .. } = req;
+    let (acks, timeout_ms) = (body.acks, body.timeout_ms);
+    let (base, frame_end) = (frame.as_ptr() as usize, frame.as_ptr() as usize + frame.len());
+    let mut topics: Vec<TopicPart> = body
+        .topic_data
+        .into_iter()
+        .map(|t| TopicPart {
+            name: t.name.0.to_string(),
+            parts: t
+                .partition_data
+                .into_iter()
+                .map(|p| {
+                    let records = p.records.map(|r| {
+                        let at = r.as_ptr() as usize;
+                        if at >= base && at + r.len() <= frame_end {
+                            Records::InFrame(at - base..at - base + r.len())
+                        } else {
+                            Records::Owned(r)
+                        }
+                    });
+                    let mut result = PartitionProduceResponse::default();
+                    result.index = p.index;
+                    result.base_offset = -1;
+                    result.log_append_time_ms = -1;
+                    result.log_start_offset = -1;
+                    Part { partition: p.index, records, result }
+                })
+                .collect(),
+        })
+        .collect();
+    // Every slice of the decoded request is gone, so the frame is ours to stamp in place.
+    let mut frame = frame.try_into_mut().unwrap_or_else(|shared| {
+        tracing::debug!("produce frame still shared; copying it to stamp offsets");
+        BytesMut::from(&shared[..])
+    });
+
+    let mut durable_waits = Vec::new();
+    let mut appended_any = false;
+    for t in &mut topics {
+        let topic = ctx.broker.topic(&t.name);
+        for part in &mut t.parts {
+            let r = &mut part.result;
+            if !matches!(acks, -1..=1) {
+                r.error_code = code::INVALID_REQUIRED_ACKS;
+                continue;
+            }
+            let Some(partition) = topic.as_ref().and_then(|t| t.partition(part.partition)) else {
+                r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+                continue;
+            };
+            let mut owned;
+            let records: &mut [u8] = match part.records.take() {
+                Some(Records::InFrame(range)) if !range.is_empty() => &mut frame[range],
+                Some(Records::Owned(bytes)) if !bytes.is_empty() => {
+                    owned = bytes.to_vec();
+                    &mut owned
+                }
+                _ => {
+                    r.error_code = code::CORRUPT_MESSAGE;
+                    continue;
+                }
+            };
+            match append(&partition, records, version) {
+                Ok(info) => {
+                    appended_any = true;
+                    r.base_offset = info.base_offset as i64;
+                    if version >= 5 {
+                        r.log_start_offset = info.log_start_offset as i64;
+                    }
+                    if info.log_append_time {
+                        r.log_append_time_ms = info.append_time_ms;
+                    }
+                    if acks == -1 {
+                        durable_waits.push((partition.clone(), info.last_offset + 1, t.name.clone(), part.partition));
+                    }
+                }
+                Err((code, msg)) => {
+                    tracing::debug!(topic = %t.name, partition = part.partition, code, %msg, "produce refused");
+                    r.error_code = code;
+                    if version >= 8 {
+                        r.error_message = Some(str_bytes(msg));
+                    }
+                }
+            }
+        }
+    }
+    if appended_any {
+        ctx.broker.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    // acks=all: answer once an fsync covers every appended batch (group commit).
+    if !durable_waits.is_empty() {
+        let mut waits = tokio::task::JoinSet::new();
+        for (partition, end, topic, index) in durable_waits {
+            let flusher = ctx.flusher.clone();
+            waits.spawn(async move { (topic, index, flusher.wait_durable(partition, end).await) });
+        }
+        let deadline = Duration::from_millis(timeout_ms.max(0) as u64);
+        let collected = tokio::time::timeout(deadline, async {
+            let mut out = Vec::new();
+            while let Some(Ok(r)) = waits.join_next().await {
+                out.push(r);
+            }
+            out
+        })
+        .await;
+        match collected {
+            Ok(results) => {
+                for (topic, index, result) in results {
+                    if let Err(e) = result {
+                        set_error(&mut topics, &topic, index, code::KAFKA_STORAGE_ERROR, &e);
+                    }
+                }
+            }
+            Err(_) => {
+                for t in &mut topics {
+                    for p in &mut t.parts {
+                        if p.result.error_code == code::NONE && p.result.base_offset >= 0 {
+                            p.result.error_code = code::REQUEST_TIMED_OUT;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    if acks == 0 {
+        return None;
+    }
+    let mut resp = ProduceResponse::default();
+    resp.responses = topics
+        .into_iter()
+        .map(|t| {
+            let mut tr = TopicProduceResponse::default();
+            tr.name = TopicName(str_bytes(t.name));
+            tr.partition_responses = t.parts.into_iter().map(|p| p.result).collect();
+            tr
+        })
+        .collect();
+    Some(resp)
+}
+
+fn set_error(topics: &mut [TopicPart], topic: &str, index: i32, error: i16, msg: &str) {
+    tracing::warn!(topic, partition = index, error, %msg, "acks=all write not confirmed durable");
+    for t in topics.iter_mut().filter(|t| t.name == topic) {
+        for p in t.parts.iter_mut().filter(|p| p.partition == index) {
+            p.result.error_code = error;
+        }
+    }
+}
+
+struct Appended {
+    base_offset: u64,
+    last_offset: u64,
+    log_start_offset: u64,
+    log_append_time: bool,
+    append_time_ms: i64,
+}
+
+/// Validates every batch in `records` and appends them, or refuses them all with an error code.
+fn append(partition: &Arc<Partition>, records: &mut [u8], version: i16) -> Result<Appended, (i16, String)> {
+    let (max_bytes, log_append_time) = {
+        let c = partition.config.read();
+        (c.max_message_bytes, c.log_append_time)
+    };
+    let ranges = batch::batch_ranges(records).map_err(|e| (code::CORRUPT_MESSAGE, e.to_string()))?;
+    let now = now_ms();
+    for range in &ranges {
+        let view = BatchView::new(&records[range.clone()]).map_err(|e| match e {
+            BatchError::UnsupportedMagic(m) if version >= 3 => {
+                (code::INVALID_RECORD, format!("Produce v3+ requires record batch magic 2, got {m}"))
+            }
+            BatchError::UnsupportedMagic(m) => (43, format!("record batch magic {m} is not supported")),
+            other => (code::CORRUPT_MESSAGE, other.to_string()),
+        })?;
+        if view.total_len() > max_bytes {
+            return Err((
+                code::MESSAGE_TOO_LARGE,
+                format!("batch of {} bytes exceeds max.message.bytes {max_bytes}", view.total_len()),
+            ));
+        }
+        view.validate_for_produce().map_err(|e| match e {
+            BatchError::CrcMismatch { .. } | BatchError::Truncated { .. } => (code::CORRUPT_MESSAGE, e.to_string()),
+            other => (code::INVALID_RECORD, other.to_string()),
+        })?;
+        if view.is_control() {
+            return Err((code::INVALID_RECORD, "clients may not produce control batches".into()));
+        }
+        if view.is_transactional() {
+            return Err((code::INVALID_RECORD, "transactions are not supported yet".into()));
+        }
+    }
+    if log_append_time {
+        // The topic overrides timestamps: set LogAppendTime and re-seal the CRC it covers.
+        for range in &ranges {
+            let b = &mut records[range.clone()];
+            let attrs = i16::from_be_bytes([b[21], b[22]]) | 0x8;
+            b[21..23].copy_from_slice(&attrs.to_be_bytes());
+            b[35..43].copy_from_slice(&now.to_be_bytes());
+            let crc = batch::crc32c(&b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+        }
+    }
+    let mut log = partition.log.lock();
+    let info = log
+        .append(records, partition.leader_epoch, now)
+        .map_err(|e| (code::KAFKA_STORAGE_ERROR, e.to_string()))?;
+    Ok(Appended {
+        base_offset: info.base_offset,
+        last_offset: info.last_offset,
+        log_start_offset: log.log_start_offset(),
+        log_append_time,
+        append_time_ms: now,
+    })
+}

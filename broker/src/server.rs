@@ -1,0 +1,125 @@
+//! The Kafka listener: accepts connections and runs each one's read–handle–write loop.
+//!
+//! Requests on one connection are handled one at a time, in order, as Kafka does (it mutes a
+//! connection while a request is in flight); clients pipeline across connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Buf, Bytes, BytesMut};
+use creek_protocol::frame::peek_frame_len;
+use creek_protocol::header::parse_request_header;
+use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::handlers::{self, Ctx, Outcome};
+
+/// Upper bound on concurrent client connections; further ones are refused at accept.
+pub(crate) const CONNECTIONS_MAX: usize = 10_000;
+
+/// Accepts connections until `shutdown` turns true.
+pub(crate) async fn serve(listener: TcpListener, ctx: Ctx, mut shutdown: watch::Receiver<bool>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if open.load(Ordering::Relaxed) >= CONNECTIONS_MAX {
+                        tracing::warn!(%peer, "refusing connection: {CONNECTIONS_MAX} connections open");
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let (ctx, open, shutdown) = (ctx.clone(), open.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, peer, ctx, shutdown).await {
+                            tracing::debug!(%peer, error = %e, "connection ended");
+                        }
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Ctx,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    loop {
+        let mut prefix = [0u8; 4];
+        tokio::select! {
+            r = rd.read_exact(&mut prefix) => { r?; }
+            _ = shutdown.changed() => return Ok(()),
+        }
+        let frame_max = ctx.broker.config.read().i64("socket.request.max.bytes") as usize;
+        let len = match peek_frame_len(&prefix, frame_max) {
+            Ok(Some(len)) => len,
+            Ok(None) => unreachable!("four bytes were read"),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection");
+                return Ok(());
+            }
+        };
+        // Memory is committed only as bytes arrive, so an announced-but-unsent frame costs little.
+        let mut frame = BytesMut::with_capacity(len.min(1 << 20));
+        while frame.len() < len {
+            let want = len - frame.len();
+            if frame.capacity() == frame.len() {
+                frame.reserve(want.min(1 << 20));
+            }
+            let n = (&mut rd).take(want as u64).read_buf(&mut frame).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        match handle_frame(&ctx, frame.freeze()).await {
+            Outcome::Reply(bytes) => wr.write_all(&bytes).await?,
+            Outcome::NoReply => {}
+            Outcome::Close(reason) => {
+                tracing::warn!(%peer, %reason, "refusing request and closing connection");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Handles one whole request frame (without its length prefix).
+pub(crate) async fn handle_frame(ctx: &Ctx, mut frame: Bytes) -> Outcome {
+    // The frame layer guarantees at least 8 bytes: key, version, correlation id.
+    let (api_key, version, correlation_id) = {
+        let mut peek = &frame[..];
+        (peek.get_i16(), peek.get_i16(), peek.get_i32())
+    };
+    let Ok(key) = ApiKey::try_from(api_key) else {
+        return Outcome::Close(format!("unknown API key {api_key}"));
+    };
+    let Some((min, max)) = handlers::supported(key) else {
+        return Outcome::Close(format!("API {key:?} is not implemented"));
+    };
+    if version < min || version > max {
+        if key == ApiKey::ApiVersions {
+            // KIP-511: answer an unknown ApiVersions version with v0 and UNSUPPORTED_VERSION.
+            return handlers::unsupported_version_response(correlation_id);
+        }
+        return Outcome::Close(format!("{key:?} v{version} is not supported (v{min}-v{max})"));
+    }
+    let header = match parse_request_header(&mut frame, key.request_header_version(version)) {
+        Ok(h) => h,
+        Err(e) => return Outcome::Close(format!("{key:?} v{version}: {e}")),
+    };
+    handlers::dispatch(ctx, key, header, frame).await
+}

@@ -1,0 +1,396 @@
+//! The broker's state: topics, their partitions' logs, and the persisted topic metadata.
+//!
+//! Topic metadata lives in `<data>/meta/topics.toml`, rewritten atomically (temp file, fsync,
+//! rename, fsync of the directory) on every change. The metadata Raft group replaces this file
+//! when replication lands; until then this is the single-node source of truth.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use creek_storage::PartitionLog;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::{BrokerConfig, TopicConfig};
+
+/// Milliseconds since the Unix epoch, the broker's clock. Only the broker reads the clock;
+/// storage and protocol code are given `now`.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// One partition: its log and what readers wait on.
+pub(crate) struct Partition {
+    pub(crate) topic: String,
+    pub(crate) index: i32,
+    pub(crate) log: Mutex<PartitionLog>,
+    pub(crate) config: RwLock<TopicConfig>,
+    /// The leader epoch stamped into appended batches. A single node is always epoch 0 until
+    /// Raft terms take over.
+    pub(crate) leader_epoch: i32,
+    /// Serialises fsyncs of this partition so two flushers never race on `mark_flushed`.
+    pub(crate) flush_lock: tokio::sync::Mutex<()>,
+    pub(crate) last_flush_ms: Mutex<i64>,
+}
+
+pub(crate) struct Topic {
+    pub(crate) name: String,
+    pub(crate) id: Uuid,
+    pub(crate) overrides: RwLock<BTreeMap<String, String>>,
+    pub(crate) partitions: RwLock<Vec<Arc<Partition>>>,
+}
+
+impl Topic {
+    pub(crate) fn partition(&self, index: i32) -> Option<Arc<Partition>> {
+        usize::try_from(index).ok().and_then(|i| self.partitions.read().get(i).cloned())
+    }
+    pub(crate) fn partition_count(&self) -> usize {
+        self.partitions.read().len()
+    }
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct MetaFile {
+    cluster_id: String,
+    #[serde(default)]
+    topics: Vec<TopicRecord>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct TopicRecord {
+    name: String,
+    id: String,
+    partitions: u32,
+    #[serde(default)]
+    configs: BTreeMap<String, String>,
+}
+
+/// Everything a request handler can reach.
+pub(crate) struct Broker {
+    pub(crate) config: RwLock<BrokerConfig>,
+    pub(crate) cluster_id: String,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serialises topic creation, deletion and metadata writes.
+    meta_lock: Mutex<()>,
+    /// Bumped after every append; long-polling fetches wait on it.
+    pub(crate) appended: watch::Sender<u64>,
+    data_dir: PathBuf,
+}
+
+/// Why a topic could not be created; each maps to a Kafka error code.
+#[derive(Debug)]
+pub(crate) enum CreateError {
+    InvalidName(String),
+    Exists,
+    Storage(String),
+}
+
+/// Kafka's legal topic names: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub(crate) fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("Topic name is illegal, it can't be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err("Topic name cannot be \".\" or \"..\"".into());
+    }
+    if name.len() > 249 {
+        return Err(format!("Topic name is illegal, it can't be longer than 249 characters, topic name: {name}"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        return Err(format!(
+            "Topic name {name} is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
+    data_dir.join(format!("{topic}-{index}"))
+}
+
+impl Broker {
+    /// Opens the data directory: reads topic metadata and recovers every partition log.
+    pub(crate) fn open(config: BrokerConfig) -> anyhow::Result<Arc<Broker>> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(data_dir.join("meta"))
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let meta_path = data_dir.join("meta/topics.toml");
+        let meta: MetaFile = match std::fs::read_to_string(&meta_path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("parsing {}", meta_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetaFile {
+                cluster_id: Uuid::new_v4().simple().to_string(),
+                topics: Vec::new(),
+            },
+            Err(e) => return Err(e).with_context(|| format!("reading {}", meta_path.display())),
+        };
+        let now = now_ms();
+        let mut topics = BTreeMap::new();
+        for rec in &meta.topics {
+            let id = Uuid::parse_str(&rec.id).with_context(|| format!("topic {} id", rec.name))?;
+            let tc = TopicConfig::resolve(&rec.configs, &config);
+            let mut parts = Vec::new();
+            for p in 0..rec.partitions as i32 {
+                parts.push(open_partition(&data_dir, &rec.name, p, &tc, now)?);
+            }
+            tracing::info!(topic = %rec.name, partitions = rec.partitions, "recovered topic");
+            topics.insert(
+                rec.name.clone(),
+                Arc::new(Topic {
+                    name: rec.name.clone(),
+                    id,
+                    overrides: RwLock::new(rec.configs.clone()),
+                    partitions: RwLock::new(parts),
+                }),
+            );
+        }
+        remove_orphan_dirs(&data_dir, &topics);
+        let (appended, _) = watch::channel(0);
+        let broker = Arc::new(Broker {
+            config: RwLock::new(config),
+            cluster_id: meta.cluster_id,
+            topics: RwLock::new(topics),
+            meta_lock: Mutex::new(()),
+            appended,
+            data_dir,
+        });
+        broker.persist_meta()?;
+        Ok(broker)
+    }
+
+    pub(crate) fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().get(name).cloned()
+    }
+    pub(crate) fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
+        self.topics.read().values().find(|t| t.id == id).cloned()
+    }
+    pub(crate) fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics.read().values().cloned().collect()
+    }
+    pub(crate) fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.topics.read().values().flat_map(|t| t.partitions.read().clone()).collect()
+    }
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Checks a topic could be created, without creating it (CreateTopics validate_only).
+    pub(crate) fn check_create(&self, name: &str) -> Result<(), CreateError> {
+        check_topic_name(name).map_err(CreateError::InvalidName)?;
+        let topics = self.topics.read();
+        if topics.contains_key(name) {
+            return Err(CreateError::Exists);
+        }
+        // '.' and '_' collide in metric names; Kafka refuses such pairs.
+        let norm = name.replace('.', "_");
+        if let Some(other) = topics.keys().find(|t| t.replace('.', "_") == norm) {
+            return Err(CreateError::InvalidName(format!(
+                "Topic '{name}' collides with existing topic: {other}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates a topic with `partitions` partitions and `configs` overrides (already validated).
+    pub(crate) fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, CreateError> {
+        let _guard = self.meta_lock.lock();
+        self.check_create(name)?;
+        let tc = TopicConfig::resolve(&configs, &self.config.read());
+        let now = now_ms();
+        let mut parts = Vec::new();
+        for p in 0..partitions as i32 {
+            let dir = partition_dir(&self.data_dir, name, p);
+            // A leftover directory from a deleted topic of the same name must not leak data.
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| CreateError::Storage(e.to_string()))?;
+            }
+            parts.push(open_partition(&self.data_dir, name, p, &tc, now).map_err(|e| CreateError::Storage(format!("{e:#}")))?);
+        }
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            overrides: RwLock::new(configs),
+            partitions: RwLock::new(parts),
+        });
+        self.topics.write().insert(name.to_string(), topic.clone());
+        if let Err(e) = self.persist_meta() {
+            self.topics.write().remove(name);
+            return Err(CreateError::Storage(format!("{e:#}")));
+        }
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    /// Deletes a topic: forgets it durably, then removes its partition directories.
+    pub(crate) fn delete_topic(&self, name: &str) -> anyhow::Result<bool> {
+        let _guard = self.meta_lock.lock();
+        let Some(topic) = self.topics.write().remove(name) else { return Ok(false) };
+        self.persist_meta()?;
+        let parts = std::mem::take(&mut *topic.partitions.write());
+        for p in parts {
+            let dir = partition_dir(&self.data_dir, name, p.index);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove deleted partition");
+            }
+        }
+        tracing::info!(topic = name, "deleted topic");
+        Ok(true)
+    }
+
+    /// Grows a topic to `count` partitions.
+    pub(crate) fn add_partitions(&self, topic: &Topic, count: u32) -> anyhow::Result<()> {
+        let _guard = self.meta_lock.lock();
+        let tc = TopicConfig::resolve(&topic.overrides.read(), &self.config.read());
+        let now = now_ms();
+        let have = topic.partition_count() as i32;
+        let mut added = Vec::new();
+        for p in have..count as i32 {
+            let dir = partition_dir(&self.data_dir, &topic.name, p);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            added.push(open_partition(&self.data_dir, &topic.name, p, &tc, now)?);
+        }
+        topic.partitions.write().extend(added);
+        self.persist_meta()
+    }
+
+    /// Replaces a topic's config overrides (already validated) and applies them to its logs.
+    pub(crate) fn set_topic_configs(&self, topic: &Topic, configs: BTreeMap<String, String>) -> anyhow::Result<()> {
+        let _guard = self.meta_lock.lock();
+        let old = std::mem::replace(&mut *topic.overrides.write(), configs);
+        if let Err(e) = self.persist_meta() {
+            *topic.overrides.write() = old;
+            return Err(e);
+        }
+        self.refresh_topic_config(topic);
+        Ok(())
+    }
+
+    /// Read-modify-write of a topic's overrides under the metadata lock, so two concurrent
+    /// IncrementalAlterConfigs cannot lose each other's changes. `edit` gets the current overrides
+    /// and returns the new ones (already validated) or refuses, in which case nothing changes.
+    /// The outer error is a failure to persist (the old overrides are kept).
+    pub(crate) fn edit_topic_configs<E>(
+        &self,
+        topic: &Topic,
+        edit: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, E>,
+    ) -> anyhow::Result<Result<(), E>> {
+        let _guard = self.meta_lock.lock();
+        let configs = match edit(&topic.overrides.read()) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let old = std::mem::replace(&mut *topic.overrides.write(), configs);
+        if let Err(e) = self.persist_meta() {
+            *topic.overrides.write() = old;
+            return Err(e);
+        }
+        self.refresh_topic_config(topic);
+        Ok(Ok(()))
+    }
+
+    /// Re-resolves a topic's effective config (after a topic or broker config change).
+    pub(crate) fn refresh_topic_config(&self, topic: &Topic) {
+        let tc = TopicConfig::resolve(&topic.overrides.read(), &self.config.read());
+        for p in topic.partitions.read().iter() {
+            p.log.lock().set_config(tc.log.clone());
+            *p.config.write() = tc.clone();
+        }
+    }
+
+    fn persist_meta(&self) -> anyhow::Result<()> {
+        let topics = self
+            .topics
+            .read()
+            .values()
+            .map(|t| TopicRecord {
+                name: t.name.clone(),
+                id: t.id.to_string(),
+                partitions: t.partition_count() as u32,
+                configs: t.overrides.read().clone(),
+            })
+            .collect();
+        let meta = MetaFile { cluster_id: self.cluster_id.clone(), topics };
+        let text = toml::to_string(&meta).context("serialising topic metadata")?;
+        write_atomically(&self.data_dir.join("meta/topics.toml"), text.as_bytes())
+    }
+
+    /// Flushes and closes every log (clean shutdown).
+    pub(crate) fn close(&self) {
+        let topics = std::mem::take(&mut *self.topics.write());
+        for t in topics.into_values() {
+            let parts = std::mem::take(&mut *t.partitions.write());
+            for p in parts {
+                match Arc::try_unwrap(p) {
+                    Ok(p) => {
+                        if let Err(e) = p.log.into_inner().close() {
+                            tracing::error!(topic = %t.name, error = %e, "closing log failed");
+                        }
+                    }
+                    Err(p) => {
+                        // Still referenced by an in-flight request: flush at least.
+                        if let Err(e) = p.log.lock().flush() {
+                            tracing::error!(topic = %t.name, partition = p.index, error = %e, "flush failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn open_partition(data_dir: &Path, topic: &str, index: i32, tc: &TopicConfig, now: i64) -> anyhow::Result<Arc<Partition>> {
+    let dir = partition_dir(data_dir, topic, index);
+    let log = PartitionLog::open(&dir, tc.log.clone(), now).with_context(|| format!("opening log {}", dir.display()))?;
+    Ok(Arc::new(Partition {
+        topic: topic.to_string(),
+        index,
+        log: Mutex::new(log),
+        config: RwLock::new(tc.clone()),
+        leader_epoch: 0,
+        flush_lock: tokio::sync::Mutex::new(()),
+        last_flush_ms: Mutex::new(now),
+    }))
+}
+
+/// Removes partition directories whose topic no longer exists (a deletion interrupted by a crash).
+fn remove_orphan_dirs(data_dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "meta" || !entry.path().is_dir() {
+            continue;
+        }
+        let known = name.rsplit_once('-').is_some_and(|(t, p)| {
+            p.parse::<usize>().is_ok_and(|p| topics.get(t).is_some_and(|t| p < t.partition_count()))
+        });
+        if !known {
+            tracing::warn!(dir = %entry.path().display(), "removing data of a deleted topic");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new content.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! A minimal raw Kafka connection for tests that need byte-level control: hostile frames,
+//! exact per-batch acknowledgements, and precise offsets.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+/// One client connection speaking raw frames.
+pub struct Wire {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl Wire {
+    pub fn connect(addr: &str) -> Wire {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Wire { stream, correlation: 0 }
+    }
+
+    /// Writes raw bytes (a whole frame, or a hostile fragment).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads one response frame (without its length prefix); `None` if the broker closed.
+    pub fn read_frame(&mut self) -> Option<Vec<u8>> {
+        let mut len = [0u8; 4];
+        if self.stream.read_exact(&mut len).is_err() {
+            return None;
+        }
+        let mut frame = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut frame).ok()?;
+        Some(frame)
+    }
+
+    /// Frames a request body with a header for `key`/`version`.
+    pub fn frame<T: Encodable>(&mut self, key: ApiKey, version: i16, body: &T) -> Vec<u8> {
+        self.correlation += 1;
+        let mut header = RequestHeader::default();
+        header.request_api_key = key as i16;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation;
+        header.client_id = Some(StrBytes::from_static_str("creek-tests"));
+        let mut buf = BytesMut::new();
+        header.encode(&mut buf, key.request_header_version(version)).unwrap();
+        body.encode(&mut buf, version).unwrap();
+        let mut out = (buf.len() as i32).to_be_bytes().to_vec();
+        out.extend_from_slice(&buf);
+        out
+    }
+
+    /// Sends a request and decodes its response; panics if the broker closes the connection.
+    pub fn call<Req: Encodable, Resp: Decodable>(&mut self, key: ApiKey, version: i16, body: &Req) -> Resp {
+        self.try_call(key, version, body).unwrap_or_else(|| panic!("broker closed the connection on {key:?} v{version}"))
+    }
+
+    /// Like [`Wire::call`], but `None` when the broker closes the connection.
+    pub fn try_call<Req: Encodable, Resp: Decodable>(&mut self, key: ApiKey, version: i16, body: &Req) -> Option<Resp> {
+        let frame = self.frame(key, version, body);
+        self.send_raw(&frame).ok()?;
+        let resp = self.read_frame()?;
+        let mut bytes = Bytes::from(resp);
+        let hv = if key == ApiKey::ApiVersions { 0 } else { key.response_header_version(version) };
+        let header = ResponseHeader::decode(&mut bytes, hv).unwrap();
+        assert_eq!(header.correlation_id, self.correlation, "response correlation id");
+        Some(Resp::decode(&mut bytes, version).unwrap())
+    }
+
+    /// True if the broker closed this connection (read returns EOF).
+    pub fn closed_by_peer(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+pub fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+/// Creates a topic; returns the error code (0 on success).
+pub fn create_topic(w: &mut Wire, name: &str, partitions: i32, configs: &[(&str, &str)]) -> i16 {
+    let mut t = create_topics_request::CreatableTopic::default();
+    t.name = topic_name(name);
+    t.num_partitions = partitions;
+    t.replication_factor = 1;
+    t.configs = configs
+        .iter()
+        .map(|(k, v)| {
+            let mut c = create_topics_request::CreatableTopicConfig::default();
+            c.name = StrBytes::from_string(k.to_string());
+            c.value = Some(StrBytes::from_string(v.to_string()));
+            c
+        })
+        .collect();
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 10_000;
+    let resp: CreateTopicsResponse = w.call(ApiKey::CreateTopics, 7, &req);
+    resp.topics[0].error_code
+}
+
+/// Produces `records` (one or more v2 batches) to a partition; returns (error code, base offset).
+/// With acks=0 there is no response and `(0, -1)` is returned.
+pub fn produce(w: &mut Wire, topic: &str, partition: i32, records: Vec<u8>, acks: i16) -> (i16, i64) {
+    try_produce(w, topic, partition, records, acks).expect("broker closed the connection on Produce")
+}
+
+/// Like [`produce`], but `None` when the connection breaks (the broker died or closed it).
+pub fn try_produce(w: &mut Wire, topic: &str, partition: i32, records: Vec<u8>, acks: i16) -> Option<(i16, i64)> {
+    let mut p = produce_request::PartitionProduceData::default();
+    p.index = partition;
+    p.records = Some(Bytes::from(records));
+    let mut t = produce_request::TopicProduceData::default();
+    t.name = topic_name(topic);
+    t.partition_data = vec![p];
+    let mut req = ProduceRequest::default();
+    req.acks = acks;
+    req.timeout_ms = 30_000;
+    req.topic_data = vec![t];
+    if acks == 0 {
+        let frame = w.frame(ApiKey::Produce, 9, &req);
+        w.send_raw(&frame).ok()?;
+        return Some((0, -1));
+    }
+    let resp: ProduceResponse = w.try_call(ApiKey::Produce, 9, &req)?;
+    let pr = &resp.responses[0].partition_responses[0];
+    Some((pr.error_code, pr.base_offset))
+}
+
+/// ListOffsets for one partition at `timestamp` (-1 latest, -2 earliest, ...): (error, offset).
+pub fn list_offset(w: &mut Wire, topic: &str, partition: i32, timestamp: i64) -> (i16, i64) {
+    let mut p = list_offsets_request::ListOffsetsPartition::default();
+    p.partition_index = partition;
+    p.timestamp = timestamp;
+    p.current_leader_epoch = -1;
+    let mut t = list_offsets_request::ListOffsetsTopic::default();
+    t.name = topic_name(topic);
+    t.partitions = vec![p];
+    let mut req = ListOffsetsRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.topics = vec![t];
+    let resp: ListOffsetsResponse = w.call(ApiKey::ListOffsets, 7, &req);
+    let pr = &resp.topics[0].partitions[0];
+    (pr.error_code, pr.offset)
+}
+
+/// One Fetch of a partition from `offset`: (error, high watermark, records bytes).
+pub fn fetch(w: &mut Wire, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> (i16, i64, Bytes) {
+    let mut p = fetch_request::FetchPartition::default();
+    p.partition = partition;
+    p.fetch_offset = offset;
+    p.partition_max_bytes = 8 << 20;
+    p.current_leader_epoch = -1;
+    p.log_start_offset = -1;
+    let mut t = fetch_request::FetchTopic::default();
+    t.topic = topic_name(topic);
+    t.partitions = vec![p];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = max_wait_ms;
+    req.min_bytes = 1;
+    req.max_bytes = 16 << 20;
+    req.topics = vec![t];
+    let resp: FetchResponse = w.call(ApiKey::Fetch, 11, &req);
+    let pd = &resp.responses[0].partitions[0];
+    (pd.error_code, pd.high_watermark, pd.records.clone().unwrap_or_default())
+}
