@@ -66,6 +66,7 @@ pub(crate) const BROKER_CONFIGS: &[ConfigDef] = &[
     def("delete.topic.enable", Kind::Boolean, "true", "Allow DeleteTopics."),
     def("message.max.bytes", Kind::Int, "1048588", "Largest record batch a topic accepts (default of max.message.bytes)."),
     read_only("socket.request.max.bytes", Kind::Int, "104857600", "Largest request frame the broker reads."),
+    read_only("queued.max.request.bytes", Kind::Long, "536870912", "Total bytes of request frames being read or handled at once; readers wait for room."),
     def("fetch.max.bytes", Kind::Int, "57671680", "Upper bound on a Fetch response's records."),
     def("log.segment.bytes", Kind::Int, "1073741824", "Default segment.bytes."),
     def("log.roll.ms", Kind::Long, "604800000", "Default segment.ms."),
@@ -230,21 +231,6 @@ impl BrokerConfig {
     }
     pub(crate) fn bool(&self, name: &str) -> bool {
         self.get(name) == "true"
-    }
-    pub(crate) fn set_dynamic(&mut self, name: &str, value: Option<&str>) {
-        match value {
-            Some(v) => {
-                self.values.insert(name.to_string(), (v.to_string(), Source::StaticBroker));
-            }
-            None => {
-                if let Some(d) = broker_def(name) {
-                    self.values.insert(name.to_string(), (d.default.to_string(), Source::Default));
-                }
-            }
-        }
-    }
-    pub(crate) fn names(&self) -> impl Iterator<Item = &String> {
-        self.values.keys()
     }
 }
 

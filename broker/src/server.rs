@@ -13,7 +13,7 @@ use creek_protocol::header::parse_request_header;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::handlers::{self, Ctx, Outcome};
 
@@ -23,6 +23,8 @@ pub(crate) const CONNECTIONS_MAX: usize = 10_000;
 /// Accepts connections until `shutdown` turns true.
 pub(crate) async fn serve(listener: TcpListener, ctx: Ctx, mut shutdown: watch::Receiver<bool>) {
     let open = Arc::new(AtomicUsize::new(0));
+    let bytes_max = ctx.broker.config.read().i64("queued.max.request.bytes").clamp(1, i64::from(u32::MAX)) as u32;
+    let budget = Arc::new(FrameBudget { permits: Arc::new(Semaphore::new(bytes_max as usize)), bytes_max });
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -33,9 +35,9 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Ctx, mut shutdown: watch::
                     }
                     let _ = stream.set_nodelay(true);
                     open.fetch_add(1, Ordering::Relaxed);
-                    let (ctx, open, shutdown) = (ctx.clone(), open.clone(), shutdown.clone());
+                    let (ctx, open, shutdown, budget) = (ctx.clone(), open.clone(), shutdown.clone(), budget.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, peer, ctx, shutdown).await {
+                        if let Err(e) = connection(stream, peer, ctx, shutdown, budget).await {
                             tracing::debug!(%peer, error = %e, "connection ended");
                         }
                         open.fetch_sub(1, Ordering::Relaxed);
@@ -56,6 +58,7 @@ async fn connection(
     peer: SocketAddr,
     ctx: Ctx,
     mut shutdown: watch::Receiver<bool>,
+    budget: Arc<FrameBudget>,
 ) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
@@ -73,6 +76,13 @@ async fn connection(
                 tracing::warn!(%peer, error = %e, "closing connection");
                 return Ok(());
             }
+        };
+        // Every frame in flight holds its size from the shared budget until it is answered.
+        // A frame larger than the whole budget takes all of it rather than waiting forever.
+        let permits = u32::try_from(len).unwrap_or(u32::MAX).min(budget.bytes_max);
+        let _held = tokio::select! {
+            p = budget.permits.clone().acquire_many_owned(permits) => p.map_err(|_| std::io::ErrorKind::Other)?,
+            _ = shutdown.changed() => return Ok(()),
         };
         // Memory is committed only as bytes arrive, so an announced-but-unsent frame costs little.
         let mut frame = BytesMut::with_capacity(len.min(1 << 20));
@@ -95,6 +105,12 @@ async fn connection(
             }
         }
     }
+}
+
+/// The shared byte budget for frames in flight (`queued.max.request.bytes`).
+pub(crate) struct FrameBudget {
+    permits: Arc<Semaphore>,
+    bytes_max: u32,
 }
 
 /// Handles one whole request frame (without its length prefix).

@@ -202,10 +202,10 @@ fn forward_lines(label: &'static str, stream: impl Read + Send + 'static, ready:
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             eprintln!("[{label}] {line}");
-            if let Some(addr) = line.trim().strip_prefix(READY_PREFIX) {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(addr.trim().to_string());
-                }
+            if let Some(addr) = line.trim().strip_prefix(READY_PREFIX)
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(addr.trim().to_string());
             }
         }
     });

@@ -18,21 +18,17 @@ use crate::config::{self, ConfigDef, Kind, topic_def};
 
 pub(super) async fn handle(ctx: &Ctx, req: Request<AlterConfigsRequest>) -> Option<AlterConfigsResponse> {
     let body = req.body;
-    let dups = duplicates(body.resources.iter().map(|r| (r.resource_type, r.resource_name.to_string())));
-    let mut answered = HashSet::new();
+    let mut gate = RepeatGate::new(body.resources.iter().map(|r| (r.resource_type, r.resource_name.to_string())));
     let mut resp = AlterConfigsResponse::default();
     for res in body.resources {
-        let key = (res.resource_type, res.resource_name.to_string());
-        let outcome = if dups.contains(&key) {
-            // Kafka answers a repeated resource once, and applies none of its copies.
-            if !answered.insert(key) {
-                continue;
-            }
-            Err((code::INVALID_REQUEST, "Duplicate resource.".to_string()))
-        } else {
-            let configs: Vec<(String, Option<String>)> =
+        let outcome = match gate.check(res.resource_type, &res.resource_name) {
+            None => continue,
+            Some(Err(refusal)) => Err(refusal),
+            Some(Ok(())) => {
+                let configs: Vec<(String, Option<String>)> =
                 res.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect();
-            alter(ctx, res.resource_type, &res.resource_name, &configs, body.validate_only)
+                alter(ctx, res.resource_type, &res.resource_name, &configs, body.validate_only)
+            }
         };
         resp.responses.push(response(res.resource_type, res.resource_name, outcome));
     }
@@ -131,6 +127,32 @@ pub(super) fn list_items(value: &str) -> Vec<&str> {
 pub(super) fn storage_refusal(e: anyhow::Error) -> Refusal {
     tracing::warn!(error = %format!("{e:#}"), "persisting topic configs failed");
     (code::KAFKA_STORAGE_ERROR, format!("{e:#}"))
+}
+
+/// Kafka's rule for a resource named more than once in one request: answer it once with
+/// INVALID_REQUEST and apply none of its copies.
+pub(super) struct RepeatGate {
+    repeated: HashSet<(i8, String)>,
+    answered: HashSet<(i8, String)>,
+}
+
+impl RepeatGate {
+    pub(super) fn new(keys: impl Iterator<Item = (i8, String)>) -> Self {
+        RepeatGate { repeated: duplicates(keys), answered: HashSet::new() }
+    }
+
+    /// `Some(Ok(()))`: handle this resource. `Some(Err(_))`: answer this refusal. `None`: a
+    /// repeated resource already answered; say nothing.
+    pub(super) fn check(&mut self, resource_type: i8, name: &str) -> Option<Result<(), Refusal>> {
+        let key = (resource_type, name.to_string());
+        if !self.repeated.contains(&key) {
+            return Some(Ok(()));
+        }
+        if !self.answered.insert(key) {
+            return None;
+        }
+        Some(Err((code::INVALID_REQUEST, "Duplicate resource.".to_string())))
+    }
 }
 
 /// The keys that occur more than once.

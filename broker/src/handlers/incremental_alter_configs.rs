@@ -1,13 +1,13 @@
 //! IncrementalAlterConfigs: SET, DELETE, APPEND and SUBTRACT on a topic's overrides, applied
 //! atomically per resource. Broker resources are refused as in AlterConfigs (see its docs).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
 use super::alter_configs::{
-    check_resource_type, check_topic_config, check_unique_keys, duplicates, list_items, refuse_broker_change,
+    RepeatGate, check_resource_type, check_topic_config, check_unique_keys, list_items, refuse_broker_change,
     storage_refusal,
 };
 use super::describe_configs::{RESOURCE_BROKER, Refusal, find_topic};
@@ -46,24 +46,20 @@ pub(super) async fn handle(
     req: Request<IncrementalAlterConfigsRequest>,
 ) -> Option<IncrementalAlterConfigsResponse> {
     let body = req.body;
-    let dups = duplicates(body.resources.iter().map(|r| (r.resource_type, r.resource_name.to_string())));
-    let mut answered = HashSet::new();
+    let mut gate = RepeatGate::new(body.resources.iter().map(|r| (r.resource_type, r.resource_name.to_string())));
     let mut resp = IncrementalAlterConfigsResponse::default();
     for res in body.resources {
-        let key = (res.resource_type, res.resource_name.to_string());
-        let outcome = if dups.contains(&key) {
-            // Kafka answers a repeated resource once, and applies none of its copies.
-            if !answered.insert(key) {
-                continue;
-            }
-            Err((code::INVALID_REQUEST, "Duplicate resource.".to_string()))
-        } else {
-            let ops: Vec<(String, i8, Option<String>)> = res
+        let outcome = match gate.check(res.resource_type, &res.resource_name) {
+            None => continue,
+            Some(Err(refusal)) => Err(refusal),
+            Some(Ok(())) => {
+                let ops: Vec<(String, i8, Option<String>)> = res
                 .configs
                 .iter()
                 .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
                 .collect();
-            alter(ctx, res.resource_type, &res.resource_name, &ops, body.validate_only)
+                alter(ctx, res.resource_type, &res.resource_name, &ops, body.validate_only)
+            }
         };
         let mut r = AlterConfigsResourceResponse::default();
         r.resource_type = res.resource_type;

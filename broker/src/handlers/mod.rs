@@ -39,9 +39,7 @@ pub(crate) mod code {
     pub(crate) const REQUEST_TIMED_OUT: i16 = 7;
     pub(crate) const MESSAGE_TOO_LARGE: i16 = 10;
     pub(crate) const INVALID_TOPIC_EXCEPTION: i16 = 17;
-    pub(crate) const RECORD_LIST_TOO_LARGE: i16 = 18;
     pub(crate) const INVALID_REQUIRED_ACKS: i16 = 21;
-    pub(crate) const INVALID_TIMESTAMP: i16 = 32;
     pub(crate) const UNSUPPORTED_VERSION: i16 = 35;
     pub(crate) const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub(crate) const INVALID_PARTITIONS: i16 = 37;
@@ -56,7 +54,6 @@ pub(crate) mod code {
     pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
     pub(crate) const INVALID_RECORD: i16 = 87;
     pub(crate) const UNKNOWN_TOPIC_ID: i16 = 100;
-    pub(crate) const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
 
 /// What a handler can reach.
