@@ -3,6 +3,7 @@
 
 mod config;
 mod flusher;
+mod group;
 mod handlers;
 mod server;
 mod state;

@@ -1,0 +1,1 @@
+//! KIP-848 server-side partition assignors: uniform and range.
