@@ -11,7 +11,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use creek_protocol::frame::peek_frame_len;
 use creek_protocol::header::parse_request_header;
 use kafka_protocol::messages::ApiKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use std::io::IoSlice;
+
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -97,7 +99,7 @@ async fn connection(
             }
         }
         match handle_frame(&ctx, frame.freeze()).await {
-            Outcome::Reply(bytes) => wr.write_all(&bytes).await?,
+            Outcome::Reply(chunks) => write_chunks(&mut wr, &chunks).await?,
             Outcome::NoReply => {}
             Outcome::Close(reason) => {
                 tracing::warn!(%peer, %reason, "refusing request and closing connection");
@@ -111,6 +113,37 @@ async fn connection(
 pub(crate) struct FrameBudget {
     permits: Arc<Semaphore>,
     bytes_max: u32,
+}
+
+/// Writes every chunk in order with vectored writes, so shared record chunks go to the socket
+/// without being copied into one buffer first.
+async fn write_chunks<W: AsyncWrite + Unpin>(wr: &mut W, chunks: &[Bytes]) -> std::io::Result<()> {
+    const SLICES_MAX: usize = 64;
+    let (mut index, mut offset) = (0, 0);
+    while index < chunks.len() {
+        let slices: Vec<IoSlice<'_>> = chunks[index..]
+            .iter()
+            .take(SLICES_MAX)
+            .enumerate()
+            .map(|(i, c)| IoSlice::new(if i == 0 { &c[offset..] } else { &c[..] }))
+            .collect();
+        let mut written = wr.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && index < chunks.len() {
+            let left = chunks[index].len() - offset;
+            if written >= left {
+                written -= left;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Handles one whole request frame (without its length prefix).

@@ -3,11 +3,12 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ProduceResponse};
+use kafka_protocol::messages::{ApiKey, FetchResponse, ProduceResponse};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use thiserror::Error;
 
 use crate::budget::{Budget, GuardedBuf, allocator_installed};
+use crate::gather::GatherBuf;
 use crate::header::write_response_header;
 
 /// Fixed allowance for decoding any body, on top of [`BUDGET_BYTES_PER_BODY_BYTE`].
@@ -77,33 +78,44 @@ pub fn response_header_version(key: ApiKey, version: i16) -> i16 {
     if key == ApiKey::ApiVersions { 0 } else { key.response_header_version(version) }
 }
 
-/// Encodes a whole response frame: length prefix, header, body.
+/// Encodes a whole response frame (length prefix, header, body) as chunks to write in order.
+///
+/// Record batches in a Fetch response are not copied: their `Bytes` (zero-copy slices of segment
+/// maps) become chunks of their own (see [`crate::gather`]).
 pub fn encode_response<T: Encodable + 'static>(
     key: ApiKey,
     version: i16,
     correlation_id: i32,
     body: &T,
-) -> Result<BytesMut, String> {
-    let mut out = BytesMut::with_capacity(64);
-    out.put_i32(0);
-    write_response_header(&mut out, correlation_id, response_header_version(key, version));
-    let legacy_produce = (body as &dyn std::any::Any).downcast_ref::<ProduceResponse>().filter(|_| version < 2);
-    match legacy_produce {
+) -> Result<Vec<Bytes>, String> {
+    let any = body as &dyn std::any::Any;
+    let shareable: Vec<Bytes> = any
+        .downcast_ref::<FetchResponse>()
+        .map(|f| {
+            f.responses.iter().flat_map(|t| t.partitions.iter().filter_map(|p| p.records.clone())).collect()
+        })
+        .unwrap_or_default();
+    let mut out = GatherBuf::new(shareable);
+    let mut header = BytesMut::with_capacity(8);
+    write_response_header(&mut header, correlation_id, response_header_version(key, version));
+    out.put_slice(&header);
+    match any.downcast_ref::<ProduceResponse>().filter(|_| version < 2) {
         Some(resp) => encode_produce_response_v0_v1(resp, version, &mut out),
         // Produce v2 responses are laid out exactly as v3.
         None if key == ApiKey::Produce && version == 2 => body.encode(&mut out, 3).map_err(|e| e.to_string()),
         None => body.encode(&mut out, version).map_err(|e| e.to_string()),
     }
     .map_err(|e| format!("{key:?} v{version}: {e}"))?;
-    let len = (out.len() - 4) as i32;
-    out[0..4].copy_from_slice(&len.to_be_bytes());
-    Ok(out)
+    let len = i32::try_from(out.len()).map_err(|_| format!("{key:?} response exceeds 2 GiB"))?;
+    let mut chunks = vec![Bytes::copy_from_slice(&len.to_be_bytes())];
+    chunks.extend(out.into_chunks());
+    Ok(chunks)
 }
 
 /// Produce responses v0 and v1, which `kafka-protocol` does not encode: v1 is v2 without
 /// `log_append_time_ms`, and v0 is v1 without `throttle_time_ms`.
-fn encode_produce_response_v0_v1(resp: &ProduceResponse, version: i16, out: &mut BytesMut) -> Result<(), String> {
-    let put_str = |out: &mut BytesMut, s: &[u8]| -> Result<(), String> {
+fn encode_produce_response_v0_v1(resp: &ProduceResponse, version: i16, out: &mut GatherBuf) -> Result<(), String> {
+    let put_str = |out: &mut GatherBuf, s: &[u8]| -> Result<(), String> {
         let len = i16::try_from(s.len()).map_err(|_| "topic name too long".to_string())?;
         out.put_i16(len);
         out.put_slice(s);
@@ -123,4 +135,33 @@ fn encode_produce_response_v0_v1(resp: &ProduceResponse, version: i16, out: &mut
         out.put_i32(resp.throttle_time_ms);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::protocol::Decodable;
+
+    #[test]
+    fn fetch_responses_share_record_bytes_and_still_decode() {
+        let records = Bytes::from(crate::batch::build_batch(5, 1, &[(Some(&b"k"[..]), Some(&[3u8; 2000][..]))]));
+        let mut pd = PartitionData::default();
+        pd.records = Some(records.clone());
+        pd.high_watermark = 6;
+        let mut t = FetchableTopicResponse::default();
+        t.partitions = vec![pd];
+        let mut resp = FetchResponse::default();
+        resp.responses = vec![t];
+        for version in [4, 11, 12, 16] {
+            let chunks = encode_response(ApiKey::Fetch, version, 9, &resp).unwrap();
+            assert!(chunks.iter().any(|c| c.as_ptr() == records.as_ptr()), "v{version}: records were copied");
+            let whole = chunks.concat();
+            assert_eq!(i32::from_be_bytes(whole[..4].try_into().unwrap()) as usize, whole.len() - 4);
+            let mut body = Bytes::from(whole).slice(4..);
+            let _ = kafka_protocol::messages::ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(version)).unwrap();
+            let back = FetchResponse::decode(&mut body, version).unwrap();
+            assert_eq!(back.responses[0].partitions[0].records.as_ref(), Some(&records));
+        }
+    }
 }

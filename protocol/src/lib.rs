@@ -12,6 +12,7 @@ pub mod batch;
 pub mod budget;
 pub mod codec;
 pub mod frame;
+pub mod gather;
 pub mod header;
 pub mod records;
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use creek_protocol::codec::{DecodeError, decode_body, encode_response};
 use creek_protocol::header::RequestHeader;
 use kafka_protocol::messages::ApiKey;
@@ -79,7 +79,8 @@ impl<T> Request<T> {
 
 /// What to do after a request.
 pub(crate) enum Outcome {
-    Reply(BytesMut),
+    /// The response frame as chunks to write in order (records are shared, not copied).
+    Reply(Vec<Bytes>),
     /// acks=0 produce: no response is sent.
     NoReply,
     /// The request was malformed or not servable: log and close the connection, as Kafka does.

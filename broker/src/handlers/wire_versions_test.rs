@@ -32,8 +32,8 @@ fn frame<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Bytes {
 }
 
 fn answer<R: Decodable>(outcome: Outcome, key: ApiKey, version: i16) -> R {
-    let Outcome::Reply(bytes) = outcome else { panic!("{key:?} v{version}: no reply") };
-    let mut b = bytes.freeze();
+    let Outcome::Reply(chunks) = outcome else { panic!("{key:?} v{version}: no reply") };
+    let mut b = Bytes::from(chunks.concat());
     let len = i32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
     assert_eq!(len, b.len() - 4, "{key:?} v{version}: frame length");
     let _ = b.split_to(4);
@@ -79,7 +79,8 @@ async fn hot_apis_answer_and_encode_at_every_advertised_version() {
         req.topic_data = vec![t];
         let out = handle_frame(&ctx, frame(ApiKey::Produce, v, &req)).await;
         if v < 2 {
-            let Outcome::Reply(bytes) = out else { panic!("Produce v{v}: no reply") };
+            let Outcome::Reply(chunks) = out else { panic!("Produce v{v}: no reply") };
+            let bytes = chunks.concat();
             // length, correlation id, 1 topic "t", 2 partitions, (index, error, offset)x2, [throttle]
             let expect = 4 + 4 + 4 + 2 + 1 + 4 + 2 * (4 + 2 + 8) + if v == 1 { 4 } else { 0 };
             assert_eq!(bytes.len(), expect, "Produce v{v} layout");
