@@ -89,6 +89,15 @@ pub(crate) const BROKER_CONFIGS: &[ConfigDef] = &[
     def("compression.type", Kind::String, "producer", "Default compression.type."),
     def("min.insync.replicas", Kind::Int, "1", "Default min.insync.replicas."),
     def("unclean.leader.election.enable", Kind::Boolean, "false", "Default unclean.leader.election.enable."),
+    def("group.initial.rebalance.delay.ms", Kind::Int, "3000", "How long the first rebalance of an empty group waits for more members to join."),
+    def("group.min.session.timeout.ms", Kind::Int, "6000", "Smallest session.timeout.ms a classic group member may ask for."),
+    def("group.max.session.timeout.ms", Kind::Int, "1800000", "Largest session.timeout.ms a classic group member may ask for."),
+    def("group.max.size", Kind::Int, "2147483647", "Most members a classic group may have."),
+    read_only("offsets.topic.num.partitions", Kind::Int, "50", "Partitions of __consumer_offsets, fixed when it is created."),
+    read_only("offsets.topic.segment.bytes", Kind::Int, "104857600", "segment.bytes of __consumer_offsets when it is created."),
+    def("offsets.retention.minutes", Kind::Int, "10080", "How long committed offsets are kept after a group becomes empty (or after the commit, for standalone consumers)."),
+    def("offsets.retention.check.interval.ms", Kind::Long, "600000", "How often expired offsets are removed."),
+    def("offset.metadata.max.bytes", Kind::Int, "4096", "Largest metadata string an offset commit may carry."),
 ];
 
 /// Topic configs, each defaulting to a broker config.
@@ -269,6 +278,15 @@ impl TopicConfig {
             index_interval_bytes: num("index.interval.bytes").max(0) as u32,
             segment_index_bytes: num("segment.index.bytes").max(4) as u32,
             preallocate_chunk_bytes: (8u64 << 20).min(segment_bytes),
+            cleanup_delete: v("cleanup.policy").split(',').any(|p| p.trim() == "delete"),
+            cleanup_compact: v("cleanup.policy").split(',').any(|p| p.trim() == "compact"),
+            delete_retention_ms: num("delete.retention.ms"),
+            min_cleanable_dirty_ratio: v("min.cleanable.dirty.ratio")
+                .parse()
+                .unwrap_or_else(|_| panic!("min.cleanable.dirty.ratio was validated")),
+            min_compaction_lag_ms: num("min.compaction.lag.ms"),
+            max_compaction_lag_ms: num("max.compaction.lag.ms"),
+            ..LogConfig::default()
         };
         TopicConfig {
             log,

@@ -1,6 +1,6 @@
 //! Group commit: acks=all producers wait here until an fsync covers their batch; every fsync
 //! covers all appends made before it, so concurrent producers share one. Also runs the periodic
-//! background flush (`flush.ms`) and housekeeping (rolls and retention).
+//! background flush (`flush.ms`) and housekeeping (rolls, retention and log compaction).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,6 +101,45 @@ pub(crate) async fn flush_partition(partition: &Arc<Partition>) -> Result<u64, S
     Ok(log.flushed_offset())
 }
 
+/// Broker-wide limit of concurrent log compactions.
+static COMPACTIONS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(1)));
+
+/// Log compaction (`cleanup.policy=compact`): taking the snapshot and swapping in the result
+/// hold the log lock briefly; reading and rewriting segments runs on a blocking thread without it.
+async fn compact_partition(p: &Arc<Partition>, now: i64) {
+    let job = p.log.lock().compaction_job(now);
+    let job = match job {
+        Ok(Some(job)) => job,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "compaction could not start");
+            return;
+        }
+    };
+    let result = match tokio::task::spawn_blocking(move || job.run()).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => {
+            tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "compaction failed");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(topic = %p.topic, partition = p.index, error = %e, "compaction task panicked");
+            return;
+        }
+    };
+    let installed = p.log.lock().install(result);
+    match installed {
+        Ok(Some(s)) => tracing::info!(
+            topic = %p.topic, partition = p.index, segments = s.segments_rewritten,
+            bytes_before = s.bytes_before, bytes_after = s.bytes_after, cleaned_to = s.cleaned_to,
+            "compacted"
+        ),
+        Ok(None) => tracing::debug!(topic = %p.topic, partition = p.index, "compaction discarded: the log changed under it"),
+        Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "installing compaction failed"),
+    }
+}
+
 /// Periodic work: background flush by `flush.ms`, and rolls plus retention every
 /// `log.retention.check.interval.ms`. Stops when `shutdown` turns true.
 pub(crate) async fn background(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
@@ -131,6 +170,15 @@ pub(crate) async fn background(broker: Arc<Broker>, mut shutdown: watch::Receive
                     Ok(0) => {}
                     Ok(n) => tracing::info!(topic = %p.topic, partition = p.index, deleted = n, "retention deleted segments"),
                     Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "housekeeping failed"),
+                }
+                // One compaction at a time broker-wide bounds its memory and I/O; a partition
+                // that finds the cleaner busy tries again at the next housekeeping round.
+                if let Ok(permit) = COMPACTIONS.clone().try_acquire_owned() {
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        compact_partition(&p, now).await;
+                        drop(permit);
+                    });
                 }
             }
         }

@@ -125,8 +125,17 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     let broker = tokio::task::spawn_blocking(move || state::Broker::open(config)).await??;
     let (stop_tx, stop_rx) = watch::channel(false);
     let flusher = flusher::Flusher::start();
-    let ctx = handlers::Ctx { broker: broker.clone(), flusher };
+    let groups = group::coordinator::GroupCoordinator::new(broker.clone(), flusher.clone());
+    let ctx = handlers::Ctx { broker: broker.clone(), flusher, groups: groups.clone() };
     let bg = tokio::spawn(flusher::background(broker.clone(), stop_rx.clone()));
+    // Group requests get COORDINATOR_LOAD_IN_PROGRESS until __consumer_offsets is replayed.
+    let loading = groups.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = loading.start() {
+            tracing::error!(error = %e, "loading __consumer_offsets failed");
+        }
+    });
+    let ticker = tokio::spawn(groups.run(stop_rx.clone()));
     let server = tokio::spawn(server::serve(listener, ctx, stop_rx));
     tracing::info!(node, %addr, %advertised, data = %data_dir.display(), cluster = %broker.cluster_id, "creek ready");
     println!("creek ready kafka={addr}");
@@ -136,6 +145,7 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = bg.await;
+    let _ = ticker.await;
     tokio::task::spawn_blocking(move || broker.close()).await?;
     tracing::info!("stopped cleanly");
     Ok(())

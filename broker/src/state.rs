@@ -230,6 +230,24 @@ impl Broker {
         Ok(topic)
     }
 
+    /// Returns the internal topic `name`, creating it with `partitions` partitions and `configs`
+    /// if it is missing (at startup, for `__consumer_offsets`).
+    pub(crate) fn ensure_internal_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> anyhow::Result<Arc<Topic>> {
+        if let Some(t) = self.topic(name) {
+            return Ok(t);
+        }
+        match self.create_topic(name, partitions, configs) {
+            Ok(t) => Ok(t),
+            Err(CreateError::Exists) => self.topic(name).context("internal topic vanished"),
+            Err(e) => anyhow::bail!("creating internal topic {name}: {e:?}"),
+        }
+    }
+
     /// Deletes a topic: forgets it durably, then removes its partition directories.
     pub(crate) fn delete_topic(&self, name: &str) -> anyhow::Result<bool> {
         let _guard = self.meta_lock.lock();

@@ -14,7 +14,7 @@ pub(crate) const RECOVERY_POINT: &str = "recovery-point";
 pub(crate) const LOG_START_OFFSET: &str = "log-start-offset";
 pub(crate) const LEADER_EPOCH: &str = "leader-epoch-checkpoint";
 pub(crate) const CLEAN_SHUTDOWN: &str = "clean-shutdown";
-const VERSION: &str = "0";
+pub(crate) const VERSION: &str = "0";
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
     move |source| StorageError::Io {
@@ -51,7 +51,7 @@ pub(crate) fn write_u64(dir: &Path, name: &str, value: u64) -> Result<(), Storag
 }
 
 /// Reads the contents of a checkpoint; `None` if missing, unreadable or of another version.
-fn read_lines(dir: &Path, name: &str) -> Option<Vec<String>> {
+pub(crate) fn read_lines(dir: &Path, name: &str) -> Option<Vec<String>> {
     let path = dir.join(name);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,

@@ -7,18 +7,28 @@
 //! size, time and index size; retention deletes whole segments by time and size; DeleteRecords
 //! moves the log start; truncation cuts the tail at a batch boundary. Opening a directory recovers
 //! it: a torn or corrupt tail after a crash is cut off, missing or bad indexes are rebuilt.
+//! Compaction (`cleanup.policy=compact`, see [`CompactionJob`]) keeps the latest record per key
+//! in sealed segments, in three steps so the caller's lock is held only for the cheap ones:
+//! [`PartitionLog::compaction_job`] (lock), [`CompactionJob::run`] (no lock),
+//! [`PartitionLog::install`] (lock).
 //!
-//! What it deliberately does not do: it knows nothing of sockets, Raft or Kafka requests, never
-//! decodes records (only the 61-byte batch header), never reads a clock (time is passed in) and
-//! spawns no threads. Locking is the caller's: `PartitionLog` is `Send` and is used behind a mutex.
+//! What it deliberately does not do: it knows nothing of sockets, Raft or Kafka requests, decodes
+//! records only to compact (appends and reads see the 61-byte batch header only), never reads a
+//! clock (time is passed in) and spawns no threads. Locking is the caller's: `PartitionLog` is
+//! `Send` and is used behind a mutex.
 //!
 //! Main types: [`PartitionLog`], [`LogConfig`], [`AppendInfo`], [`ReadResult`], [`FlushTarget`],
-//! [`StorageError`].
+//! [`CompactionJob`], [`CompactionResult`], [`CompactionStats`], [`StorageError`].
 //!
 //! On disk, per partition directory: `{base_offset:020}.log` (batches), `.index` (sparse
 //! relative offset → position), `.timeindex` (sparse max timestamp → relative offset), and the
-//! checkpoints `recovery-point`, `log-start-offset`, `leader-epoch-checkpoint`, plus
-//! `clean-shutdown` while closed cleanly.
+//! checkpoints `recovery-point`, `log-start-offset`, `leader-epoch-checkpoint`,
+//! `cleaner-checkpoint` (compaction progress), plus `clean-shutdown` while closed cleanly. A
+//! compaction in flight leaves `*.cleaned` files and, between its commit point and its end,
+//! `cleaner-swap`; recovery finishes or discards them.
+//!
+//! Offsets in a segment are dense except where compaction removed whole batches (only below
+//! the cleaner's persisted gap limit); a read at a removed offset returns the next batch.
 //!
 //! ```
 //! use creek_protocol::batch::build_batch;
@@ -37,6 +47,7 @@
 //! ```
 
 mod checkpoint;
+mod compaction;
 mod epoch;
 mod index;
 mod mmap;
@@ -46,6 +57,7 @@ mod segment;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
 use creek_protocol::batch::{
@@ -53,12 +65,14 @@ use creek_protocol::batch::{
 };
 
 use crate::checkpoint::{io_err, sync_dir};
+use crate::compaction::CleanerState;
+pub use crate::compaction::{CompactionJob, CompactionResult, CompactionStats};
 use crate::epoch::EpochCache;
 use crate::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 use crate::segment::{BatchInfo, LOG_EXT, Segment};
 
 /// Per-partition log settings, named after the Kafka topic configs they implement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// `segment.bytes`: roll when the active segment would exceed it.
     pub segment_bytes: u64,
@@ -74,6 +88,24 @@ pub struct LogConfig {
     pub segment_index_bytes: u32,
     /// The active segment grows by `fallocate` in chunks of this (capped by `segment_bytes`).
     pub preallocate_chunk_bytes: u64,
+    /// `cleanup.policy` contains `delete`: retention by time and size applies.
+    pub cleanup_delete: bool,
+    /// `cleanup.policy` contains `compact`: sealed segments are compacted by key.
+    pub cleanup_compact: bool,
+    /// `delete.retention.ms`: how long a tombstone survives after the first compaction that
+    /// cleaned past it (measured on the `now_ms` passed to compaction, not file times).
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: compact when dirty bytes / cleanable bytes reach this.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: segments holding a record newer than this are not compacted.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: compact regardless of the dirty ratio once the oldest dirty
+    /// batch is this old.
+    pub max_compaction_lag_ms: i64,
+    /// Memory cap of one compaction's offset map (keys plus overhead); a full map cleans a prefix.
+    pub compaction_map_bytes_max: u64,
+    /// Cap on one batch's decompressed records during compaction; larger batches are kept as-is.
+    pub compaction_decompressed_bytes_max: usize,
 }
 
 impl Default for LogConfig {
@@ -86,6 +118,14 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             segment_index_bytes: 10 << 20,
             preallocate_chunk_bytes: 8 << 20,
+            cleanup_delete: true,
+            cleanup_compact: false,
+            delete_retention_ms: 24 * 60 * 60 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            compaction_map_bytes_max: 64 << 20,
+            compaction_decompressed_bytes_max: 64 << 20,
         }
     }
 }
@@ -156,6 +196,10 @@ pub enum StorageError {
         "offset {offset} is not a batch boundary (the batch holding it starts at {batch_base})"
     )]
     NotBatchBoundary { offset: u64, batch_base: u64 },
+    #[error(
+        "cannot truncate to {offset}: compaction removed the offsets just below it (the previous batch ends at {previous_end})"
+    )]
+    TruncateIntoCompactedGap { offset: u64, previous_end: u64 },
     #[error("leader epoch {epoch} is older than the log's latest epoch {latest}")]
     StaleLeaderEpoch { epoch: i32, latest: i32 },
     #[error("corrupt segment {path} at position {position}: {reason}")]
@@ -180,6 +224,12 @@ pub struct PartitionLog {
     epochs: EpochCache,
     /// Bumped by every truncation, so flush targets taken before it can be recognised.
     generation: u64,
+    /// Compaction progress (persisted in `cleaner-checkpoint`).
+    cleaner: CleanerState,
+    /// True while a compaction job or result of this log is alive.
+    cleaner_busy: Arc<AtomicBool>,
+    /// A swap failed part-way; no more compaction until the log is reopened.
+    cleaner_failed: bool,
 }
 
 impl PartitionLog {
@@ -200,6 +250,9 @@ impl PartitionLog {
             recovery_point_written: log_end,
             epochs: rec.epochs,
             generation: 0,
+            cleaner: rec.cleaner,
+            cleaner_busy: Arc::new(AtomicBool::new(false)),
+            cleaner_failed: false,
         };
         log.check_invariants();
         Ok(log)
@@ -549,7 +602,20 @@ impl PartitionLog {
         if batch_base != offset {
             return Err(StorageError::NotBatchBoundary { offset, batch_base });
         }
+        if offset <= self.cleaner.gap_limit {
+            // The log end comes from the data after a restart, so it must not fall in a gap.
+            let previous_end = self.previous_batch_end(i, pos)?;
+            if previous_end != offset {
+                return Err(StorageError::TruncateIntoCompactedGap {
+                    offset,
+                    previous_end,
+                });
+            }
+        }
         self.generation += 1;
+        if self.cleaner.truncate(offset) {
+            compaction::write_state(&self.dir, &self.cleaner)?;
+        }
         if self.flushed > offset {
             self.flushed = offset;
         }
@@ -563,13 +629,26 @@ impl PartitionLog {
         // Cut the segment first: the segments after it then no longer follow on, so a crash
         // part-way through deleting them cannot bring them back.
         let interval = self.config.index_interval_bytes;
-        self.segments[i].truncate_at(pos, offset, interval)?;
+        let gap_limit = self.cleaner.gap_limit;
+        self.segments[i].truncate_at(pos, offset, interval, gap_limit)?;
         for seg in self.segments.drain(i + 1..).rev() {
             seg.delete_files()?;
         }
         sync_dir(&self.dir)?;
         self.check_invariants();
         Ok(())
+    }
+
+    /// The offset after the batch before position `pos` of segment `i` (its base if none).
+    fn previous_batch_end(&self, i: usize, pos: u64) -> Result<u64, StorageError> {
+        let seg = &self.segments[i];
+        let (mut at, mut end) = (0, seg.base_offset);
+        while at < pos {
+            let v = seg.batch_at(at)?;
+            end = v.last_offset() as u64 + 1;
+            at += v.total_len() as u64;
+        }
+        Ok(end)
     }
 
     /// DeleteRecords: moves the log start up to `offset` (durably, in `log-start-offset`) and
@@ -625,7 +704,9 @@ impl PartitionLog {
     }
 
     /// Periodic work: roll by `segment.ms`, delete segments past `retention.ms` (largest timestamp
-    /// older) and `retention.bytes` (oldest first), and checkpoint the recovery point. The active
+    /// older) and `retention.bytes` (oldest first) when `cleanup.policy` includes `delete`, and
+    /// checkpoint the recovery point. Compaction is separate (`compaction_job`), so the caller
+    /// can run its heavy part without the lock. The active
     /// segment is deleted by time only after rolling it, when everything before it is gone too.
     /// Returns how many segments were deleted.
     pub fn housekeeping(&mut self, now_ms: i64) -> Result<usize, StorageError> {
@@ -639,7 +720,7 @@ impl PartitionLog {
             self.roll()?;
         }
         let mut deleted = 0;
-        if c.retention_ms >= 0 {
+        if c.cleanup_delete && c.retention_ms >= 0 {
             let expired = |s: &Segment| {
                 !s.is_empty() && now_ms.saturating_sub(s.max_timestamp) > c.retention_ms
             };
@@ -651,7 +732,7 @@ impl PartitionLog {
             self.delete_oldest(n)?;
             deleted += n;
         }
-        if c.retention_bytes >= 0 {
+        if c.cleanup_delete && c.retention_bytes >= 0 {
             let mut excess = self.size_bytes().saturating_sub(c.retention_bytes as u64);
             let mut n = 0;
             for seg in &self.segments[..self.segments.len() - 1] {

@@ -11,6 +11,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::checkpoint::{self, io_err, sync_dir};
+use crate::compaction::{self, CLEANED_SUFFIX, CleanerState};
 use crate::epoch::EpochCache;
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::segment::{INDEX_EXT, LOG_EXT, Segment, TIME_INDEX_EXT, file_name, scan};
@@ -20,6 +21,7 @@ pub(crate) struct Recovered {
     pub(crate) segments: Vec<Segment>,
     pub(crate) log_start: u64,
     pub(crate) epochs: EpochCache,
+    pub(crate) cleaner: CleanerState,
 }
 
 /// Parses `{20 digits}.{ext}`.
@@ -45,6 +47,7 @@ fn load_trusted(
     base: u64,
     file_len: u64,
     map: &Bytes,
+    gap_limit: u64,
 ) -> Option<(OffsetIndex, TimeIndex, u64, u64, u64)> {
     let oi = OffsetIndex::parse(
         read_index_file(&dir.join(file_name(base, INDEX_EXT)))?,
@@ -60,6 +63,7 @@ fn load_trusted(
         base + u64::from(rel),
         base,
         false,
+        gap_limit,
         |b| {
             seen += 1;
             max_seen = max_seen.max(b.max_ts);
@@ -86,6 +90,7 @@ fn open_segment(
     base: u64,
     trusted: bool,
     interval: u32,
+    gap_limit: u64,
     on_scanned: &mut impl FnMut(u64, i32),
 ) -> Result<(Segment, bool), StorageError> {
     let path = dir.join(file_name(base, LOG_EXT));
@@ -95,7 +100,7 @@ fn open_segment(
     let mut seg = Segment::blank(dir, base, file, file_len, map.clone());
     if trusted
         && let Some((oi, ti, valid_len, next_offset, last_entry_pos)) =
-            load_trusted(dir, base, file_len, &map)
+            load_trusted(dir, base, file_len, &map, gap_limit)
     {
         if let Some((t, r)) = ti.last() {
             seg.max_timestamp = t;
@@ -111,7 +116,7 @@ fn open_segment(
     if trusted {
         tracing::warn!(path = %path.display(), "segment index missing or inconsistent; rebuilding");
     }
-    let end = scan(&map, 0, base, base, true, |b| {
+    let end = scan(&map, 0, base, base, true, gap_limit, |b| {
         seg.record_batch(b, interval);
         on_scanned(b.base, b.epoch);
     });
@@ -142,13 +147,18 @@ pub(crate) fn recover(
         sync_dir(dir)?; // a crash from now on must be seen as unclean
     }
 
+    // Finish or discard a compaction the crash interrupted, before looking at segments.
+    compaction::recover_swap(dir)?;
+    let mut cleaner = compaction::read_state(dir);
+    let gap_limit = cleaner.gap_limit;
+
     let mut bases = Vec::new();
     let mut index_files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".tmp") {
+        if name.ends_with(".tmp") || name.ends_with(CLEANED_SUFFIX) {
             let _ = fs::remove_file(entry.path());
             continue;
         }
@@ -205,6 +215,15 @@ pub(crate) fn recover(
             base,
             trusted,
             config.index_interval_bytes,
+            // Sealed segments may hold compaction gaps anywhere: this way a lost cleaner
+            // checkpoint cannot make recovery cut them. The last one (which may have been
+            // truncated into a compacted region) is held to the checkpoint's gap limit, so a
+            // misnumbered torn tail is still caught.
+            if i + 1 < bases.len() {
+                u64::MAX
+            } else {
+                gap_limit
+            },
             &mut observe,
         )?;
         rebuilt.push(was_rebuilt);
@@ -253,6 +272,9 @@ pub(crate) fn recover(
         }
     }
     let log_end = segments.last().map_or(log_start, |s| s.next_offset);
+    if cleaner.truncate(log_end) {
+        compaction::write_state(dir, &cleaner)?;
+    }
     epochs.truncate_from_end(log_end);
     epochs.truncate_from_start(log_start, log_end);
     sync_dir(dir)?;
@@ -263,6 +285,7 @@ pub(crate) fn recover(
         segments,
         log_start,
         epochs,
+        cleaner,
     })
 }
 

@@ -66,12 +66,16 @@ pub(crate) struct ScanEnd {
 /// `on_batch` for each good one. Stops at the first partial, malformed, misnumbered or (when
 /// `verify_crc`) corrupt batch, or one the segment starting at `segment_base` cannot index (relative
 /// offset or position beyond `u32`). Never panics on any input.
+///
+/// Compaction leaves gaps where whole batches were removed, only below the cleaner's
+/// `gap_limit`: a batch may start after `expected` if it starts at or below `gap_limit`.
 pub(crate) fn scan(
     data: &[u8],
     mut pos: u64,
     mut expected: u64,
     segment_base: u64,
     verify_crc: bool,
+    gap_limit: u64,
     mut on_batch: impl FnMut(&BatchInfo),
 ) -> ScanEnd {
     let stop = |pos: u64, next_offset: u64, reason: Option<String>| {
@@ -95,7 +99,10 @@ pub(crate) fn scan(
             Ok(v) => v,
             Err(e) => return stop(pos, expected, Some(e.to_string())),
         };
-        if view.base_offset() < 0 || view.base_offset() as u64 != expected {
+        let base = view.base_offset();
+        let numbered = base >= 0
+            && (base as u64 == expected || (base as u64 > expected && base as u64 <= gap_limit));
+        if !numbered {
             let why = format!(
                 "batch base offset {} where {expected} was expected",
                 view.base_offset()
@@ -355,7 +362,8 @@ impl Segment {
         }
     }
 
-    /// Position of the batch containing `offset` (`base_offset <= offset < next_offset`).
+    /// Position of the batch containing `offset` (`base_offset <= offset < next_offset`), or of
+    /// the first batch after it if compaction removed it.
     pub(crate) fn position_of(&self, offset: u64) -> Result<u64, StorageError> {
         assert!(
             self.base_offset <= offset && offset < self.next_offset,
@@ -364,12 +372,7 @@ impl Segment {
         let mut pos = u64::from(self.offset_index.lookup(self.rel(offset)).1);
         loop {
             let v = self.batch_at(pos)?;
-            if v.base_offset() > offset as i64 {
-                return Err(self.corrupt(
-                    pos,
-                    format!("batch starts at {} past {offset}", v.base_offset()),
-                ));
-            }
+            // In a compacted segment `offset` may lie in a gap: the next batch holds it.
             if v.last_offset() >= offset as i64 {
                 return Ok(pos);
             }
@@ -441,6 +444,7 @@ impl Segment {
         pos: u64,
         offset: u64,
         interval: u32,
+        gap_limit: u64,
     ) -> Result<(), StorageError> {
         assert!(pos <= self.valid_len);
         let path = self.path(LOG_EXT);
@@ -462,9 +466,10 @@ impl Segment {
             self.base_offset,
             self.base_offset,
             false,
+            gap_limit,
             |b| self.record_batch(b, interval),
         );
-        if end.pos != pos || end.next_offset != offset {
+        if end.pos != pos || end.next_offset > offset {
             return Err(self.corrupt(
                 end.pos,
                 "segment unreadable below the truncation point".into(),

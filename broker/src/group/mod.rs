@@ -2,4 +2,8 @@
 //! offsets, and their records in `__consumer_offsets`.
 
 pub(crate) mod assignor;
+pub(crate) mod classic;
 pub(crate) mod consumer;
+pub(crate) mod coordinator;
+pub(crate) mod offsets;
+pub(crate) mod store;

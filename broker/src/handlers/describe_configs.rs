@@ -193,7 +193,10 @@ pub(super) mod fixture {
         let mut all = vec![("log.dirs".to_string(), dir.path().display().to_string())];
         all.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let broker = Broker::open(BrokerConfig::from_settings(&all).unwrap()).unwrap();
-        (Ctx { broker, flusher: Flusher::start() }, dir)
+        let flusher = Flusher::start();
+        // Group tests call `ctx.groups.start()`; others see no `__consumer_offsets`.
+        let groups = crate::group::coordinator::GroupCoordinator::new(broker.clone(), flusher.clone());
+        (Ctx { broker, flusher, groups }, dir)
     }
 
     pub(in crate::handlers) fn request<T>(key: ApiKey, version: i16, body: T) -> Request<T> {

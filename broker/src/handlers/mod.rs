@@ -9,23 +9,35 @@ use creek_protocol::header::RequestHeader;
 use kafka_protocol::messages::ApiKey;
 
 use crate::flusher::Flusher;
+use crate::group::coordinator::GroupCoordinator;
 use crate::state::Broker;
 
 mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_groups;
 mod describe_log_dirs;
 mod fetch;
+mod find_coordinator;
+mod heartbeat;
 mod incremental_alter_configs;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
+mod sync_group;
 
 pub(crate) use api_versions::unsupported_version_response;
 
@@ -33,6 +45,22 @@ pub(crate) use api_versions::unsupported_version_response;
 pub(crate) mod code {
     pub(crate) const NONE: i16 = 0;
     pub(crate) const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub(crate) const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+    pub(crate) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub(crate) const NOT_COORDINATOR: i16 = 16;
+    pub(crate) const ILLEGAL_GENERATION: i16 = 22;
+    pub(crate) const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub(crate) const INVALID_GROUP_ID: i16 = 24;
+    pub(crate) const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub(crate) const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub(crate) const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub(crate) const NON_EMPTY_GROUP: i16 = 68;
+    pub(crate) const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub(crate) const MEMBER_ID_REQUIRED: i16 = 79;
+    pub(crate) const GROUP_MAX_SIZE_REACHED: i16 = 81;
+    pub(crate) const FENCED_INSTANCE_ID: i16 = 82;
+    pub(crate) const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
     pub(crate) const CORRUPT_MESSAGE: i16 = 2;
     pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub(crate) const LEADER_NOT_AVAILABLE: i16 = 5;
@@ -61,6 +89,7 @@ pub(crate) mod code {
 pub(crate) struct Ctx {
     pub(crate) broker: Arc<Broker>,
     pub(crate) flusher: Flusher,
+    pub(crate) groups: Arc<GroupCoordinator>,
 }
 
 /// A decoded request with its header and the frame it was decoded from (Produce reclaims the
@@ -133,6 +162,17 @@ apis! {
     CreatePartitions: 0..=3 => kafka_protocol::messages::CreatePartitionsRequest, create_partitions::handle;
     IncrementalAlterConfigs: 0..=1 => kafka_protocol::messages::IncrementalAlterConfigsRequest, incremental_alter_configs::handle;
     DescribeCluster: 0..=1 => kafka_protocol::messages::DescribeClusterRequest, describe_cluster::handle;
+    FindCoordinator: 0..=6 => kafka_protocol::messages::FindCoordinatorRequest, find_coordinator::handle;
+    JoinGroup: 0..=9 => kafka_protocol::messages::JoinGroupRequest, join_group::handle;
+    SyncGroup: 0..=5 => kafka_protocol::messages::SyncGroupRequest, sync_group::handle;
+    Heartbeat: 0..=4 => kafka_protocol::messages::HeartbeatRequest, heartbeat::handle;
+    LeaveGroup: 0..=5 => kafka_protocol::messages::LeaveGroupRequest, leave_group::handle;
+    OffsetCommit: 2..=9 => kafka_protocol::messages::OffsetCommitRequest, offset_commit::handle;
+    OffsetFetch: 1..=9 => kafka_protocol::messages::OffsetFetchRequest, offset_fetch::handle;
+    ListGroups: 0..=5 => kafka_protocol::messages::ListGroupsRequest, list_groups::handle;
+    DescribeGroups: 0..=5 => kafka_protocol::messages::DescribeGroupsRequest, describe_groups::handle;
+    DeleteGroups: 0..=2 => kafka_protocol::messages::DeleteGroupsRequest, delete_groups::handle;
+    OffsetDelete: 0..=0 => kafka_protocol::messages::OffsetDeleteRequest, offset_delete::handle;
 }
 
 /// Produce below v3 is v3 without `transactional_id`; every other body decodes directly.
@@ -178,3 +218,6 @@ mod tests {
 
 #[cfg(test)]
 mod wire_versions_test;
+
+#[cfg(test)]
+mod group_wire_test;

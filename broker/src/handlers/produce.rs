@@ -85,6 +85,11 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ProduceRequest>) -> Option<Pr
                 r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
                 continue;
             };
+            if t.name == crate::group::store::OFFSETS_TOPIC {
+                // Only the group coordinator writes its internal topic, as in Kafka.
+                r.error_code = code::INVALID_TOPIC_EXCEPTION;
+                continue;
+            }
             let mut owned;
             let records: &mut [u8] = match part.records.take() {
                 Some(Records::InFrame(range)) if !range.is_empty() => &mut frame[range],

@@ -1,0 +1,61 @@
+//! FindCoordinator: this node coordinates every group whose `__consumer_offsets` partition it
+//! leads (all of them on a single node). Transaction coordinators do not exist yet.
+
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
+
+use super::{Ctx, Request, code, str_bytes};
+
+const KEY_TYPE_GROUP: i8 = 0;
+
+pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> Option<FindCoordinatorResponse> {
+    let version = req.version();
+    let (node_id, host, port) = {
+        let c = ctx.broker.config.read();
+        (c.node_id, c.advertised_host.clone(), i32::from(c.advertised_port))
+    };
+    let key_type = req.body.key_type;
+    let keys: Vec<String> = if version >= 4 {
+        req.body.coordinator_keys.iter().map(|k| k.to_string()).collect()
+    } else {
+        vec![req.body.key.to_string()]
+    };
+    let answers: Vec<Coordinator> = keys
+        .into_iter()
+        .map(|key| {
+            let error = if key_type != KEY_TYPE_GROUP {
+                code::COORDINATOR_NOT_AVAILABLE
+            } else {
+                match ctx.groups.check(&key) {
+                    Ok(()) => code::NONE,
+                    // Clients wait and retry on COORDINATOR_NOT_AVAILABLE while we load.
+                    Err(code::COORDINATOR_LOAD_IN_PROGRESS) => code::COORDINATOR_NOT_AVAILABLE,
+                    Err(e) => e,
+                }
+            };
+            let mut c = Coordinator::default();
+            c.key = str_bytes(key);
+            c.error_code = error;
+            if error == code::NONE {
+                c.node_id = BrokerId(node_id);
+                c.host = str_bytes(host.clone());
+                c.port = port;
+            } else {
+                c.node_id = BrokerId(-1);
+                c.port = -1;
+            }
+            c
+        })
+        .collect();
+    let mut resp = FindCoordinatorResponse::default();
+    if version >= 4 {
+        resp.coordinators = answers;
+    } else {
+        let c = answers.into_iter().next().unwrap_or_default();
+        resp.error_code = c.error_code;
+        resp.node_id = c.node_id;
+        resp.host = c.host;
+        resp.port = c.port;
+    }
+    Some(resp)
+}
