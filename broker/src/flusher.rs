@@ -171,15 +171,19 @@ pub(crate) async fn background(broker: Arc<Broker>, mut shutdown: watch::Receive
                     Ok(n) => tracing::info!(topic = %p.topic, partition = p.index, deleted = n, "retention deleted segments"),
                     Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "housekeeping failed"),
                 }
-                // One compaction at a time broker-wide bounds its memory and I/O; a partition
-                // that finds the cleaner busy tries again at the next housekeeping round.
-                if let Ok(permit) = COMPACTIONS.clone().try_acquire_owned() {
-                    let p = p.clone();
-                    tokio::spawn(async move {
+            }
+            // One compaction at a time broker-wide bounds its memory and I/O. A sweep visits
+            // every compacted partition in turn, so none is starved by those before it; a round
+            // that finds a sweep still running leaves it be.
+            if let Ok(permit) = COMPACTIONS.clone().try_acquire_owned() {
+                let compacted: Vec<_> =
+                    broker.partitions().into_iter().filter(|p| p.config.read().log.cleanup_compact).collect();
+                tokio::spawn(async move {
+                    for p in compacted {
                         compact_partition(&p, now).await;
-                        drop(permit);
-                    });
-                }
+                    }
+                    drop(permit);
+                });
             }
         }
     }

@@ -1,5 +1,4 @@
 //! KIP-848 server-side partition assignors: uniform and range.
-#![cfg_attr(not(test), allow(dead_code))]
 //!
 //! Both are pure and deterministic: the same [`GroupSpec`] always gives the same answer, whatever
 //! the order members were added in. Member ids and topic ids are iterated in sorted order.

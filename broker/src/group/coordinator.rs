@@ -14,6 +14,11 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
+use super::consumer::{
+    ClassicGroup as ClassicPresence, ConsumerGroupConfig, ConsumerGroups, DescribeResult, Heartbeat, HeartbeatResponse,
+    TopicInfo, TopicsSnapshot,
+};
+use super::consumer_store;
 use super::classic::{ClassicConfig, ClassicGroup, GroupState, JoinRequest, JoinResult, Output, ReqId, SyncRequest, SyncResult};
 use super::offsets::{Committed, Offsets};
 use super::store::{self, Loaded, OFFSETS_TOPIC};
@@ -49,6 +54,8 @@ pub(crate) struct Described {
 struct Inner {
     cfg: ClassicConfig,
     groups: HashMap<String, ClassicGroup>,
+    /// KIP-848 consumer groups. A group id is classic or consumer, never both.
+    consumer: ConsumerGroups,
     offsets: Offsets,
     joins: HashMap<ReqId, oneshot::Sender<JoinResult>>,
     syncs: HashMap<ReqId, oneshot::Sender<SyncResult>>,
@@ -75,17 +82,28 @@ fn classic_config(c: &BrokerConfig) -> ClassicConfig {
     }
 }
 
+fn consumer_config(c: &BrokerConfig) -> ConsumerGroupConfig {
+    let as_i32 = |name: &str| c.i64(name).clamp(1, i64::from(i32::MAX)) as i32;
+    ConsumerGroupConfig {
+        session_timeout_ms: as_i32("group.consumer.session.timeout.ms"),
+        heartbeat_interval_ms: as_i32("group.consumer.heartbeat.interval.ms"),
+        max_size: as_i32("group.consumer.max.size") as usize,
+        ..ConsumerGroupConfig::default()
+    }
+}
+
 impl GroupCoordinator {
     /// A coordinator that answers COORDINATOR_LOAD_IN_PROGRESS until [`GroupCoordinator::start`].
     pub(crate) fn new(broker: Arc<Broker>, flusher: Flusher) -> Arc<GroupCoordinator> {
-        let (cfg, partitions) = {
+        let (cfg, consumer_cfg, partitions) = {
             let c = broker.config.read();
-            (classic_config(&c), c.i64("offsets.topic.num.partitions").clamp(1, 100_000) as i32)
+            (classic_config(&c), consumer_config(&c), c.i64("offsets.topic.num.partitions").clamp(1, 100_000) as i32)
         };
         Arc::new(GroupCoordinator {
             inner: Mutex::new(Inner {
                 cfg,
                 groups: HashMap::new(),
+                consumer: ConsumerGroups::new(consumer_cfg, now_ms() as u64),
                 offsets: Offsets::default(),
                 joins: HashMap::new(),
                 syncs: HashMap::new(),
@@ -139,7 +157,12 @@ impl GroupCoordinator {
             inner.groups.entry(id.clone()).or_insert_with(|| ClassicGroup::new(&id, now).with_initial_delay(delay));
         }
         inner.offsets = loaded.offsets;
+        let nconsumer = loaded.consumer.len();
+        for r in &loaded.consumer {
+            inner.consumer.replay(r, now);
+        }
         drop(inner);
+        tracing::info!(records = nconsumer, "replayed KIP-848 consumer group records");
         self.loaded.store(true, Ordering::Release);
         tracing::info!(groups = ngroups, groups_with_offsets = noffsets, "loaded {OFFSETS_TOPIC}");
         Ok(())
@@ -230,6 +253,17 @@ impl GroupCoordinator {
             let mut guard = self.inner.lock();
             let inner: &mut Inner = &mut guard;
             let now = now_ms();
+            match inner.consumer.state(group) {
+                None => {}
+                // An empty consumer group gives way to a classic one, as in Kafka.
+                Some("Empty") => match inner.consumer.delete_group(group) {
+                    Ok(records) => {
+                        self.append_consumer_records(&records);
+                    }
+                    Err((error, _)) => return join_error(error, &j.member_id),
+                },
+                Some(_) => return join_error(code::INCONSISTENT_GROUP_PROTOCOL, &j.member_id),
+            }
             if !inner.groups.contains_key(group) {
                 if !j.member_id.is_empty() {
                     return join_error(code::UNKNOWN_MEMBER_ID, &j.member_id);
@@ -294,7 +328,9 @@ impl GroupCoordinator {
             let mut inner = self.inner.lock();
             let now = now_ms();
             let delay = inner.cfg.initial_rebalance_delay_ms;
+            let consumer_group = inner.consumer.state(group).is_some();
             let verdict = match inner.groups.get_mut(group) {
+                _ if consumer_group => inner.consumer.validate_offset_commit(group, member_id, generation).map_err(|(e, _)| e),
                 Some(g) => g.check_commit(generation, member_id, instance_id, now),
                 None if generation < 0 => {
                     inner.groups.insert(group.to_string(), ClassicGroup::new(group, now).with_initial_delay(delay));
@@ -382,6 +418,84 @@ impl GroupCoordinator {
         out
     }
 
+    /// ListGroups' KIP-848 groups: (group id, state).
+    pub(crate) fn list_consumer(&self) -> Vec<(String, &'static str)> {
+        self.inner.lock().consumer.list()
+    }
+
+    /// Every topic's id and partition count, for KIP-848 assignment. Its version is a content
+    /// hash, so groups re-resolve subscriptions only when topics change.
+    fn topics_snapshot(&self) -> TopicsSnapshot {
+        let topics = self
+            .broker
+            .topics()
+            .into_iter()
+            .map(|t| (t.name.clone(), TopicInfo { id: t.id, partitions: t.partition_count() as i32 }))
+            .collect();
+        TopicsSnapshot::new(topics)
+    }
+
+    /// Appends KIP-848 records to each group's partition; returns what to wait for.
+    fn append_consumer_records(&self, records: &[super::consumer::Record]) -> Vec<(Arc<Partition>, u64)> {
+        let mut by_group: BTreeMap<String, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
+        for r in records {
+            by_group.entry(consumer_group_id(r).to_string()).or_default().push(consumer_store::encode(r));
+        }
+        let mut waits = Vec::new();
+        for (group, recs) in by_group {
+            match self.append(&group, &recs) {
+                Ok(w) => waits.push(w),
+                Err(e) => tracing::warn!(group, error = %e, "could not store consumer group records"),
+            }
+        }
+        waits
+    }
+
+    /// ConsumerGroupHeartbeat: answered once the records it produced are durable.
+    pub(crate) async fn consumer_heartbeat(&self, hb: Heartbeat) -> HeartbeatResponse {
+        if let Err(error) = self.check(&hb.group_id) {
+            return HeartbeatResponse { error_code: error, member_epoch: -1, ..HeartbeatResponse::default() };
+        }
+        let snapshot = self.topics_snapshot();
+        let (response, waits) = {
+            let mut guard = self.inner.lock();
+            let inner: &mut Inner = &mut guard;
+            let classic = match inner.groups.get(&hb.group_id) {
+                None => ClassicPresence::Absent,
+                Some(g) if g.state == GroupState::Empty || g.state == GroupState::Dead => ClassicPresence::Empty,
+                Some(_) => ClassicPresence::Active,
+            };
+            let out = inner.consumer.heartbeat(&hb, classic, &snapshot, now_ms());
+            if out.classic_replaced {
+                inner.groups.remove(&hb.group_id);
+            }
+            (out.response, self.append_consumer_records(&out.records))
+        };
+        for (partition, end) in waits {
+            if let Err(e) = self.flusher.wait_durable(partition, end).await {
+                tracing::warn!(group = %hb.group_id, error = %e, "consumer group records not durable");
+                return HeartbeatResponse { error_code: code::COORDINATOR_NOT_AVAILABLE, member_epoch: -1, ..HeartbeatResponse::default() };
+            }
+        }
+        response
+    }
+
+    /// ConsumerGroupDescribe, one result per id.
+    pub(crate) fn consumer_describe(&self, ids: &[String]) -> Vec<DescribeResult> {
+        let ids_ref: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let inner = self.inner.lock();
+        let checked: Vec<Option<i16>> = ids.iter().map(|id| self.check(id).err()).collect();
+        let described = inner.consumer.describe(&ids_ref, |id| inner.groups.contains_key(id));
+        described
+            .into_iter()
+            .zip(checked)
+            .map(|(d, err)| match err {
+                Some(e) => Err((e, String::new())),
+                None => d,
+            })
+            .collect()
+    }
+
     pub(crate) fn describe(&self, group: &str) -> Described {
         let inner = self.inner.lock();
         let Some(g) = inner.groups.get(group) else {
@@ -466,6 +580,11 @@ impl GroupCoordinator {
     /// Advances every group's clock and expires offsets past `offsets.retention.minutes`.
     pub(crate) fn tick(&self, now: i64) {
         let mut inner = self.inner.lock();
+        let out = inner.consumer.tick(now);
+        for removed in &out.removed {
+            tracing::info!(group = %removed.group_id, member = %removed.member_id, reason = ?removed.reason, "consumer group member removed");
+        }
+        self.append_consumer_records(&out.records);
         let ids: Vec<String> = inner.groups.keys().cloned().collect();
         for id in &ids {
             let out = inner.groups.get_mut(id).expect("listed").tick(now);
@@ -510,6 +629,17 @@ impl GroupCoordinator {
                 tracing::info!(group = %id, expired = expired.len(), "removed expired group");
             }
         }
+    }
+}
+
+fn consumer_group_id(r: &super::consumer::Record) -> &str {
+    use super::consumer::Record;
+    match r {
+        Record::GroupMetadata { group_id, .. }
+        | Record::MemberMetadata { group_id, .. }
+        | Record::TargetAssignmentMetadata { group_id, .. }
+        | Record::TargetAssignmentMember { group_id, .. }
+        | Record::CurrentAssignment { group_id, .. } => group_id,
     }
 }
 

@@ -4,6 +4,7 @@
 pub(crate) mod assignor;
 pub(crate) mod classic;
 pub(crate) mod consumer;
+pub(crate) mod consumer_store;
 pub(crate) mod coordinator;
 pub(crate) mod offsets;
 pub(crate) mod store;

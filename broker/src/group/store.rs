@@ -260,6 +260,8 @@ pub(crate) fn batch_records(view: &BatchView<'_>) -> Result<Vec<(Option<Bytes>, 
 pub(crate) struct Loaded {
     pub(crate) offsets: Offsets,
     pub(crate) groups: HashMap<String, StoredGroup>,
+    /// KIP-848 records in log order, for `ConsumerGroups::replay`.
+    pub(crate) consumer: Vec<super::consumer::Record>,
 }
 
 impl Loaded {
@@ -287,7 +289,11 @@ impl Loaded {
             }
             for (k, v) in batch_records(&view)? {
                 let Some(k) = k else { continue };
-                if let Some(r) = decode(&k, v.as_deref()) {
+                if k.len() >= 2 && i16::from_be_bytes([k[0], k[1]]) >= super::consumer_store::KEY_VERSION_MIN {
+                    if let Some(r) = super::consumer_store::decode(&k, v.as_deref()) {
+                        self.consumer.push(r);
+                    }
+                } else if let Some(r) = decode(&k, v.as_deref()) {
                     self.apply(r);
                 }
             }

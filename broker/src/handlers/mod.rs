@@ -14,6 +14,8 @@ use crate::state::Broker;
 
 mod alter_configs;
 mod api_versions;
+mod consumer_group_describe;
+mod consumer_group_heartbeat;
 mod create_partitions;
 mod create_topics;
 mod delete_groups;
@@ -173,6 +175,8 @@ apis! {
     DescribeGroups: 0..=5 => kafka_protocol::messages::DescribeGroupsRequest, describe_groups::handle;
     DeleteGroups: 0..=2 => kafka_protocol::messages::DeleteGroupsRequest, delete_groups::handle;
     OffsetDelete: 0..=0 => kafka_protocol::messages::OffsetDeleteRequest, offset_delete::handle;
+    ConsumerGroupHeartbeat: 0..=1 => kafka_protocol::messages::ConsumerGroupHeartbeatRequest, consumer_group_heartbeat::handle;
+    ConsumerGroupDescribe: 0..=1 => kafka_protocol::messages::ConsumerGroupDescribeRequest, consumer_group_describe::handle;
 }
 
 /// Produce below v3 is v3 without `transactional_id`; every other body decodes directly.

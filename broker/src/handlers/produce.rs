@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use creek_protocol::batch::{self, BatchError, BatchView};
+use creek_protocol::records::DecodedBatch;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
@@ -191,6 +192,23 @@ fn set_error(topics: &mut [TopicPart], topic: &str, index: i32, error: i16, msg:
     }
 }
 
+/// Refuses a batch with a keyless record (compacted topics), decompressing at most `max_bytes`
+/// times a small factor.
+fn check_keyed(view: BatchView<'_>, max_bytes: usize) -> Result<(), (i16, String)> {
+    let cap = max_bytes.saturating_mul(16).max(1 << 20);
+    let decoded = DecodedBatch::new(view, cap).map_err(|e| (code::CORRUPT_MESSAGE, e.to_string()))?;
+    for record in decoded.iter() {
+        let record = record.map_err(|e| (code::CORRUPT_MESSAGE, e.to_string()))?;
+        if record.key.is_none() {
+            return Err((
+                code::INVALID_RECORD,
+                format!("Compacted topic cannot accept message without key (offset delta {})", record.offset - view.base_offset()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 struct Appended {
     base_offset: u64,
     last_offset: u64,
@@ -201,9 +219,9 @@ struct Appended {
 
 /// Validates every batch in `records` and appends them, or refuses them all with an error code.
 fn append(partition: &Arc<Partition>, records: &mut [u8], version: i16) -> Result<Appended, (i16, String)> {
-    let (max_bytes, log_append_time) = {
+    let (max_bytes, log_append_time, compacted) = {
         let c = partition.config.read();
-        (c.max_message_bytes, c.log_append_time)
+        (c.max_message_bytes, c.log_append_time, c.log.cleanup_compact)
     };
     let ranges = batch::batch_ranges(records).map_err(|e| (code::CORRUPT_MESSAGE, e.to_string()))?;
     let now = now_ms();
@@ -230,6 +248,11 @@ fn append(partition: &Arc<Partition>, records: &mut [u8], version: i16) -> Resul
         }
         if view.is_transactional() {
             return Err((code::INVALID_RECORD, "transactions are not supported yet".into()));
+        }
+        if compacted {
+            // Compaction keeps the latest record per key, so a record without one is refused.
+            // Only compacted topics pay for this walk over the records.
+            check_keyed(view, max_bytes)?;
         }
     }
     if log_append_time {

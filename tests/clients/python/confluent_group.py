@@ -56,6 +56,10 @@ def consumer_conf(bootstrap: str, group: str, **extra) -> dict:
         "allow.auto.create.topics": False,
     }
     conf.update(extra)
+    if conf.get("group.protocol") == "consumer":
+        # KIP-848: the broker owns timeouts and assignment; librdkafka refuses these settings.
+        for key in ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"):
+            conf.pop(key, None)
     return conf
 
 
@@ -172,6 +176,8 @@ def mode_stream(args) -> None:
 
     def member(name: str) -> Member:
         extra = {"client.id": name, "partition.assignment.strategy": args.assignor}
+        if args.protocol == "consumer":
+            extra["group.protocol"] = "consumer"
         m = Member(name, world, consumer_conf(args.bootstrap, args.group, **extra), args.topic)
         m.start()
         return m
@@ -213,7 +219,7 @@ def mode_stream(args) -> None:
         after_leave = [t - leave_at for (t, n, e) in world.events if e == "assign" and t > leave_at and n in ("c2", "c3")]
         leave_s = min(after_leave) if after_leave else -1
     print(
-        f"OK {CLIENT} mode=stream assignor={args.assignor} produced={len(want)} delivered={sum(world.deliveries.values())} "
+        f"OK {CLIENT} mode=stream protocol={args.protocol} assignor={args.assignor} produced={len(want)} delivered={sum(world.deliveries.values())} "
         f"redelivered={len(dups)} join_rebalance_s={max(joins):.2f} leave_rebalance_s={leave_s:.2f}",
         flush=True,
     )
@@ -333,6 +339,7 @@ def main() -> None:
     p.add_argument("--topic", required=True)
     p.add_argument("--group", required=True)
     p.add_argument("--assignor", default="range", help="partition.assignment.strategy (stream mode)")
+    p.add_argument("--protocol", default="classic", choices=["classic", "consumer"], help="group.protocol (stream mode)")
     args = p.parse_args()
     try:
         {"stream": mode_stream, "commit": mode_commit, "verify": mode_verify, "static": mode_static}[args.mode](args)
