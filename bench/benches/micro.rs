@@ -28,7 +28,8 @@ fn batch_16k() -> Vec<u8> {
 #[divan::bench]
 fn validate_batch_header_and_crc(b: Bencher) {
     let batch = batch_16k();
-    b.counter(divan::counter::BytesCount::new(batch.len())).bench(|| BatchView::new(divan::black_box(&batch)).unwrap().validate_for_produce().unwrap());
+    b.counter(divan::counter::BytesCount::new(batch.len()))
+        .bench(|| BatchView::new(divan::black_box(&batch)).unwrap().validate_for_produce().unwrap());
 }
 
 #[divan::bench]
@@ -44,7 +45,8 @@ fn decode_produce_request(b: Bencher) {
     let mut buf = BytesMut::new();
     req.encode(&mut buf, 9).unwrap();
     let body = buf.freeze();
-    b.counter(divan::counter::BytesCount::new(body.len())).bench(|| decode_body::<ProduceRequest>(divan::black_box(body.clone()), 9).unwrap());
+    b.counter(divan::counter::BytesCount::new(body.len()))
+        .bench(|| decode_body::<ProduceRequest>(divan::black_box(body.clone()), 9).unwrap());
 }
 
 fn config() -> LogConfig {
@@ -99,4 +101,3 @@ fn index_lookup_random_offset(b: Bencher) {
         log.read(x % end, 1).unwrap().next_offset
     });
 }
-

@@ -172,7 +172,9 @@ fn produce(w: &Workload, epoch: Instant, progress: bool) -> anyhow::Result<(Repo
                         rng ^= rng << 17;
                         key.extend_from_slice(format!("key-{rng}").as_bytes());
                     }
-                    Keys::RoundRobin(n) => key.extend_from_slice(format!("key-{}", (i * w.producers as u64 + id as u64) % n).as_bytes()),
+                    Keys::RoundRobin(n) => {
+                        key.extend_from_slice(format!("key-{}", (i * w.producers as u64 + id as u64) % n).as_bytes())
+                    }
                 }
                 let mut record = BaseRecord::with_opaque_to(&w.topic, Box::new(now)).payload(&payload[..]);
                 if !key.is_empty() {
@@ -182,7 +184,10 @@ fn produce(w: &Workload, epoch: Instant, progress: bool) -> anyhow::Result<(Repo
                 loop {
                     match producer.send(pending) {
                         Ok(()) => break,
-                        Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                        Err((
+                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                            r,
+                        )) => {
                             producer.poll(Duration::from_millis(1));
                             pending = r;
                         }
@@ -317,7 +322,8 @@ pub async fn run(w: &Workload, progress: bool) -> anyhow::Result<Vec<Report>> {
             return Ok(vec![produced, drained]);
         }
         let watch = w.broker_pid.map(BrokerWatch::start);
-        let expected = if w.duration.is_some() { u64::MAX } else { w.messages / w.producers as u64 * w.producers as u64 };
+        let expected =
+            if w.duration.is_some() { u64::MAX } else { w.messages / w.producers as u64 * w.producers as u64 };
         let consumer = (w.consumers > 0).then(|| {
             let w = w.clone();
             std::thread::spawn(move || consume(&w, epoch, expected, false))

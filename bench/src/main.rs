@@ -98,7 +98,21 @@ fn workload(a: &RunArgs) -> anyhow::Result<Workload> {
     macro_rules! apply {
         ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { w.$field = v; } )* };
     }
-    apply!(label, topic, partitions, message_bytes, messages, acks, compression, producers, consumers, keys, rate, linger_ms, batch_bytes);
+    apply!(
+        label,
+        topic,
+        partitions,
+        message_bytes,
+        messages,
+        acks,
+        compression,
+        producers,
+        consumers,
+        keys,
+        rate,
+        linger_ms,
+        batch_bytes
+    );
     w.duration = a.duration_s.map(Duration::from_secs);
     w.broker_pid = a.broker_pid;
     anyhow::ensure!(w.producers > 0, "--producers must be at least 1");

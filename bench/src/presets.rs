@@ -1,6 +1,5 @@
 //! Named workloads, so every run of a preset measures the same thing on any broker.
 
-
 use crate::load::{Keys, Workload};
 
 /// Names and one-line descriptions, for `creek-bench presets` and the README.

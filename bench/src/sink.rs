@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -335,7 +335,6 @@ fn api_versions() -> ApiVersionsResponse {
     }
     resp
 }
-
 
 /// Runs the sink on `listen` (port 0 picks one) with `partitions` per topic, writing to `path`.
 pub async fn run(listen: &str, path: &std::path::Path, partitions: i32) -> anyhow::Result<()> {

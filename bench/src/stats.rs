@@ -156,7 +156,9 @@ impl Report {
                 );
             }
         }
-        if let (Some(cpu), Some(per_gb), Some(rss)) = (self.broker_cpu_s, self.broker_cpu_s_per_gb, self.broker_peak_rss_mb) {
+        if let (Some(cpu), Some(per_gb), Some(rss)) =
+            (self.broker_cpu_s, self.broker_cpu_s_per_gb, self.broker_peak_rss_mb)
+        {
             out += &format!("  broker: {cpu:.2} CPU-s, {per_gb:.2} CPU-s/GB, peak RSS {rss:.0} MB\n");
         }
         out

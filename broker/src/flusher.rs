@@ -39,10 +39,7 @@ impl Flusher {
             return Ok(());
         }
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Waiter { partition, end_offset, done })
-            .await
-            .map_err(|_| "flusher stopped".to_string())?;
+        self.tx.send(Waiter { partition, end_offset, done }).await.map_err(|_| "flusher stopped".to_string())?;
         rx.await.map_err(|_| "flusher stopped".to_string())?
     }
 }
@@ -135,7 +132,9 @@ async fn compact_partition(p: &Arc<Partition>, now: i64) {
             bytes_before = s.bytes_before, bytes_after = s.bytes_after, cleaned_to = s.cleaned_to,
             "compacted"
         ),
-        Ok(None) => tracing::debug!(topic = %p.topic, partition = p.index, "compaction discarded: the log changed under it"),
+        Ok(None) => {
+            tracing::debug!(topic = %p.topic, partition = p.index, "compaction discarded: the log changed under it")
+        }
         Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "installing compaction failed"),
     }
 }
@@ -168,7 +167,9 @@ pub(crate) async fn background(broker: Arc<Broker>, mut shutdown: watch::Receive
             for p in broker.partitions() {
                 match p.log.lock().housekeeping(now) {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(topic = %p.topic, partition = p.index, deleted = n, "retention deleted segments"),
+                    Ok(n) => {
+                        tracing::info!(topic = %p.topic, partition = p.index, deleted = n, "retention deleted segments")
+                    }
                     Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "housekeeping failed"),
                 }
             }

@@ -122,10 +122,9 @@ impl Broker {
         let meta_path = data_dir.join("meta/topics.toml");
         let meta: MetaFile = match std::fs::read_to_string(&meta_path) {
             Ok(text) => toml::from_str(&text).with_context(|| format!("parsing {}", meta_path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetaFile {
-                cluster_id: Uuid::new_v4().simple().to_string(),
-                topics: Vec::new(),
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                MetaFile { cluster_id: Uuid::new_v4().simple().to_string(), topics: Vec::new() }
+            }
             Err(e) => return Err(e).with_context(|| format!("reading {}", meta_path.display())),
         };
         let now = now_ms();
@@ -188,9 +187,7 @@ impl Broker {
         // '.' and '_' collide in metric names; Kafka refuses such pairs.
         let norm = name.replace('.', "_");
         if let Some(other) = topics.keys().find(|t| t.replace('.', "_") == norm) {
-            return Err(CreateError::InvalidName(format!(
-                "Topic '{name}' collides with existing topic: {other}"
-            )));
+            return Err(CreateError::InvalidName(format!("Topic '{name}' collides with existing topic: {other}")));
         }
         Ok(())
     }
@@ -213,7 +210,10 @@ impl Broker {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| CreateError::Storage(e.to_string()))?;
             }
-            parts.push(open_partition(&self.data_dir, name, p, &tc, now).map_err(|e| CreateError::Storage(format!("{e:#}")))?);
+            parts.push(
+                open_partition(&self.data_dir, name, p, &tc, now)
+                    .map_err(|e| CreateError::Storage(format!("{e:#}")))?,
+            );
         }
         let topic = Arc::new(Topic {
             name: name.to_string(),
@@ -367,9 +367,16 @@ impl Broker {
     }
 }
 
-fn open_partition(data_dir: &Path, topic: &str, index: i32, tc: &TopicConfig, now: i64) -> anyhow::Result<Arc<Partition>> {
+fn open_partition(
+    data_dir: &Path,
+    topic: &str,
+    index: i32,
+    tc: &TopicConfig,
+    now: i64,
+) -> anyhow::Result<Arc<Partition>> {
     let dir = partition_dir(data_dir, topic, index);
-    let log = PartitionLog::open(&dir, tc.log.clone(), now).with_context(|| format!("opening log {}", dir.display()))?;
+    let log =
+        PartitionLog::open(&dir, tc.log.clone(), now).with_context(|| format!("opening log {}", dir.display()))?;
     Ok(Arc::new(Partition {
         topic: topic.to_string(),
         index,

@@ -173,11 +173,7 @@ impl<'a> BatchView<'a> {
     }
     pub fn verify_crc(&self) -> Result<(), BatchError> {
         let (stored, computed) = (self.crc(), self.computed_crc());
-        if stored == computed {
-            Ok(())
-        } else {
-            Err(BatchError::CrcMismatch { stored, computed })
-        }
+        if stored == computed { Ok(()) } else { Err(BatchError::CrcMismatch { stored, computed }) }
     }
 
     /// Checks what a broker must check before accepting a produced batch, without copying or
@@ -210,6 +206,20 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
     crc32c::crc32c(bytes)
 }
 
+/// Appends a zig-zag varint, as used inside records.
+pub fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let b = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+}
+
 /// Reads a zig-zag varint (as used inside records), returning the value and bytes consumed.
 pub fn read_varint(bytes: &[u8]) -> Option<(i64, usize)> {
     let mut value: u64 = 0;
@@ -228,8 +238,7 @@ pub fn read_varint(bytes: &[u8]) -> Option<(i64, usize)> {
 fn count_records(mut records: &[u8]) -> Result<usize, BatchError> {
     let mut n = 0usize;
     while !records.is_empty() {
-        let (len, used) =
-            read_varint(records).ok_or(BatchError::Inconsistent("bad record length varint"))?;
+        let (len, used) = read_varint(records).ok_or(BatchError::Inconsistent("bad record length varint"))?;
         if len < 0 || (len as u64) > (records.len() - used) as u64 {
             return Err(BatchError::Inconsistent("record length exceeds the batch"));
         }
@@ -256,9 +265,10 @@ pub fn batch_ranges(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>, BatchEr
     let mut at = 0;
     while at < bytes.len() {
         let len = framed_len(&bytes[at..])?;
-        let end = at.checked_add(len).filter(|&e| e <= bytes.len()).ok_or(
-            BatchError::Truncated { have: bytes.len() - at, need: len },
-        )?;
+        let end = at
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or(BatchError::Truncated { have: bytes.len() - at, need: len })?;
         ranges.push(at..end);
         at = end;
     }
@@ -268,18 +278,6 @@ pub fn batch_ranges(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>, BatchEr
 /// Builds an uncompressed v2 batch from `(key, value)` records, for tests and internal writers.
 /// Timestamps are `timestamp` for every record; offsets start at `base_offset`.
 pub fn build_batch(base_offset: i64, timestamp: i64, records: &[(Option<&[u8]>, Option<&[u8]>)]) -> Vec<u8> {
-    fn put_varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            let b = (z & 0x7f) as u8;
-            z >>= 7;
-            if z == 0 {
-                out.push(b);
-                break;
-            }
-            out.push(b | 0x80);
-        }
-    }
     let mut body = Vec::new();
     for (i, (key, value)) in records.iter().enumerate() {
         let mut rec = Vec::new();

@@ -39,9 +39,8 @@ pub fn decode_body<T: Decodable>(body: Bytes, version: i16) -> Result<T, DecodeE
     if !allocator_installed() {
         return Err(DecodeError::NoBudgetAllocator);
     }
-    let limit = BUDGET_BYTES_BASE
-        .saturating_add(body.len().saturating_mul(BUDGET_BYTES_PER_BODY_BYTE))
-        .min(BUDGET_BYTES_MAX);
+    let limit =
+        BUDGET_BYTES_BASE.saturating_add(body.len().saturating_mul(BUDGET_BYTES_PER_BODY_BYTE)).min(BUDGET_BYTES_MAX);
     let budget = Budget::start(limit);
     let mut buf = GuardedBuf::new(body);
     let outcome = catch_unwind(AssertUnwindSafe(|| T::decode(&mut buf, version)));
@@ -60,10 +59,7 @@ pub fn decode_body<T: Decodable>(body: Bytes, version: i16) -> Result<T, DecodeE
 
 /// Decodes a Produce body of any version 0..=max. Versions 0–2 are version 3 without the leading
 /// `transactional_id`, so they are decoded as v3 behind a null one.
-pub fn decode_produce(
-    body: Bytes,
-    version: i16,
-) -> Result<kafka_protocol::messages::ProduceRequest, DecodeError> {
+pub fn decode_produce(body: Bytes, version: i16) -> Result<kafka_protocol::messages::ProduceRequest, DecodeError> {
     if version >= 3 {
         return decode_body(body, version);
     }
@@ -91,9 +87,7 @@ pub fn encode_response<T: Encodable + 'static>(
     let any = body as &dyn std::any::Any;
     let shareable: Vec<Bytes> = any
         .downcast_ref::<FetchResponse>()
-        .map(|f| {
-            f.responses.iter().flat_map(|t| t.partitions.iter().filter_map(|p| p.records.clone())).collect()
-        })
+        .map(|f| f.responses.iter().flat_map(|t| t.partitions.iter().filter_map(|p| p.records.clone())).collect())
         .unwrap_or_default();
     let mut out = GatherBuf::new(shareable);
     let mut header = BytesMut::with_capacity(8);
@@ -159,7 +153,11 @@ mod tests {
             let whole = chunks.concat();
             assert_eq!(i32::from_be_bytes(whole[..4].try_into().unwrap()) as usize, whole.len() - 4);
             let mut body = Bytes::from(whole).slice(4..);
-            let _ = kafka_protocol::messages::ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(version)).unwrap();
+            let _ = kafka_protocol::messages::ResponseHeader::decode(
+                &mut body,
+                ApiKey::Fetch.response_header_version(version),
+            )
+            .unwrap();
             let back = FetchResponse::decode(&mut body, version).unwrap();
             assert_eq!(back.responses[0].partitions[0].records.as_ref(), Some(&records));
         }

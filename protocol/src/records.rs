@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 
 use thiserror::Error;
 
-use crate::batch::{BatchView, Compression, HEADER_LEN, LOG_OVERHEAD, read_varint};
+use crate::batch::{BatchView, Compression, HEADER_LEN, LOG_OVERHEAD, put_varint, read_varint};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RecordsError {
@@ -66,8 +66,8 @@ pub fn decompress(codec: Compression, data: &[u8], out_max: usize) -> Result<Vec
         Compression::Gzip => read_capped(flate2::read::MultiGzDecoder::new(data), out_max),
         Compression::Lz4 => read_capped(lz4_flex::frame::FrameDecoder::new(data), out_max),
         Compression::Zstd => {
-            let decoder = ruzstd::decoding::StreamingDecoder::new(data)
-                .map_err(|e| RecordsError::Decompress(e.to_string()))?;
+            let decoder =
+                ruzstd::decoding::StreamingDecoder::new(data).map_err(|e| RecordsError::Decompress(e.to_string()))?;
             read_capped(decoder, out_max)
         }
         Compression::Snappy => {
@@ -117,7 +117,8 @@ pub fn record_timestamps(view: &BatchView<'_>, out_max: usize) -> Result<Vec<(i6
         record = &record[1..]; // attributes
         let ts_delta = next(&mut record)?;
         let offset_delta = next(&mut record)?;
-        let ts = if view.is_log_append_time() { view.max_timestamp() } else { view.base_timestamp().wrapping_add(ts_delta) };
+        let ts =
+            if view.is_log_append_time() { view.max_timestamp() } else { view.base_timestamp().wrapping_add(ts_delta) };
         out.push((view.base_offset().wrapping_add(offset_delta), ts));
     }
     Ok(out)
@@ -280,19 +281,6 @@ impl<'a> DecodedBatch<'a> {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    loop {
-        let b = (z & 0x7f) as u8;
-        z >>= 7;
-        if z == 0 {
-            out.push(b);
-            break;
-        }
-        out.push(b | 0x80);
-    }
-}
-
 fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
     match b {
         Some(b) => {
@@ -408,7 +396,8 @@ impl BatchBuilder {
         if self.count == i32::MAX {
             return Err(RecordsError::OutOfBatch("too many records"));
         }
-        let mut rec = Vec::with_capacity(16 + r.key.map_or(0, <[u8]>::len) + r.value.map_or(0, <[u8]>::len) + r.headers.len());
+        let mut rec =
+            Vec::with_capacity(16 + r.key.map_or(0, <[u8]>::len) + r.value.map_or(0, <[u8]>::len) + r.headers.len());
         rec.push(r.attributes as u8);
         put_varint(&mut rec, r.timestamp.wrapping_sub(self.header.base_timestamp));
         put_varint(&mut rec, delta);
@@ -516,7 +505,8 @@ mod tests {
             .map(|i: i64| {
                 let key = (i % 7 != 3).then(|| format!("key-{}", i % 5).into_bytes());
                 let value = (i % 11 != 0).then(|| format!("value-{i}-").repeat(i as usize % 9 + 1).into_bytes());
-                let headers = (0..i % 3).map(|h| (format!("h{h}").into_bytes(), (h != 1).then(|| vec![h as u8; 3]))).collect();
+                let headers =
+                    (0..i % 3).map(|h| (format!("h{h}").into_bytes(), (h != 1).then(|| vec![h as u8; 3]))).collect();
                 (1000 + 2 * i, 1_700_000_000_000 + (i * 37) % 101 - 50, key, value, headers)
             })
             .collect()
@@ -571,7 +561,10 @@ mod tests {
             v.verify_crc().unwrap();
             assert_eq!(v.compression(), codec);
             assert_eq!((v.base_offset(), v.last_offset_delta(), v.records_count()), (1000, 120, 50));
-            assert_eq!((v.producer_id(), v.producer_epoch(), v.base_sequence(), v.partition_leader_epoch()), (4242, 3, 99, 7));
+            assert_eq!(
+                (v.producer_id(), v.producer_epoch(), v.base_sequence(), v.partition_leader_epoch()),
+                (4242, 3, 99, 7)
+            );
             assert_eq!(v.max_timestamp(), recs.iter().map(|r| r.1).max().unwrap());
             let d = DecodedBatch::new(v, 1 << 20).unwrap();
             let got: Vec<Record<'_>> = d.iter().collect::<Result<_, _>>().unwrap();
@@ -619,14 +612,25 @@ mod tests {
         let empty = BatchBuilder::new(BatchHeader::from_view(&v)).finish(Compression::Gzip).unwrap();
         let ev = BatchView::new(&empty).unwrap();
         ev.verify_crc().unwrap();
-        assert_eq!((ev.base_offset(), ev.last_offset(), ev.records_count(), ev.compression()), (500, 502, 0, Compression::None));
+        assert_eq!(
+            (ev.base_offset(), ev.last_offset(), ev.records_count(), ev.compression()),
+            (500, 502, 0, Compression::None)
+        );
         assert_eq!(DecodedBatch::new(ev, 10).unwrap().iter().count(), 0);
     }
 
     #[test]
     fn builder_refuses_records_outside_the_span_and_zstd() {
         let mut b = BatchBuilder::new(template(3));
-        let r = |offset| Record { offset, timestamp: 0, attributes: 0, key: None, value: None, headers: &[], header_count: 0 };
+        let r = |offset| Record {
+            offset,
+            timestamp: 0,
+            attributes: 0,
+            key: None,
+            value: None,
+            headers: &[],
+            header_count: 0,
+        };
         assert!(b.push(&r(999)).is_err());
         assert!(b.push(&r(1004)).is_err());
         b.push(&r(1001)).unwrap();

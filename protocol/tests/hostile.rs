@@ -38,7 +38,11 @@ fn negative_lengths_are_malformed() {
 
 #[test]
 fn well_formed_bodies_still_decode() {
-    let req = decode_body::<ApiVersionsRequest>(Bytes::from_static(&[0x05, b'k', b'c', b'a', b't', 0x04, b'2', b'.', b'0', 0x00]), 3).unwrap();
+    let req = decode_body::<ApiVersionsRequest>(
+        Bytes::from_static(&[0x05, b'k', b'c', b'a', b't', 0x04, b'2', b'.', b'0', 0x00]),
+        3,
+    )
+    .unwrap();
     assert_eq!(req.client_software_name.as_str(), "kcat");
     let md = decode_body::<MetadataRequest>(Bytes::from_static(&[0, 0, 0, 1, 0, 1, b't', 1]), 4).unwrap();
     assert_eq!(md.topics.unwrap().len(), 1);

@@ -17,31 +17,20 @@ pub(crate) const CLEAN_SHUTDOWN: &str = "clean-shutdown";
 pub(crate) const VERSION: &str = "0";
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
-    move |source| StorageError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StorageError::Io { path: path.to_path_buf(), source }
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
 /// Replaces `dir/name` with `contents` atomically. The caller decides when to fsync the directory
 /// (`sync_dir`), so several files can share one directory sync.
-pub(crate) fn write_file_atomic(
-    dir: &Path,
-    name: &str,
-    contents: &[u8],
-) -> Result<(), StorageError> {
+pub(crate) fn write_file_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StorageError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(contents)
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(&tmp))?;
+    f.write_all(contents).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))
 }
 

@@ -84,16 +84,8 @@ pub(crate) struct CleanerState {
 
 impl CleanerState {
     fn to_lines(&self) -> String {
-        let due = self
-            .tombstones_due_ms
-            .map_or("none".to_string(), |t| t.to_string());
-        let mut s = format!(
-            "{}\n{}\n{}\n{}\n",
-            self.dirty_start,
-            self.gap_limit,
-            due,
-            self.cleaned.len()
-        );
+        let due = self.tombstones_due_ms.map_or("none".to_string(), |t| t.to_string());
+        let mut s = format!("{}\n{}\n{}\n{}\n", self.dirty_start, self.gap_limit, due, self.cleaned.len());
         for (o, t) in &self.cleaned {
             s.push_str(&format!("{o} {t}\n"));
         }
@@ -144,9 +136,7 @@ impl CleanerState {
 }
 
 pub(crate) fn read_state(dir: &Path) -> CleanerState {
-    checkpoint::read_lines(dir, CLEANER_CHECKPOINT)
-        .and_then(|l| CleanerState::parse(&l))
-        .unwrap_or_default()
+    checkpoint::read_lines(dir, CLEANER_CHECKPOINT).and_then(|l| CleanerState::parse(&l)).unwrap_or_default()
 }
 
 pub(crate) fn write_state(dir: &Path, state: &CleanerState) -> Result<(), StorageError> {
@@ -161,13 +151,7 @@ fn cleaned_path(dir: &Path, base: u64, ext: &str) -> PathBuf {
 
 /// Creates (or empties) a file open for reading and writing.
 fn create_rw(path: &Path) -> Result<File, StorageError> {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io_err(path))
+    fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(io_err(path))
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
@@ -194,8 +178,7 @@ fn swap_files(dir: &Path, base: u64) -> Result<(), StorageError> {
 pub(crate) fn recover_swap(dir: &Path) -> Result<(), StorageError> {
     if let Some(lines) = checkpoint::read_lines(dir, CLEANER_SWAP) {
         let parsed = lines.split_first().and_then(|(bases, state)| {
-            let bases: Option<Vec<u64>> =
-                bases.split_whitespace().map(|b| b.parse().ok()).collect();
+            let bases: Option<Vec<u64>> = bases.split_whitespace().map(|b| b.parse().ok()).collect();
             Some((bases?, CleanerState::parse(state)?))
         });
         match parsed {
@@ -215,11 +198,7 @@ pub(crate) fn recover_swap(dir: &Path) -> Result<(), StorageError> {
     remove_if_exists(&dir.join(CLEANER_SWAP))?;
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.ends_with(CLEANED_SUFFIX))
-        {
+        if entry.file_name().to_str().is_some_and(|n| n.ends_with(CLEANED_SUFFIX)) {
             remove_if_exists(&entry.path())?;
         }
     }
@@ -328,8 +307,7 @@ fn records_of<'a>(d: &'a DecodedBatch<'_>) -> Option<Vec<Record<'a>>> {
     let recs: Vec<Record<'a>> = d.iter().collect::<Result<_, _>>().ok()?;
     let in_span = |r: &Record<'_>| r.offset >= v.base_offset() && r.offset <= v.last_offset();
     let increasing = recs.windows(2).all(|w| w[0].offset < w[1].offset);
-    (recs.len() == v.records_count().max(0) as usize && increasing && recs.iter().all(in_span))
-        .then_some(recs)
+    (recs.len() == v.records_count().max(0) as usize && increasing && recs.iter().all(in_span)).then_some(recs)
 }
 
 impl CompactionJob {
@@ -342,10 +320,7 @@ impl CompactionJob {
     }
 
     /// Batch views of a snapshot segment with their positions.
-    fn batches<'a>(
-        &self,
-        seg: &'a SegmentSnapshot,
-    ) -> Result<Vec<(usize, BatchView<'a>)>, StorageError> {
+    fn batches<'a>(&self, seg: &'a SegmentSnapshot) -> Result<Vec<(usize, BatchView<'a>)>, StorageError> {
         let mut out = Vec::new();
         let mut pos = 0;
         while pos < seg.data.len() {
@@ -475,16 +450,8 @@ impl CompactionJob {
                 merge_due(due);
                 return Filtered::Keep;
             }
-            let codec = if can_compress(v.compression()) {
-                v.compression()
-            } else {
-                Compression::None
-            };
-            match b
-                .clone()
-                .finish(codec)
-                .or_else(|_| b.finish(Compression::None))
-            {
+            let codec = if can_compress(v.compression()) { v.compression() } else { Compression::None };
+            match b.clone().finish(codec).or_else(|_| b.finish(Compression::None)) {
                 Ok(bytes) => Filtered::Rewrite(bytes),
                 Err(_) => {
                     merge_due(due);
@@ -537,10 +504,7 @@ impl CompactionJob {
                     }
                     // No records, so no timestamp: -1 keeps time lookups (ListOffsets by
                     // timestamp, the time index, retention) on batches that hold records.
-                    let header = BatchHeader {
-                        max_timestamp: -1,
-                        ..BatchHeader::from_view(v)
-                    };
+                    let header = BatchHeader { max_timestamp: -1, ..BatchHeader::from_view(v) };
                     out = BatchBuilder::new(header)
                         .finish(Compression::None)
                         .expect("an empty uncompressed batch always encodes");
@@ -579,27 +543,14 @@ impl CompactionJob {
             new.next_offset = b.last + 1;
         }
         new.valid_len = out_pos;
-        assert_eq!(
-            new.next_offset, seg.next_offset,
-            "compaction keeps a segment's last batch"
-        );
-        assert_eq!(
-            infos.first().map(|b| b.base),
-            Some(seg.base),
-            "compaction keeps a segment's first batch"
-        );
+        assert_eq!(new.next_offset, seg.next_offset, "compaction keeps a segment's last batch");
+        assert_eq!(infos.first().map(|b| b.base), Some(seg.base), "compaction keeps a segment's first batch");
         new.push_time_entry();
         for ext in [INDEX_EXT, TIME_INDEX_EXT] {
             let p = cleaned_path(&self.dir, seg.base, ext);
-            let bytes = if ext == INDEX_EXT {
-                new.offset_index.bytes()
-            } else {
-                new.time_index.bytes()
-            };
+            let bytes = if ext == INDEX_EXT { new.offset_index.bytes() } else { new.time_index.bytes() };
             let mut f = create_rw(&p)?;
-            f.write_all(bytes)
-                .and_then(|_| f.sync_all())
-                .map_err(io_err(&p))?;
+            f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(&p))?;
             let m = mmap::map_read(&f, bytes.len() as u64).map_err(io_err(&p))?;
             if ext == INDEX_EXT {
                 new.offset_index.set_mapped(m);
@@ -621,10 +572,7 @@ impl CompactionJob {
     /// the snapshot; holds no lock. Safe to drop the result instead of installing it.
     pub fn run(self) -> Result<CompactionResult, StorageError> {
         let (map, map_end) = self.build_map()?;
-        let mut stats = CompactionStats {
-            cleaned_to: map_end,
-            ..CompactionStats::default()
-        };
+        let mut stats = CompactionStats { cleaned_to: map_end, ..CompactionStats::default() };
         let mut due = None;
         let mut replaced = Vec::new();
         let outcome = (|| {
@@ -682,8 +630,7 @@ impl PartitionLog {
         }
         let sealed = &self.segments[..self.segments.len() - 1];
         let lag_ok = |s: &Segment| {
-            c.min_compaction_lag_ms <= 0
-                || s.max_timestamp <= now_ms.saturating_sub(c.min_compaction_lag_ms)
+            c.min_compaction_lag_ms <= 0 || s.max_timestamp <= now_ms.saturating_sub(c.min_compaction_lag_ms)
         };
         let n = sealed.iter().take_while(|s| lag_ok(s)).count();
         if n == 0 {
@@ -691,26 +638,20 @@ impl PartitionLog {
         }
         let segs = &sealed[..n];
         let dirty_end = segs[n - 1].next_offset;
-        let dirty_start = self
-            .cleaner
-            .dirty_start
-            .max(segs[0].base_offset)
-            .min(dirty_end);
+        let dirty_start = self.cleaner.dirty_start.max(segs[0].base_offset).min(dirty_end);
         let total: u64 = segs.iter().map(|s| s.valid_len).sum();
         let (mut dirty_bytes, mut first_dirty_ts) = (0u64, None);
         if dirty_start < dirty_end {
             let i = segs.partition_point(|s| s.base_offset <= dirty_start) - 1;
             let pos = segs[i].position_of(dirty_start)?;
             first_dirty_ts = Some(segs[i].batch_at(pos)?.max_timestamp());
-            dirty_bytes =
-                segs[i].valid_len - pos + segs[i + 1..].iter().map(|s| s.valid_len).sum::<u64>();
+            dirty_bytes = segs[i].valid_len - pos + segs[i + 1..].iter().map(|s| s.valid_len).sum::<u64>();
         }
-        let ratio_due =
-            dirty_bytes > 0 && dirty_bytes as f64 >= c.min_cleanable_dirty_ratio * total as f64;
+        let ratio_due = dirty_bytes > 0 && dirty_bytes as f64 >= c.min_cleanable_dirty_ratio * total as f64;
         let lag_due = c.max_compaction_lag_ms >= 0
             && first_dirty_ts.is_some_and(|t| t <= now_ms.saturating_sub(c.max_compaction_lag_ms));
-        let tombstones_due = dirty_start > segs[0].base_offset
-            && self.cleaner.tombstones_due_ms.is_some_and(|t| t <= now_ms);
+        let tombstones_due =
+            dirty_start > segs[0].base_offset && self.cleaner.tombstones_due_ms.is_some_and(|t| t <= now_ms);
         if !(ratio_due || lag_due || tombstones_due) {
             return Ok(None);
         }
@@ -738,10 +679,7 @@ impl PartitionLog {
     /// Under the caller's lock: swaps in the cleaned segments of `result` (see the module docs
     /// for the crash protocol). Returns `None`, discarding the result, if the log changed under
     /// the job (a truncation, or retention deleting a segment it cleaned).
-    pub fn install(
-        &mut self,
-        result: CompactionResult,
-    ) -> Result<Option<CompactionStats>, StorageError> {
+    pub fn install(&mut self, result: CompactionResult) -> Result<Option<CompactionStats>, StorageError> {
         self.install_inner(result, None)
     }
 
@@ -749,15 +687,9 @@ impl PartitionLog {
     /// including the commit point, then renames only the first `renames` files and stops, as a
     /// crash would. The log must then be dropped (it no longer matches its files) and reopened.
     #[doc(hidden)]
-    pub fn install_interrupted(
-        &mut self,
-        result: CompactionResult,
-        renames: usize,
-    ) -> Result<(), StorageError> {
+    pub fn install_interrupted(&mut self, result: CompactionResult, renames: usize) -> Result<(), StorageError> {
         match self.install_inner(result, Some(renames)) {
-            Err(StorageError::Io { source, .. }) if source.to_string() == "injected crash" => {
-                Ok(())
-            }
+            Err(StorageError::Io { source, .. }) if source.to_string() == "injected crash" => Ok(()),
             other => other.map(|_| ()),
         }
     }
@@ -773,9 +705,7 @@ impl PartitionLog {
         let last = self.segments.len() - 1;
         let mut slots = Vec::with_capacity(result.replaced.len());
         for r in &result.replaced {
-            let i = self.segments[..last]
-                .iter()
-                .position(|s| s.base_offset == r.segment.base_offset);
+            let i = self.segments[..last].iter().position(|s| s.base_offset == r.segment.base_offset);
             match i {
                 Some(i)
                     if Arc::ptr_eq(&self.segments[i].file, &r.old_file)
@@ -791,17 +721,8 @@ impl PartitionLog {
         state.dirty_start = state.dirty_start.min(self.log_end_offset());
         let swapped = (|| {
             if !result.replaced.is_empty() {
-                let bases: Vec<String> = result
-                    .replaced
-                    .iter()
-                    .map(|r| r.segment.base_offset.to_string())
-                    .collect();
-                let manifest = format!(
-                    "{}\n{}\n{}",
-                    checkpoint::VERSION,
-                    bases.join(" "),
-                    state.to_lines()
-                );
+                let bases: Vec<String> = result.replaced.iter().map(|r| r.segment.base_offset.to_string()).collect();
+                let manifest = format!("{}\n{}\n{}", checkpoint::VERSION, bases.join(" "), state.to_lines());
                 write_file_atomic(&self.dir, CLEANER_SWAP, manifest.as_bytes())?;
                 sync_dir(&self.dir)?;
                 result.committed = true; // from here on recovery finishes the swap
@@ -887,10 +808,6 @@ mod tests {
         assert_eq!(s.cleaned, vec![(100, 5_000), (150, 9_000)]);
         assert!(!s.truncate(1_000));
         fs::write(dir.path().join(CLEANER_CHECKPOINT), "0\n1\n").unwrap();
-        assert_eq!(
-            read_state(dir.path()),
-            CleanerState::default(),
-            "malformed reads as never cleaned"
-        );
+        assert_eq!(read_state(dir.path()), CleanerState::default(), "malformed reads as never cleaned");
     }
 }

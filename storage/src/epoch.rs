@@ -9,12 +9,7 @@ pub(crate) struct EpochCache {
 
 impl EpochCache {
     pub(crate) fn from_entries(entries: Vec<(i32, u64)>) -> Self {
-        assert!(
-            entries
-                .windows(2)
-                .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
-            "epoch entries must increase"
-        );
+        assert!(entries.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1), "epoch entries must increase");
         EpochCache { entries }
     }
     pub(crate) fn entries(&self) -> &[(i32, u64)] {
@@ -57,11 +52,7 @@ impl EpochCache {
     /// `offset` (the epoch of the batch holding `offset`), unless an entry starts exactly there or
     /// the log is empty (`offset == log_end`: only epochs with batches are kept).
     pub(crate) fn truncate_from_start(&mut self, offset: u64, log_end: u64) -> bool {
-        let below = self
-            .entries
-            .iter()
-            .take_while(|&&(_, o)| o < offset)
-            .count();
+        let below = self.entries.iter().take_while(|&&(_, o)| o < offset).count();
         if below == 0 {
             return false;
         }

@@ -25,24 +25,12 @@ struct Entries {
 
 impl Entries {
     fn new(entry_len: usize, bytes: Vec<u8>) -> Self {
-        assert!(
-            bytes.len().is_multiple_of(entry_len),
-            "index bytes must be whole entries"
-        );
-        Entries {
-            store: Store::Owned(bytes),
-            entry_len,
-        }
+        assert!(bytes.len().is_multiple_of(entry_len), "index bytes must be whole entries");
+        Entries { store: Store::Owned(bytes), entry_len }
     }
     fn mapped(entry_len: usize, bytes: Bytes) -> Self {
-        assert!(
-            bytes.len().is_multiple_of(entry_len),
-            "index bytes must be whole entries"
-        );
-        Entries {
-            store: Store::Mapped(bytes),
-            entry_len,
-        }
+        assert!(bytes.len().is_multiple_of(entry_len), "index bytes must be whole entries");
+        Entries { store: Store::Mapped(bytes), entry_len }
     }
     fn bytes(&self) -> &[u8] {
         match &self.store {
@@ -66,11 +54,7 @@ impl Entries {
         }
     }
     fn set_mapped(&mut self, map: Bytes) {
-        assert_eq!(
-            map.as_ref(),
-            self.bytes(),
-            "mapped index must equal what was written"
-        );
+        assert_eq!(map.as_ref(), self.bytes(), "mapped index must equal what was written");
         self.store = Store::Mapped(map);
     }
     /// Index of the last entry for which `le(entry)` holds, given entries sorted so that `le` is
@@ -134,10 +118,7 @@ impl OffsetIndex {
     }
     pub(crate) fn push(&mut self, rel: u32, pos: u32) {
         if let Some((r, p)) = self.last() {
-            assert!(
-                rel > r && pos > p,
-                "offset index must grow: ({r},{p}) then ({rel},{pos})"
-            );
+            assert!(rel > r && pos > p, "offset index must grow: ({r},{p}) then ({rel},{pos})");
         }
         let v = self.0.owned();
         v.extend_from_slice(&rel.to_be_bytes());
@@ -197,10 +178,7 @@ impl TimeIndex {
     }
     pub(crate) fn push(&mut self, ts: i64, rel: u32) {
         if let Some((t, r)) = self.last() {
-            assert!(
-                ts > t && rel > r,
-                "time index must grow: ({t},{r}) then ({ts},{rel})"
-            );
+            assert!(ts > t && rel > r, "time index must grow: ({t},{r}) then ({ts},{rel})");
         }
         let v = self.0.owned();
         v.extend_from_slice(&ts.to_be_bytes());
@@ -209,9 +187,7 @@ impl TimeIndex {
     /// Relative offset of the last entry with timestamp `< ts`: every batch up to it is older
     /// than `ts`, so a search for the first batch `>= ts` may start there.
     pub(crate) fn last_below(&self, ts: i64) -> Option<u32> {
-        self.0
-            .last_where(|e| i64_at(e, 0) < ts)
-            .map(|i| self.entry(i).1)
+        self.0.last_where(|e| i64_at(e, 0) < ts).map(|i| self.entry(i).1)
     }
     pub(crate) fn bytes(&self) -> &[u8] {
         self.0.bytes()

@@ -183,18 +183,12 @@ pub enum StorageError {
         source: std::io::Error,
     },
     #[error("offset {offset} is out of range [{log_start}, {log_end}]")]
-    OffsetOutOfRange {
-        offset: u64,
-        log_start: u64,
-        log_end: u64,
-    },
+    OffsetOutOfRange { offset: u64, log_start: u64, log_end: u64 },
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] BatchError),
     #[error("disk full writing {path} ({needed_bytes} bytes needed)")]
     DiskFull { path: PathBuf, needed_bytes: u64 },
-    #[error(
-        "offset {offset} is not a batch boundary (the batch holding it starts at {batch_base})"
-    )]
+    #[error("offset {offset} is not a batch boundary (the batch holding it starts at {batch_base})")]
     NotBatchBoundary { offset: u64, batch_base: u64 },
     #[error(
         "cannot truncate to {offset}: compaction removed the offsets just below it (the previous batch ends at {previous_end})"
@@ -203,11 +197,7 @@ pub enum StorageError {
     #[error("leader epoch {epoch} is older than the log's latest epoch {latest}")]
     StaleLeaderEpoch { epoch: i32, latest: i32 },
     #[error("corrupt segment {path} at position {position}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, position: u64, reason: String },
 }
 
 /// One partition's log in one directory. See the crate docs.
@@ -236,11 +226,7 @@ impl PartitionLog {
     /// Opens (creating if missing) and recovers the log in `dir`.
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<Self, StorageError> {
         let rec = recovery::recover(dir, &config, now_ms)?;
-        let log_end = rec
-            .segments
-            .last()
-            .expect("recovery leaves a segment")
-            .next_offset;
+        let log_end = rec.segments.last().expect("recovery leaves a segment").next_offset;
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
@@ -261,14 +247,8 @@ impl PartitionLog {
     fn check_invariants(&self) {
         assert!(!self.segments.is_empty());
         for w in self.segments.windows(2) {
-            assert_eq!(
-                w[0].next_offset, w[1].base_offset,
-                "segments must be contiguous"
-            );
-            assert!(
-                w[0].sealed && !w[0].is_empty(),
-                "only the last segment may be active or empty"
-            );
+            assert_eq!(w[0].next_offset, w[1].base_offset, "segments must be contiguous");
+            assert!(w[0].sealed && !w[0].is_empty(), "only the last segment may be active or empty");
         }
         assert!(self.log_start <= self.log_end_offset());
         assert!(self.flushed <= self.log_end_offset());
@@ -281,44 +261,26 @@ impl PartitionLog {
         self.segments.last_mut().expect("never empty")
     }
     fn out_of_range(&self, offset: u64) -> StorageError {
-        StorageError::OffsetOutOfRange {
-            offset,
-            log_start: self.log_start,
-            log_end: self.log_end_offset(),
-        }
+        StorageError::OffsetOutOfRange { offset, log_start: self.log_start, log_end: self.log_end_offset() }
     }
     /// Index of the segment holding `offset` (the last one whose base is `<= offset`).
     fn segment_index(&self, offset: u64) -> usize {
-        self.segments
-            .partition_point(|s| s.base_offset <= offset)
-            .saturating_sub(1)
+        self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1)
     }
 
     /// Appends one or more concatenated v2 batches (already CRC-validated by the caller):
     /// stamps dense offsets and `leader_epoch` in place, rolls first if needed, writes them with
     /// one positioned write and updates the indexes.
-    pub fn append(
-        &mut self,
-        batches: &mut [u8],
-        leader_epoch: i32,
-        now_ms: i64,
-    ) -> Result<AppendInfo, StorageError> {
+    pub fn append(&mut self, batches: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo, StorageError> {
         let ranges = batch_ranges(batches)?;
         if ranges.is_empty() {
-            return Err(BatchError::Truncated {
-                have: 0,
-                need: HEADER_LEN,
-            }
-            .into());
+            return Err(BatchError::Truncated { have: 0, need: HEADER_LEN }.into());
         }
         if let Some(latest) = self.epochs.latest()
             && leader_epoch >= 0
             && leader_epoch < latest
         {
-            return Err(StorageError::StaleLeaderEpoch {
-                epoch: leader_epoch,
-                latest,
-            });
+            return Err(StorageError::StaleLeaderEpoch { epoch: leader_epoch, latest });
         }
         let mut records: u64 = 0;
         for r in &ranges {
@@ -333,11 +295,7 @@ impl PartitionLog {
         }
 
         let base = self.log_end_offset();
-        assert!(
-            base.checked_add(records)
-                .is_some_and(|e| e <= i64::MAX as u64),
-            "offsets exhausted"
-        );
+        assert!(base.checked_add(records).is_some_and(|e| e <= i64::MAX as u64), "offsets exhausted");
         let mut next = base;
         let mut max_timestamp = i64::MIN;
         let mut infos = Vec::with_capacity(ranges.len());
@@ -365,12 +323,7 @@ impl PartitionLog {
             }
             return Err(e);
         }
-        Ok(AppendInfo {
-            base_offset: base,
-            last_offset: next - 1,
-            max_timestamp,
-            log_append_time_ms: now_ms,
-        })
+        Ok(AppendInfo { base_offset: base, last_offset: next - 1, max_timestamp, log_append_time_ms: now_ms })
     }
 
     fn should_roll(&self, bytes: u64, batches: usize, records: u64, now_ms: i64) -> bool {
@@ -382,10 +335,8 @@ impl PartitionLog {
         let index_bytes = |entries: usize, len: usize| ((entries + batches + 1) * len) as u64;
         a.valid_len + bytes > c.segment_bytes
             || a.valid_len + bytes > u64::from(u32::MAX)
-            || a.first_append_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) >= c.segment_ms)
-            || index_bytes(a.offset_index.len(), OFFSET_ENTRY_LEN)
-                > u64::from(c.segment_index_bytes)
+            || a.first_append_ms.is_some_and(|t| now_ms.saturating_sub(t) >= c.segment_ms)
+            || index_bytes(a.offset_index.len(), OFFSET_ENTRY_LEN) > u64::from(c.segment_index_bytes)
             || index_bytes(a.time_index.len(), TIME_ENTRY_LEN) > u64::from(c.segment_index_bytes)
             || a.next_offset + records - a.base_offset > u64::from(u32::MAX)
     }
@@ -413,10 +364,7 @@ impl PartitionLog {
             return Err(self.out_of_range(offset));
         }
         if offset == log_end {
-            return Ok(ReadResult {
-                bytes: Bytes::new(),
-                next_offset: log_end,
-            });
+            return Ok(ReadResult { bytes: Bytes::new(), next_offset: log_end });
         }
         let seg = &self.segments[self.segment_index(offset)];
         let start = seg.position_of(offset)?;
@@ -430,10 +378,7 @@ impl PartitionLog {
             end += len;
             next_offset = v.last_offset() as u64 + 1;
         }
-        Ok(ReadResult {
-            bytes: seg.slice(start, end),
-            next_offset,
-        })
+        Ok(ReadResult { bytes: seg.slice(start, end), next_offset })
     }
 
     /// What to fsync to make everything appended so far durable; sync it without holding the
@@ -441,16 +386,8 @@ impl PartitionLog {
     pub fn flush_target(&self) -> FlushTarget {
         let covers = self.log_end_offset();
         // Rolls fsync sealed segments, so only the active one can hold unsynced appends.
-        let files = if self.flushed < covers {
-            vec![self.active().file.clone()]
-        } else {
-            Vec::new()
-        };
-        FlushTarget {
-            files,
-            covers,
-            generation: self.generation,
-        }
+        let files = if self.flushed < covers { vec![self.active().file.clone()] } else { Vec::new() };
+        FlushTarget { files, covers, generation: self.generation }
     }
 
     /// Records that everything below `offset` is durable. Monotonic; clamped to the log end.
@@ -471,9 +408,7 @@ impl PartitionLog {
     /// Syncs now and returns the flushed offset.
     pub fn flush(&mut self) -> Result<u64, StorageError> {
         let target = self.flush_target();
-        target
-            .sync()
-            .map_err(io_err(&self.active().path(LOG_EXT)))?;
+        target.sync().map_err(io_err(&self.active().path(LOG_EXT)))?;
         self.mark_flushed_target(&target);
         Ok(self.flushed)
     }
@@ -567,12 +502,11 @@ impl PartitionLog {
         }
         let Some((ts, i)) = best else { return Ok(None) };
         let seg = &self.segments[i];
-        let start =
-            if seg.base_offset >= self.log_start && seg.max_timestamp_offset >= self.log_start {
-                seg.position_of(seg.max_timestamp_offset)?
-            } else {
-                0
-            };
+        let start = if seg.base_offset >= self.log_start && seg.max_timestamp_offset >= self.log_start {
+            seg.position_of(seg.max_timestamp_offset)?
+        } else {
+            0
+        };
         match self.find_in_segment(i, start, |v| v.max_timestamp() == ts)? {
             Some(pos) => Ok(Some(self.batch_bytes(i, pos)?)),
             None => Err(StorageError::Corrupt {
@@ -606,10 +540,7 @@ impl PartitionLog {
             // The log end comes from the data after a restart, so it must not fall in a gap.
             let previous_end = self.previous_batch_end(i, pos)?;
             if previous_end != offset {
-                return Err(StorageError::TruncateIntoCompactedGap {
-                    offset,
-                    previous_end,
-                });
+                return Err(StorageError::TruncateIntoCompactedGap { offset, previous_end });
             }
         }
         self.generation += 1;
@@ -665,16 +596,9 @@ impl PartitionLog {
         if !self.active().is_empty() && self.active().next_offset <= offset {
             self.roll()?;
         }
-        let n = self
-            .segments
-            .iter()
-            .take_while(|s| s.next_offset <= offset)
-            .count();
+        let n = self.segments.iter().take_while(|s| s.next_offset <= offset).count();
         self.delete_oldest(n.min(self.segments.len() - 1))?;
-        if self
-            .epochs
-            .truncate_from_start(self.log_start, self.log_end_offset())
-        {
+        if self.epochs.truncate_from_start(self.log_start, self.log_end_offset()) {
             checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
         }
         Ok(self.log_start)
@@ -682,10 +606,7 @@ impl PartitionLog {
 
     /// Deletes the `n` oldest segments (never the active one) and moves the log start past them.
     fn delete_oldest(&mut self, n: usize) -> Result<(), StorageError> {
-        assert!(
-            n < self.segments.len(),
-            "the active segment is never deleted"
-        );
+        assert!(n < self.segments.len(), "the active segment is never deleted");
         if n == 0 {
             return Ok(());
         }
@@ -694,10 +615,7 @@ impl PartitionLog {
         }
         sync_dir(&self.dir)?;
         self.log_start = self.log_start.max(self.segments[0].base_offset);
-        if self
-            .epochs
-            .truncate_from_start(self.log_start, self.log_end_offset())
-        {
+        if self.epochs.truncate_from_start(self.log_start, self.log_end_offset()) {
             checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
         }
         Ok(())
@@ -712,18 +630,12 @@ impl PartitionLog {
     pub fn housekeeping(&mut self, now_ms: i64) -> Result<usize, StorageError> {
         let c = self.config.clone();
         let active = self.active();
-        if !active.is_empty()
-            && active
-                .first_append_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) >= c.segment_ms)
-        {
+        if !active.is_empty() && active.first_append_ms.is_some_and(|t| now_ms.saturating_sub(t) >= c.segment_ms) {
             self.roll()?;
         }
         let mut deleted = 0;
         if c.cleanup_delete && c.retention_ms >= 0 {
-            let expired = |s: &Segment| {
-                !s.is_empty() && now_ms.saturating_sub(s.max_timestamp) > c.retention_ms
-            };
+            let expired = |s: &Segment| !s.is_empty() && now_ms.saturating_sub(s.max_timestamp) > c.retention_ms;
             let n = self.segments.iter().take_while(|s| expired(s)).count();
             if n == self.segments.len() {
                 self.roll()?; // the active segment expired too: seal it so it can go
@@ -780,9 +692,7 @@ impl PartitionLog {
         checkpoint::write_u64(&self.dir, checkpoint::LOG_START_OFFSET, self.log_start)?;
         checkpoint::write_u64(&self.dir, checkpoint::RECOVERY_POINT, log_end)?;
         let marker = self.dir.join(checkpoint::CLEAN_SHUTDOWN);
-        File::create(&marker)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&marker))?;
+        File::create(&marker).and_then(|f| f.sync_all()).map_err(io_err(&marker))?;
         sync_dir(&self.dir)
     }
 

@@ -49,26 +49,15 @@ fn load_trusted(
     map: &Bytes,
     gap_limit: u64,
 ) -> Option<(OffsetIndex, TimeIndex, u64, u64, u64)> {
-    let oi = OffsetIndex::parse(
-        read_index_file(&dir.join(file_name(base, INDEX_EXT)))?,
-        file_len,
-    )?;
+    let oi = OffsetIndex::parse(read_index_file(&dir.join(file_name(base, INDEX_EXT)))?, file_len)?;
     let ti = TimeIndex::parse(read_index_file(&dir.join(file_name(base, TIME_INDEX_EXT)))?)?;
     let (rel, pos) = oi.last().unwrap_or((0, 0));
     let mut seen = 0usize;
     let mut max_seen = i64::MIN;
-    let end = scan(
-        map,
-        u64::from(pos),
-        base + u64::from(rel),
-        base,
-        false,
-        gap_limit,
-        |b| {
-            seen += 1;
-            max_seen = max_seen.max(b.max_ts);
-        },
-    );
+    let end = scan(map, u64::from(pos), base + u64::from(rel), base, false, gap_limit, |b| {
+        seen += 1;
+        max_seen = max_seen.max(b.max_ts);
+    });
     if !end.clean || (oi.len() > 0 && seen == 0) {
         return None;
     }
@@ -134,11 +123,7 @@ fn open_segment(
     Ok((seg, true))
 }
 
-pub(crate) fn recover(
-    dir: &Path,
-    config: &LogConfig,
-    now_ms: i64,
-) -> Result<Recovered, StorageError> {
+pub(crate) fn recover(dir: &Path, config: &LogConfig, now_ms: i64) -> Result<Recovered, StorageError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let marker = dir.join(checkpoint::CLEAN_SHUTDOWN);
     let clean = marker.exists();
@@ -175,11 +160,8 @@ pub(crate) fn recover(
         }
     }
 
-    let recovery_point = if clean {
-        u64::MAX
-    } else {
-        checkpoint::read_u64(dir, checkpoint::RECOVERY_POINT).unwrap_or(0)
-    };
+    let recovery_point =
+        if clean { u64::MAX } else { checkpoint::read_u64(dir, checkpoint::RECOVERY_POINT).unwrap_or(0) };
     let log_start_ck = checkpoint::read_u64(dir, checkpoint::LOG_START_OFFSET);
     let epochs_ck = checkpoint::read_epochs(dir);
     // Without the epoch checkpoint, rebuild it from every batch.
@@ -219,11 +201,7 @@ pub(crate) fn recover(
             // checkpoint cannot make recovery cut them. The last one (which may have been
             // truncated into a compacted region) is held to the checkpoint's gap limit, so a
             // misnumbered torn tail is still caught.
-            if i + 1 < bases.len() {
-                u64::MAX
-            } else {
-                gap_limit
-            },
+            if i + 1 < bases.len() { u64::MAX } else { gap_limit },
             &mut observe,
         )?;
         rebuilt.push(was_rebuilt);
@@ -281,12 +259,7 @@ pub(crate) fn recover(
     checkpoint::write_epochs(dir, epochs.entries())?;
     checkpoint::write_u64(dir, checkpoint::LOG_START_OFFSET, log_start)?;
     checkpoint::write_u64(dir, checkpoint::RECOVERY_POINT, log_end)?;
-    Ok(Recovered {
-        segments,
-        log_start,
-        epochs,
-        cleaner,
-    })
+    Ok(Recovered { segments, log_start, epochs, cleaner })
 }
 
 /// Recovery's lenient form of `EpochCache::assign`: a batch of a newer epoch starts a new entry;

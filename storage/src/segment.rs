@@ -81,12 +81,7 @@ pub(crate) fn scan(
     let stop = |pos: u64, next_offset: u64, reason: Option<String>| {
         let rest = data.get(pos as usize..).unwrap_or(&[]);
         let clean = rest.iter().all(|&b| b == 0);
-        ScanEnd {
-            pos,
-            next_offset,
-            clean,
-            reason: if clean { None } else { reason },
-        }
+        ScanEnd { pos, next_offset, clean, reason: if clean { None } else { reason } }
     };
     loop {
         let Some(rest) = data.get(pos as usize..) else {
@@ -100,13 +95,9 @@ pub(crate) fn scan(
             Err(e) => return stop(pos, expected, Some(e.to_string())),
         };
         let base = view.base_offset();
-        let numbered = base >= 0
-            && (base as u64 == expected || (base as u64 > expected && base as u64 <= gap_limit));
+        let numbered = base >= 0 && (base as u64 == expected || (base as u64 > expected && base as u64 <= gap_limit));
         if !numbered {
-            let why = format!(
-                "batch base offset {} where {expected} was expected",
-                view.base_offset()
-            );
+            let why = format!("batch base offset {} where {expected} was expected", view.base_offset());
             return stop(pos, expected, Some(why));
         }
         if view.last_offset_delta() < 0 || view.last_offset() < view.base_offset() {
@@ -118,11 +109,7 @@ pub(crate) fn scan(
         let info = BatchInfo::of(&view, pos);
         if info.last - segment_base > u64::from(u32::MAX) || pos + info.len > u64::from(u32::MAX) {
             // Beyond what a segment may hold (relative offsets and positions are u32).
-            return stop(
-                pos,
-                expected,
-                Some("batch beyond the segment's offset or size range".into()),
-            );
+            return stop(pos, expected, Some("batch beyond the segment's offset or size range".into()));
         }
         on_batch(&info);
         pos += info.len;
@@ -159,15 +146,9 @@ pub(crate) struct Segment {
 fn classify(path: &Path, needed: u64) -> impl FnOnce(io::Error) -> StorageError + '_ {
     move |e| {
         if e.raw_os_error() == Some(libc::ENOSPC) {
-            StorageError::DiskFull {
-                path: path.to_path_buf(),
-                needed_bytes: needed,
-            }
+            StorageError::DiskFull { path: path.to_path_buf(), needed_bytes: needed }
         } else {
-            StorageError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            }
+            StorageError::Io { path: path.to_path_buf(), source: e }
         }
     }
 }
@@ -189,22 +170,11 @@ impl Segment {
     }
 
     pub(crate) fn open_file(path: &Path, create_new: bool) -> Result<File, StorageError> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(create_new)
-            .open(path)
-            .map_err(io_err(path))
+        OpenOptions::new().read(true).write(true).create_new(create_new).open(path).map_err(io_err(path))
     }
 
     /// A segment over `file` with no batches indexed yet (used by creation and recovery).
-    pub(crate) fn blank(
-        dir: &Path,
-        base_offset: u64,
-        file: File,
-        file_len: u64,
-        map: Bytes,
-    ) -> Self {
+    pub(crate) fn blank(dir: &Path, base_offset: u64, file: File, file_len: u64, map: Bytes) -> Self {
         Segment {
             dir: dir.to_path_buf(),
             base_offset,
@@ -235,8 +205,7 @@ impl Segment {
     }
 
     fn rel(&self, offset: u64) -> u32 {
-        u32::try_from(offset - self.base_offset)
-            .expect("relative offset fits u32 (rolls ensure it)")
+        u32::try_from(offset - self.base_offset).expect("relative offset fits u32 (rolls ensure it)")
     }
 
     /// Updates max timestamp and indexes for a batch just written (or found by a scan) at `b.pos`.
@@ -259,11 +228,7 @@ impl Segment {
         if self.max_timestamp == i64::MIN {
             return; // nothing appended yet
         }
-        if self
-            .time_index
-            .last()
-            .is_none_or(|(t, _)| self.max_timestamp > t)
-        {
+        if self.time_index.last().is_none_or(|(t, _)| self.max_timestamp > t) {
             let rel = self.rel(self.max_timestamp_offset);
             self.time_index.push(self.max_timestamp, rel);
         }
@@ -275,23 +240,11 @@ impl Segment {
             return Ok(());
         }
         let path = self.path(LOG_EXT);
-        let chunk = config
-            .preallocate_chunk_bytes
-            .min(config.segment_bytes)
-            .max(1);
-        let target = self
-            .allocated_len
-            .saturating_add(chunk)
-            .max(end)
-            .min(config.segment_bytes.max(end));
-        let mut result =
-            mmap::fallocate(&self.file, self.allocated_len, target - self.allocated_len);
+        let chunk = config.preallocate_chunk_bytes.min(config.segment_bytes).max(1);
+        let target = self.allocated_len.saturating_add(chunk).max(end).min(config.segment_bytes.max(end));
+        let mut result = mmap::fallocate(&self.file, self.allocated_len, target - self.allocated_len);
         let mut new_len = target;
-        if result
-            .as_ref()
-            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
-            && target > end
-        {
+        if result.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC)) && target > end {
             // A whole chunk does not fit; the write itself might.
             new_len = end;
             result = mmap::fallocate(&self.file, self.allocated_len, end - self.allocated_len);
@@ -331,10 +284,7 @@ impl Segment {
             return Err(classify(&self.path(LOG_EXT), bytes.len() as u64)(e));
         }
         for b in batches {
-            let b = BatchInfo {
-                pos: b.pos + start,
-                ..*b
-            };
+            let b = BatchInfo { pos: b.pos + start, ..*b };
             self.record_batch(&b, config.index_interval_bytes);
             self.next_offset = b.last + 1;
         }
@@ -344,20 +294,14 @@ impl Segment {
     }
 
     fn corrupt(&self, position: u64, reason: String) -> StorageError {
-        StorageError::Corrupt {
-            path: self.path(LOG_EXT),
-            position,
-            reason,
-        }
+        StorageError::Corrupt { path: self.path(LOG_EXT), position, reason }
     }
 
     /// The batch starting at `pos`, which must lie within the valid bytes.
     pub(crate) fn batch_at(&self, pos: u64) -> Result<BatchView<'_>, StorageError> {
         let data = &self.map[..self.valid_len as usize];
         match data.get(pos as usize..) {
-            Some(rest) if !rest.is_empty() => {
-                BatchView::new(rest).map_err(|e| self.corrupt(pos, e.to_string()))
-            }
+            Some(rest) if !rest.is_empty() => BatchView::new(rest).map_err(|e| self.corrupt(pos, e.to_string())),
             _ => Err(self.corrupt(pos, "no batch at this position".into())),
         }
     }
@@ -365,10 +309,7 @@ impl Segment {
     /// Position of the batch containing `offset` (`base_offset <= offset < next_offset`), or of
     /// the first batch after it if compaction removed it.
     pub(crate) fn position_of(&self, offset: u64) -> Result<u64, StorageError> {
-        assert!(
-            self.base_offset <= offset && offset < self.next_offset,
-            "offset {offset} not in segment"
-        );
+        assert!(self.base_offset <= offset && offset < self.next_offset, "offset {offset} not in segment");
         let mut pos = u64::from(self.offset_index.lookup(self.rel(offset)).1);
         loop {
             let v = self.batch_at(pos)?;
@@ -382,10 +323,7 @@ impl Segment {
 
     /// Zero-copy bytes `[start, end)` of the valid data.
     pub(crate) fn slice(&self, start: u64, end: u64) -> Bytes {
-        assert!(
-            start <= end && end <= self.valid_len,
-            "slice beyond valid data"
-        );
+        assert!(start <= end && end <= self.valid_len, "slice beyond valid data");
         self.map.slice(start as usize..end as usize)
     }
 
@@ -394,11 +332,7 @@ impl Segment {
     pub(crate) fn write_indexes(&mut self, map: bool) -> Result<(), StorageError> {
         for ext in [INDEX_EXT, TIME_INDEX_EXT] {
             let name = file_name(self.base_offset, ext);
-            let bytes = if ext == INDEX_EXT {
-                self.offset_index.bytes()
-            } else {
-                self.time_index.bytes()
-            };
+            let bytes = if ext == INDEX_EXT { self.offset_index.bytes() } else { self.time_index.bytes() };
             write_file_atomic(&self.dir, &name, bytes)?;
             if map {
                 let path = self.dir.join(&name);
@@ -460,20 +394,11 @@ impl Segment {
             self.first_append_ms = None;
             self.sealed = false;
         }
-        let end = scan(
-            &data[..pos as usize],
-            0,
-            self.base_offset,
-            self.base_offset,
-            false,
-            gap_limit,
-            |b| self.record_batch(b, interval),
-        );
+        let end = scan(&data[..pos as usize], 0, self.base_offset, self.base_offset, false, gap_limit, |b| {
+            self.record_batch(b, interval)
+        });
         if end.pos != pos || end.next_offset > offset {
-            return Err(self.corrupt(
-                end.pos,
-                "segment unreadable below the truncation point".into(),
-            ));
+            return Err(self.corrupt(end.pos, "segment unreadable below the truncation point".into()));
         }
         self.valid_len = pos;
         self.next_offset = offset;

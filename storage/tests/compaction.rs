@@ -41,10 +41,7 @@ fn key(k: usize) -> Vec<u8> {
 
 /// Appends one batch of `(key, value)` records with timestamp `ts`.
 fn append(log: &mut PartitionLog, ts: i64, recs: &[(Vec<u8>, Option<Vec<u8>>)]) -> u64 {
-    let r: Vec<KeyValue<'_>> = recs
-        .iter()
-        .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
-        .collect();
+    let r: Vec<KeyValue<'_>> = recs.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
     let mut b = build_batch(0, ts, &r);
     log.append(&mut b, 0, ts).unwrap().base_offset
 }
@@ -80,15 +77,8 @@ fn read_records(log: &PartitionLog, from: u64) -> Vec<Rec> {
             for rec in d.iter() {
                 let rec = rec.unwrap();
                 let offset = rec.offset as u64;
-                assert!(
-                    out.last().is_none_or(|p| p.offset < offset),
-                    "offsets must increase"
-                );
-                out.push(Rec {
-                    offset,
-                    key: rec.key.map(<[u8]>::to_vec),
-                    value: rec.value.map(<[u8]>::to_vec),
-                });
+                assert!(out.last().is_none_or(|p| p.offset < offset), "offsets must increase");
+                out.push(Rec { offset, key: rec.key.map(<[u8]>::to_vec), value: rec.value.map(<[u8]>::to_vec) });
             }
         }
         assert!(r.next_offset > at);
@@ -111,9 +101,7 @@ fn expected(all: &[Rec], cleaned_to: u64, tombstones_gone: bool) -> Vec<Rec> {
             r.offset >= cleaned_to
                 || match &r.key {
                     None => true,
-                    Some(k) => {
-                        latest[k.as_slice()] == r.offset && !(tombstones_gone && r.value.is_none())
-                    }
+                    Some(k) => latest[k.as_slice()] == r.offset && !(tombstones_gone && r.value.is_none()),
                 }
         })
         .cloned()
@@ -156,35 +144,16 @@ fn hundred_thousand_updates_over_a_thousand_keys_compact_to_the_latest_value_per
     let stats = log.compact(T0).unwrap().expect("a dirty log compacts");
     let cleaned_to = log.cleaner_checkpoint();
     assert_eq!(stats.cleaned_to, cleaned_to);
-    assert!(
-        cleaned_to > 90_000,
-        "everything sealed is cleaned: {cleaned_to}"
-    );
+    assert!(cleaned_to > 90_000, "everything sealed is cleaned: {cleaned_to}");
     assert_eq!(log.log_end_offset(), end, "offsets never change");
     assert_eq!(log.segment_count(), segments);
     let got = read_records(&log, 0);
     assert_eq!(got, expected(&all, cleaned_to, false));
-    assert_eq!(
-        table(&got),
-        table(&all),
-        "a consumer from 0 sees the same table"
-    );
+    assert_eq!(table(&got), table(&all), "a consumer from 0 sees the same table");
     let below: Vec<&Rec> = got.iter().filter(|r| r.offset < cleaned_to).collect();
-    assert_eq!(
-        below.len(),
-        1_000,
-        "one record per key below the cleaned offset"
-    );
-    assert!(
-        log.size_bytes() < size_before / 10,
-        "{} -> {}",
-        size_before,
-        log.size_bytes()
-    );
-    assert!(
-        stats.records_removed > 90_000 && stats.batches_removed > 0,
-        "{stats:?}"
-    );
+    assert_eq!(below.len(), 1_000, "one record per key below the cleaned offset");
+    assert!(log.size_bytes() < size_before / 10, "{} -> {}", size_before, log.size_bytes());
+    assert!(stats.records_removed > 90_000 && stats.batches_removed > 0, "{stats:?}");
 
     // A read at a compacted-away offset returns the next batch that still exists.
     let kept: Vec<u64> = got.iter().map(|r| r.offset).collect();
@@ -222,13 +191,11 @@ fn tombstoned_keys_disappear_after_delete_retention() {
     let mut log = PartitionLog::open(dir.path(), compact_config(), T0).unwrap();
     produce(&mut log, 5_000, 100, 10, T0);
     // Keys 1000..1010 get values, then tombstones, then filler on other keys seals them.
-    let doomed: Vec<(Vec<u8>, Option<Vec<u8>>)> = (1000..1010)
-        .map(|k| (key(k), Some(b"soon deleted".to_vec())))
-        .collect();
+    let doomed: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+        (1000..1010).map(|k| (key(k), Some(b"soon deleted".to_vec()))).collect();
     append(&mut log, T0, &doomed);
     produce(&mut log, 500, 100, 10, T0);
-    let tombstones: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-        (1000..1010).map(|k| (key(k), None)).collect();
+    let tombstones: Vec<(Vec<u8>, Option<Vec<u8>>)> = (1000..1010).map(|k| (key(k), None)).collect();
     append(&mut log, T0, &tombstones);
     produce(&mut log, 2_000, 100, 10, T0);
     let all = read_records(&log, 0);
@@ -236,27 +203,17 @@ fn tombstoned_keys_disappear_after_delete_retention() {
     log.compact(T0).unwrap().unwrap();
     let ck = log.cleaner_checkpoint();
     let got = read_records(&log, 0);
-    assert_eq!(
-        got,
-        expected(&all, ck, false),
-        "tombstones stay for delete.retention.ms"
-    );
+    assert_eq!(got, expected(&all, ck, false), "tombstones stay for delete.retention.ms");
     assert!(got.iter().any(|r| r.value.is_none()));
 
     // Not yet: nothing is dirty and no tombstone has expired.
     assert_eq!(log.compact(T0 + RETENTION_MS - 1).unwrap(), None);
-    let stats = log
-        .compact(T0 + RETENTION_MS)
-        .unwrap()
-        .expect("expired tombstones make it due");
+    let stats = log.compact(T0 + RETENTION_MS).unwrap().expect("expired tombstones make it due");
     assert_eq!(stats.tombstones_removed, 10);
     let got = read_records(&log, 0);
     assert_eq!(got, expected(&all, ck, true));
     for k in 1000..1010 {
-        assert!(
-            got.iter().all(|r| r.key.as_deref() != Some(&key(k)[..])),
-            "key {k} is gone"
-        );
+        assert!(got.iter().all(|r| r.key.as_deref() != Some(&key(k)[..])), "key {k} is gone");
     }
     assert_eq!(table(&got), table(&all));
     // Persisted: a reboot does not bring them back.
@@ -268,19 +225,12 @@ fn tombstoned_keys_disappear_after_delete_retention() {
 #[test]
 fn min_compaction_lag_keeps_recent_segments_uncompacted() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        min_compaction_lag_ms: 10_000,
-        ..compact_config()
-    };
+    let config = LogConfig { min_compaction_lag_ms: 10_000, ..compact_config() };
     let mut log = PartitionLog::open(dir.path(), config, T0).unwrap();
     produce(&mut log, 3_000, 50, 10, T0);
     produce(&mut log, 3_000, 50, 10, T0 + 20_000);
     let all = read_records(&log, 0);
-    assert_eq!(
-        log.compact(T0 + 5_000).unwrap(),
-        None,
-        "every segment is too recent"
-    );
+    assert_eq!(log.compact(T0 + 5_000).unwrap(), None, "every segment is too recent");
     let stats = log.compact(T0 + 15_000).unwrap().unwrap();
     let ck = log.cleaner_checkpoint();
     assert_eq!(stats.cleaned_to, ck);
@@ -291,19 +241,13 @@ fn min_compaction_lag_keeps_recent_segments_uncompacted() {
     assert!(got.iter().filter(|r| r.offset >= 3_000).count() >= 2_990);
     log.compact(T0 + 40_000).unwrap().unwrap();
     assert!(log.cleaner_checkpoint() > 5_000);
-    assert_eq!(
-        read_records(&log, 0),
-        expected(&all, log.cleaner_checkpoint(), false)
-    );
+    assert_eq!(read_records(&log, 0), expected(&all, log.cleaner_checkpoint(), false));
 }
 
 #[test]
 fn dirty_ratio_decides_when_compaction_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        min_cleanable_dirty_ratio: 0.99,
-        ..compact_config()
-    };
+    let config = LogConfig { min_cleanable_dirty_ratio: 0.99, ..compact_config() };
     let mut log = PartitionLog::open(dir.path(), config, T0).unwrap();
     produce(&mut log, 20_000, 2_000, 10, T0);
     // Never cleaned: all of it is dirty, so even a 0.99 ratio is met.
@@ -311,31 +255,18 @@ fn dirty_ratio_decides_when_compaction_runs() {
     let ck = log.cleaner_checkpoint();
     // Some clean, some dirty: below 0.99 nothing runs; at a low ratio it does.
     produce(&mut log, 5_000, 2_000, 10, T0);
-    assert_eq!(
-        log.compact(T0).unwrap(),
-        None,
-        "dirty share below min.cleanable.dirty.ratio"
-    );
+    assert_eq!(log.compact(T0).unwrap(), None, "dirty share below min.cleanable.dirty.ratio");
     assert_eq!(log.cleaner_checkpoint(), ck);
-    log.set_config(LogConfig {
-        min_cleanable_dirty_ratio: 0.05,
-        ..log.config().clone()
-    });
+    log.set_config(LogConfig { min_cleanable_dirty_ratio: 0.05, ..log.config().clone() });
     assert!(log.compact(T0).unwrap().is_some());
     assert!(log.cleaner_checkpoint() > ck);
 
     // max.compaction.lag.ms makes old dirty data due whatever the ratio.
-    log.set_config(LogConfig {
-        min_cleanable_dirty_ratio: 0.99,
-        ..log.config().clone()
-    });
+    log.set_config(LogConfig { min_cleanable_dirty_ratio: 0.99, ..log.config().clone() });
     let ck = log.cleaner_checkpoint();
     produce(&mut log, 5_000, 2_000, 10, T0);
     assert_eq!(log.compact(T0).unwrap(), None);
-    log.set_config(LogConfig {
-        max_compaction_lag_ms: 1_000,
-        ..log.config().clone()
-    });
+    log.set_config(LogConfig { max_compaction_lag_ms: 1_000, ..log.config().clone() });
     assert_eq!(log.compact(T0 + 999).unwrap(), None);
     assert!(log.compact(T0 + 1_000).unwrap().is_some());
     assert!(log.cleaner_checkpoint() > ck);
@@ -358,10 +289,7 @@ fn a_full_offset_map_cleans_a_prefix_and_later_runs_finish() {
         assert_eq!(read_records(&log, 0), expected_multi(&all, &checkpoints));
         assert!(checkpoints.len() < 1_000);
     }
-    assert!(
-        checkpoints.len() > 5,
-        "a small map needs several runs: {checkpoints:?}"
-    );
+    assert!(checkpoints.len() > 5, "a small map needs several runs: {checkpoints:?}");
     assert!(checkpoints.windows(2).all(|w| w[0] < w[1]));
     let got = read_records(&log, 0);
     assert_eq!(table(&got), table(&all));
@@ -378,11 +306,7 @@ fn expected_multi(all: &[Rec], checkpoints: &[u64]) -> Vec<Rec> {
         for r in kept.iter().filter(|r| r.offset >= start && r.offset < end) {
             latest.insert(r.key.clone().unwrap(), r.offset);
         }
-        kept.retain(|r| {
-            latest
-                .get(r.key.as_ref().unwrap())
-                .is_none_or(|&l| l <= r.offset)
-        });
+        kept.retain(|r| latest.get(r.key.as_ref().unwrap()).is_none_or(|&l| l <= r.offset));
         start = end;
     }
     kept
@@ -392,34 +316,18 @@ fn expected_multi(all: &[Rec], checkpoints: &[u64]) -> Vec<Rec> {
 fn compressed_batches_are_recompressed_or_written_plain_for_zstd() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), compact_config(), T0).unwrap();
-    let codecs = [
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-        Compression::None,
-    ];
+    let codecs = [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd, Compression::None];
     for round in 0..400 {
         let codec = codecs[round % codecs.len()];
         // Half the keys are updated by later batches, half are unique: every batch shrinks.
         let recs: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..20)
             .map(|i| {
-                let k = if i % 2 == 0 {
-                    key(i)
-                } else {
-                    format!("unique-{round}-{i}").into_bytes()
-                };
-                (
-                    k,
-                    Some(format!("r{round}-{i}-padding-padding").into_bytes()),
-                )
+                let k = if i % 2 == 0 { key(i) } else { format!("unique-{round}-{i}").into_bytes() };
+                (k, Some(format!("r{round}-{i}-padding-padding").into_bytes()))
             })
             .collect();
         let plain = {
-            let r: Vec<KeyValue<'_>> = recs
-                .iter()
-                .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
-                .collect();
+            let r: Vec<KeyValue<'_>> = recs.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
             build_batch(0, T0, &r)
         };
         let mut batch = if codec == Compression::None {
@@ -434,10 +342,7 @@ fn compressed_batches_are_recompressed_or_written_plain_for_zstd() {
             if codec == Compression::Zstd {
                 // ruzstd can encode for the test; the broker writes zstd batches back plain.
                 let raw = d.records_bytes().to_vec();
-                let z = ruzstd::encoding::compress_to_vec(
-                    &raw[..],
-                    ruzstd::encoding::CompressionLevel::Fastest,
-                );
+                let z = ruzstd::encoding::compress_to_vec(&raw[..], ruzstd::encoding::CompressionLevel::Fastest);
                 let mut out = plain[..61].to_vec();
                 out[21..23].copy_from_slice(&4i16.to_be_bytes());
                 out.extend_from_slice(&z);
@@ -495,38 +400,17 @@ fn keyless_control_and_transactional_records_are_kept() {
     log.compact(T0).unwrap().unwrap();
     let got = read_records(&log, 0);
     let ck = log.cleaner_checkpoint();
-    assert_eq!(
-        got.iter().filter(|r| r.key.is_none()).count(),
-        600,
-        "keyless records all stay"
-    );
+    assert_eq!(got.iter().filter(|r| r.key.is_none()).count(), 600, "keyless records all stay");
     // The special batches (offsets 10, 210, ... and 110, 310, ...) are untouched.
     for i in (5..600).step_by(100) {
         let o = 2 * i as u64;
-        assert!(
-            got.iter()
-                .any(|r| r.offset == o && r.key.as_deref() == Some(k)),
-            "offset {o}"
-        );
+        assert!(got.iter().any(|r| r.offset == o && r.key.as_deref() == Some(k)), "offset {o}");
     }
-    let keyed_below = got
-        .iter()
-        .filter(|r| r.key.is_some() && r.offset < ck)
-        .count();
+    let keyed_below = got.iter().filter(|r| r.key.is_some() && r.offset < ck).count();
     assert!(keyed_below <= 1 + 6, "{keyed_below}");
     assert_eq!(
-        table(
-            &got.iter()
-                .filter(|r| r.key.is_some())
-                .cloned()
-                .collect::<Vec<_>>()
-        ),
-        table(
-            &all.iter()
-                .filter(|r| r.key.is_some())
-                .cloned()
-                .collect::<Vec<_>>()
-        )
+        table(&got.iter().filter(|r| r.key.is_some()).cloned().collect::<Vec<_>>()),
+        table(&all.iter().filter(|r| r.key.is_some()).cloned().collect::<Vec<_>>())
     );
 }
 
@@ -538,32 +422,18 @@ fn a_crash_before_install_leaves_the_old_segments() {
     log.flush().unwrap();
     let all = read_records(&log, 0);
     let job = log.compaction_job(T0).unwrap().unwrap();
-    assert!(
-        log.compaction_job(T0).unwrap().is_none(),
-        "one job at a time"
-    );
+    assert!(log.compaction_job(T0).unwrap().is_none(), "one job at a time");
     let result = job.run().unwrap();
-    assert!(
-        !leftovers(dir.path()).is_empty(),
-        "cleaned files are written before install"
-    );
+    assert!(!leftovers(dir.path()).is_empty(), "cleaned files are written before install");
     // Crash: the process dies with the result never installed (and never dropped).
     std::mem::forget(result);
     drop(log);
     // Plus garbage a crash can leave: a half-written cleaned file and a temp manifest.
-    fs::write(
-        dir.path().join("00000000000000000000.log.cleaned"),
-        b"partial",
-    )
-    .unwrap();
+    fs::write(dir.path().join("00000000000000000000.log.cleaned"), b"partial").unwrap();
     fs::write(dir.path().join("cleaner-swap.tmp"), b"0\n").unwrap();
     let log = PartitionLog::open(dir.path(), compact_config(), T0).unwrap();
     assert_eq!(read_records(&log, 0), all);
-    assert!(
-        leftovers(dir.path()).is_empty(),
-        "{:?}",
-        leftovers(dir.path())
-    );
+    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
     assert_eq!(log.cleaner_checkpoint(), 0);
 }
 
@@ -591,18 +461,11 @@ fn a_crash_during_the_swap_is_finished_by_recovery() {
         let result = log.compaction_job(T0).unwrap().unwrap().run().unwrap();
         let cleaned_to = result.stats().cleaned_to;
         log.install_interrupted(result, renames).unwrap();
-        assert!(
-            log.compaction_job(T0).unwrap().is_none(),
-            "no compaction after a failed swap"
-        );
+        assert!(log.compaction_job(T0).unwrap().is_none(), "no compaction after a failed swap");
         drop(log); // crash
         let log = PartitionLog::open(dir.path(), compact_config(), T0).unwrap();
         assert_eq!(log.cleaner_checkpoint(), cleaned_to, "renames {renames}");
-        assert_eq!(
-            read_records(&log, 0),
-            expected(&all, cleaned_to, false),
-            "renames {renames}"
-        );
+        assert_eq!(read_records(&log, 0), expected(&all, cleaned_to, false), "renames {renames}");
         assert!(leftovers(dir.path()).is_empty());
         drop(log);
         // And a crash-free reopen after that agrees.
@@ -627,10 +490,7 @@ fn a_result_is_discarded_if_the_log_changed_under_it() {
     };
     log.truncate_to(last_base).unwrap();
     assert_eq!(log.install(result).unwrap(), None);
-    assert!(
-        leftovers(dir.path()).is_empty(),
-        "a discarded result removes its files"
-    );
+    assert!(leftovers(dir.path()).is_empty(), "a discarded result removes its files");
     let all: Vec<Rec> = all.into_iter().filter(|r| r.offset < last_base).collect();
     assert_eq!(read_records(&log, 0), all);
 
@@ -638,37 +498,24 @@ fn a_result_is_discarded_if_the_log_changed_under_it() {
     let result = log.compaction_job(T0).unwrap().unwrap().run().unwrap();
     log.delete_records_before(1_000).unwrap();
     assert_eq!(log.install(result).unwrap(), None);
-    let all: Vec<Rec> = all
-        .into_iter()
-        .filter(|r| r.offset >= log.log_start_offset())
-        .collect();
+    let all: Vec<Rec> = all.into_iter().filter(|r| r.offset >= log.log_start_offset()).collect();
     assert_eq!(read_records(&log, log.log_start_offset()), all);
     // A fresh job works.
     assert!(log.compact(T0).unwrap().is_some());
     let ck = log.cleaner_checkpoint();
-    assert_eq!(
-        table(&read_records(&log, log.log_start_offset())),
-        table(&all)
-    );
+    assert_eq!(table(&read_records(&log, log.log_start_offset())), table(&all));
     assert!(ck > 1_000);
 }
 
 #[test]
 fn compact_only_topics_ignore_retention_and_delete_only_topics_never_compact() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        retention_ms: 1,
-        retention_bytes: 1,
-        ..compact_config()
-    };
+    let config = LogConfig { retention_ms: 1, retention_bytes: 1, ..compact_config() };
     let mut log = PartitionLog::open(dir.path(), config.clone(), T0).unwrap();
     produce(&mut log, 2_000, 10, 10, T0);
     assert_eq!(log.housekeeping(T0 + 1_000_000).unwrap(), 0);
     assert_eq!(log.log_start_offset(), 0);
-    log.set_config(LogConfig {
-        cleanup_compact: false,
-        ..config
-    });
+    log.set_config(LogConfig { cleanup_compact: false, ..config });
     assert!(log.compaction_job(T0).unwrap().is_none());
     assert_eq!(log.compact(T0).unwrap(), None);
 }

@@ -7,20 +7,13 @@ use creek_protocol::batch::{BatchView, build_batch};
 use creek_storage::{LogConfig, PartitionLog, StorageError};
 
 fn batch(records: usize, ts: i64) -> Vec<u8> {
-    let values: Vec<Vec<u8>> = (0..records)
-        .map(|i| format!("value-{i}").into_bytes())
-        .collect();
+    let values: Vec<Vec<u8>> = (0..records).map(|i| format!("value-{i}").into_bytes()).collect();
     let recs: Vec<_> = values.iter().map(|v| (None, Some(v.as_slice()))).collect();
     build_batch(0, ts, &recs)
 }
 
 fn small() -> LogConfig {
-    LogConfig {
-        segment_bytes: 1024,
-        index_interval_bytes: 200,
-        preallocate_chunk_bytes: 512,
-        ..LogConfig::default()
-    }
+    LogConfig { segment_bytes: 1024, index_interval_bytes: 200, preallocate_chunk_bytes: 512, ..LogConfig::default() }
 }
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -84,19 +77,9 @@ fn reads_outside_the_log_are_errors_and_the_end_is_empty() {
     let r = log.read(6, 100).unwrap();
     assert!(r.bytes.is_empty());
     assert_eq!(r.next_offset, 6);
-    assert!(matches!(
-        log.read(7, 100),
-        Err(StorageError::OffsetOutOfRange {
-            offset: 7,
-            log_start: 0,
-            log_end: 6
-        })
-    ));
+    assert!(matches!(log.read(7, 100), Err(StorageError::OffsetOutOfRange { offset: 7, log_start: 0, log_end: 6 })));
     log.delete_records_before(3).unwrap();
-    assert!(matches!(
-        log.read(2, 100),
-        Err(StorageError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(log.read(2, 100), Err(StorageError::OffsetOutOfRange { .. })));
 }
 
 #[test]
@@ -110,12 +93,7 @@ fn torn_tail_is_cut_and_flushed_data_survives_a_crash() {
     drop(log); // crash
     let seg = files(dir.path(), "log").pop().unwrap();
     let data_len = kept.iter().map(Vec::len).sum::<usize>() + lost.len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(data_len as u64 - 7)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(data_len as u64 - 7).unwrap();
 
     let mut log = PartitionLog::open(dir.path(), LogConfig::default(), 0).unwrap();
     assert_eq!(log.log_end_offset(), 9);
@@ -157,10 +135,7 @@ fn corrupt_indexes_are_detected_and_rebuilt() {
     for (i, b) in batches.iter().enumerate() {
         let r = log.read(3 * i as u64 + 2, 1).unwrap();
         assert_eq!(&r.bytes[..], &b[..]);
-        let t = log
-            .batch_at_timestamp(1000 + 10 * i as i64 - 5)
-            .unwrap()
-            .unwrap();
+        let t = log.batch_at_timestamp(1000 + 10 * i as i64 - 5).unwrap().unwrap();
         assert_eq!(&t[..], &b[..]);
     }
     log.close().unwrap();
@@ -175,10 +150,7 @@ fn missing_indexes_are_rebuilt() {
     let mut log = PartitionLog::open(dir.path(), small(), 0).unwrap();
     let batches = fill(&mut log, 30);
     log.close().unwrap();
-    for p in files(dir.path(), "index")
-        .into_iter()
-        .chain(files(dir.path(), "timeindex"))
-    {
+    for p in files(dir.path(), "index").into_iter().chain(files(dir.path(), "timeindex")) {
         fs::remove_file(p).unwrap();
     }
     let log = PartitionLog::open(dir.path(), small(), 0).unwrap();
@@ -203,25 +175,10 @@ fn leader_epoch_cache_answers_and_survives_truncation_and_reopen() {
     assert_eq!(log.end_offset_for_epoch(6), Some((6, 10)));
     assert_eq!(log.end_offset_for_epoch(9), Some((6, 10)));
     let r = log.read(8, 1).unwrap();
-    assert_eq!(
-        BatchView::new(&r.bytes).unwrap().partition_leader_epoch(),
-        6
-    );
-    assert!(matches!(
-        log.append(&mut batch(1, 0), 2, 0),
-        Err(StorageError::StaleLeaderEpoch {
-            epoch: 2,
-            latest: 6
-        })
-    ));
+    assert_eq!(BatchView::new(&r.bytes).unwrap().partition_leader_epoch(), 6);
+    assert!(matches!(log.append(&mut batch(1, 0), 2, 0), Err(StorageError::StaleLeaderEpoch { epoch: 2, latest: 6 })));
 
-    assert!(matches!(
-        log.truncate_to(7),
-        Err(StorageError::NotBatchBoundary {
-            offset: 7,
-            batch_base: 6
-        })
-    ));
+    assert!(matches!(log.truncate_to(7), Err(StorageError::NotBatchBoundary { offset: 7, batch_base: 6 })));
     log.truncate_to(6).unwrap();
     assert_eq!(log.latest_epoch(), Some(3));
     assert_eq!(log.end_offset_for_epoch(9), Some((3, 6)));
@@ -263,10 +220,7 @@ fn truncation_never_comes_back_even_across_segments() {
 #[test]
 fn retention_by_time_and_size_deletes_old_segments_only() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        retention_ms: 10_000,
-        ..small()
-    };
+    let config = LogConfig { retention_ms: 10_000, ..small() };
     let mut log = PartitionLog::open(dir.path(), config.clone(), 0).unwrap();
     let batches = fill(&mut log, 30); // timestamps 1000..=1290
     let before = log.segment_count();
@@ -280,39 +234,21 @@ fn retention_by_time_and_size_deletes_old_segments_only() {
     assert!(BatchView::new(&first.bytes).unwrap().max_timestamp() < 1150 + 100);
     // Everything expired: the active segment is rolled and deleted too; offsets never move.
     log.housekeeping(1_000_000).unwrap();
-    assert_eq!(
-        (
-            log.log_start_offset(),
-            log.log_end_offset(),
-            log.size_bytes()
-        ),
-        (90, 90, 0)
-    );
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.size_bytes()), (90, 90, 0));
     assert_eq!(log.append(&mut batch(1, 0), 0, 0).unwrap().base_offset, 90);
 
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        retention_bytes: 2048,
-        retention_ms: -1,
-        ..small()
-    };
+    let config = LogConfig { retention_bytes: 2048, retention_ms: -1, ..small() };
     let mut log = PartitionLog::open(dir.path(), config, 0).unwrap();
     fill(&mut log, 40);
     log.housekeeping(0).unwrap();
-    assert!(
-        log.size_bytes() >= 2048 && log.size_bytes() < 2048 + 1024,
-        "size {}",
-        log.size_bytes()
-    );
+    assert!(log.size_bytes() >= 2048 && log.size_bytes() < 2048 + 1024, "size {}", log.size_bytes());
 }
 
 #[test]
 fn segments_roll_by_time_and_empty_logs_do_not_roll() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        segment_ms: 100,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { segment_ms: 100, ..LogConfig::default() };
     let mut log = PartitionLog::open(dir.path(), config, 0).unwrap();
     log.housekeeping(1_000).unwrap();
     assert_eq!(log.segment_count(), 1);
@@ -349,27 +285,17 @@ fn flush_target_group_commit_and_stale_targets() {
 fn invalid_appends_are_refused_without_side_effects() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), LogConfig::default(), 0).unwrap();
-    assert!(matches!(
-        log.append(&mut [], 0, 0),
-        Err(StorageError::InvalidBatch(_))
-    ));
+    assert!(matches!(log.append(&mut [], 0, 0), Err(StorageError::InvalidBatch(_))));
     let mut partial = batch(2, 0);
     partial.truncate(partial.len() - 1);
-    assert!(matches!(
-        log.append(&mut partial, 0, 0),
-        Err(StorageError::InvalidBatch(_))
-    ));
+    assert!(matches!(log.append(&mut partial, 0, 0), Err(StorageError::InvalidBatch(_))));
     assert_eq!(log.log_end_offset(), 0);
 }
 
 #[test]
 fn a_batch_larger_than_a_segment_is_stored_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        segment_bytes: 256,
-        preallocate_chunk_bytes: 64,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { segment_bytes: 256, preallocate_chunk_bytes: 64, ..LogConfig::default() };
     let mut log = PartitionLog::open(dir.path(), config.clone(), 0).unwrap();
     let mut big = batch(40, 0);
     assert!(big.len() > 256);

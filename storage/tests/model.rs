@@ -41,55 +41,28 @@ enum Damage {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append {
-        batches: Vec<BatchSpec>,
-        bump_epoch: bool,
-    },
-    Read {
-        pick: u64,
-        max_bytes: usize,
-    },
-    TimeLookup {
-        pick: i64,
-    },
+    Append { batches: Vec<BatchSpec>, bump_epoch: bool },
+    Read { pick: u64, max_bytes: usize },
+    TimeLookup { pick: i64 },
     Flush,
-    Tick {
-        ms: i64,
-    },
-    DeleteRecords {
-        pick: u64,
-    },
-    Truncate {
-        pick: u64,
-    },
-    Compact {
-        ms: i64,
-    },
+    Tick { ms: i64 },
+    DeleteRecords { pick: u64 },
+    Truncate { pick: u64 },
+    Compact { ms: i64 },
     CleanReboot,
-    Crash {
-        damage: Damage,
-    },
+    Crash { damage: Damage },
 }
 
 fn batch_spec() -> impl Strategy<Value = BatchSpec> {
-    (
-        1usize..=10,
-        -3_000i64..3_000,
-        prop::bool::weighted(0.05),
-        0usize..40,
-        any::<usize>(),
-        prop::bool::weighted(0.1),
-    )
-        .prop_map(
-            |(records, ts_delta, no_timestamp, value_len, key_seed, keyless)| BatchSpec {
-                records,
-                ts_delta,
-                no_timestamp,
-                value_len,
-                key_seed: key_seed % 1_000,
-                keyless,
-            },
-        )
+    (1usize..=10, -3_000i64..3_000, prop::bool::weighted(0.05), 0usize..40, any::<usize>(), prop::bool::weighted(0.1))
+        .prop_map(|(records, ts_delta, no_timestamp, value_len, key_seed, keyless)| BatchSpec {
+            records,
+            ts_delta,
+            no_timestamp,
+            value_len,
+            key_seed: key_seed % 1_000,
+            keyless,
+        })
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -161,18 +134,16 @@ fn compaction_config() -> impl Strategy<Value = LogConfig> {
         0i64..30_000,
         prop_oneof![Just(64u64 << 20), 100u64..1_000],
     )
-        .prop_map(
-            |(compact, delete, ratio, min_lag, max_lag, delete_retention, map_bytes)| LogConfig {
-                cleanup_compact: compact,
-                cleanup_delete: delete,
-                min_cleanable_dirty_ratio: ratio,
-                min_compaction_lag_ms: min_lag,
-                max_compaction_lag_ms: max_lag,
-                delete_retention_ms: delete_retention,
-                compaction_map_bytes_max: map_bytes,
-                ..LogConfig::default()
-            },
-        )
+        .prop_map(|(compact, delete, ratio, min_lag, max_lag, delete_retention, map_bytes)| LogConfig {
+            cleanup_compact: compact,
+            cleanup_delete: delete,
+            min_cleanable_dirty_ratio: ratio,
+            min_compaction_lag_ms: min_lag,
+            max_compaction_lag_ms: max_lag,
+            delete_retention_ms: delete_retention,
+            compaction_map_bytes_max: map_bytes,
+            ..LogConfig::default()
+        })
 }
 
 /// One record as a consumer sees it.
@@ -240,10 +211,7 @@ impl Model {
         {
             return Some((base, b));
         }
-        self.batches
-            .range(offset..)
-            .next()
-            .map(|(&base, b)| (base, b))
+        self.batches.range(offset..).next().map(|(&base, b)| (base, b))
     }
     fn drop_below_start(&mut self) {
         let start = self.log_start;
@@ -265,9 +233,8 @@ impl Model {
 type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
 fn build(spec: &BatchSpec, now: i64) -> Vec<u8> {
-    let keys: Vec<Vec<u8>> = (0..spec.records)
-        .map(|i| format!("k{}", (spec.key_seed + 3 * i) % 6).into_bytes())
-        .collect();
+    let keys: Vec<Vec<u8>> =
+        (0..spec.records).map(|i| format!("k{}", (spec.key_seed + 3 * i) % 6).into_bytes()).collect();
     let values: Vec<Vec<u8>> = (0..spec.records)
         .map(|i| {
             let mut v = format!("{}-{i}-", spec.key_seed).into_bytes();
@@ -282,26 +249,14 @@ fn build(spec: &BatchSpec, now: i64) -> Vec<u8> {
             (key, (!tombstone).then_some(values[i].as_slice()))
         })
         .collect();
-    let ts = if spec.no_timestamp {
-        -1
-    } else {
-        now + spec.ts_delta
-    };
+    let ts = if spec.no_timestamp { -1 } else { now + spec.ts_delta };
     build_batch(0, ts, &recs)
 }
 
-fn check_read(
-    log: &PartitionLog,
-    m: &Model,
-    offset: u64,
-    max_bytes: usize,
-) -> Result<(), TestCaseError> {
+fn check_read(log: &PartitionLog, m: &Model, offset: u64, max_bytes: usize) -> Result<(), TestCaseError> {
     let r = log.read(offset, max_bytes);
     if offset < m.log_start || offset > m.log_end {
-        prop_assert!(
-            matches!(r, Err(StorageError::OffsetOutOfRange { .. })),
-            "read {offset}: {r:?}"
-        );
+        prop_assert!(matches!(r, Err(StorageError::OffsetOutOfRange { .. })), "read {offset}: {r:?}");
         return Ok(());
     }
     let r = r.map_err(|e| TestCaseError::fail(format!("read {offset}: {e}")))?;
@@ -310,16 +265,10 @@ fn check_read(
         prop_assert_eq!(r.next_offset, m.log_end);
         return Ok(());
     }
-    let (first, _) = m
-        .containing(offset)
-        .expect("model holds every visible offset");
+    let (first, _) = m.containing(offset).expect("model holds every visible offset");
     let ranges = batch_ranges(&r.bytes).unwrap();
     prop_assert!(!ranges.is_empty());
-    prop_assert!(
-        ranges.len() == 1 || r.bytes.len() <= max_bytes,
-        "{} bytes for max {max_bytes}",
-        r.bytes.len()
-    );
+    prop_assert!(ranges.len() == 1 || r.bytes.len() <= max_bytes, "{} bytes for max {max_bytes}", r.bytes.len());
     let mut expect = m.batches.range(first..);
     for range in ranges {
         let (_, want) = expect.next().expect("read beyond the model");
@@ -341,27 +290,18 @@ fn verify_all(log: &PartitionLog, m: &Model) -> Result<(), TestCaseError> {
     let mut all = Vec::new();
     let mut at = m.log_start;
     while at < m.log_end {
-        let r = log
-            .read(at, 1500)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let r = log.read(at, 1500).map_err(|e| TestCaseError::fail(e.to_string()))?;
         all.extend_from_slice(&r.bytes);
         prop_assert!(r.next_offset > at);
         at = r.next_offset;
     }
-    prop_assert_eq!(
-        all,
-        m.batches.values().flatten().copied().collect::<Vec<u8>>()
-    );
+    prop_assert_eq!(all, m.batches.values().flatten().copied().collect::<Vec<u8>>());
     // Timestamps.
-    let max = m.batches.values().max_by_key(|b| {
-        (
-            BatchView::new(b).unwrap().max_timestamp(),
-            std::cmp::Reverse(last_offset(b)),
-        )
-    });
-    let got = log
-        .max_timestamp_batch()
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let max = m
+        .batches
+        .values()
+        .max_by_key(|b| (BatchView::new(b).unwrap().max_timestamp(), std::cmp::Reverse(last_offset(b))));
+    let got = log.max_timestamp_batch().map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(got.as_deref(), max.map(|b| &b[..]));
     for b in m.batches.values().step_by(3) {
         check_time(log, m, BatchView::new(b).unwrap().max_timestamp())?;
@@ -374,9 +314,7 @@ fn verify_all(log: &PartitionLog, m: &Model) -> Result<(), TestCaseError> {
     let hidden_first = |got: Option<(i32, u64)>| {
         !m.cleaned.is_empty()
             && got.is_some_and(|(e, end)| {
-                epochs
-                    .first()
-                    .is_none_or(|&(first, start)| e < first && end == start)
+                epochs.first().is_none_or(|&(first, start)| e < first && end == start)
                     && (epochs.is_empty() || end > m.log_start)
             })
     };
@@ -395,23 +333,14 @@ fn verify_all(log: &PartitionLog, m: &Model) -> Result<(), TestCaseError> {
     }
     prop_assert!(
         log.size_bytes()
-            >= m.batches
-                .iter()
-                .filter(|(b, _)| **b >= m.log_start)
-                .map(|(_, v)| v.len() as u64)
-                .sum::<u64>()
+            >= m.batches.iter().filter(|(b, _)| **b >= m.log_start).map(|(_, v)| v.len() as u64).sum::<u64>()
     );
     Ok(())
 }
 
 fn check_time(log: &PartitionLog, m: &Model, ts: i64) -> Result<(), TestCaseError> {
-    let want = m
-        .batches
-        .values()
-        .find(|b| BatchView::new(b).unwrap().max_timestamp() >= ts);
-    let got = log
-        .batch_at_timestamp(ts)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let want = m.batches.values().find(|b| BatchView::new(b).unwrap().max_timestamp() >= ts);
+    let got = log.batch_at_timestamp(ts).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(got.as_deref(), want.map(|b| &b[..]), "timestamp {}", ts);
     Ok(())
 }
@@ -510,20 +439,11 @@ fn compact(l: &mut PartitionLog, m: &mut Model, config: &LogConfig) -> Result<()
             it.next();
             continue;
         }
-        prop_assert!(
-            r.offset < ck,
-            "record at {} >= cleaned offset {} removed",
-            r.offset,
-            ck
-        );
+        prop_assert!(r.offset < ck, "record at {} >= cleaned offset {} removed", r.offset, ck);
         prop_assert!(r.key.is_some(), "keyless record at {} removed", r.offset);
         let superseded = before.iter().any(|x| x.offset > r.offset && x.key == r.key);
         if !superseded {
-            prop_assert!(
-                r.value.is_none(),
-                "latest value of a key removed at {}",
-                r.offset
-            );
+            prop_assert!(r.value.is_none(), "latest value of a key removed at {}", r.offset);
             let first_clean = m.cleaned.iter().find(|&&(end, _)| end > r.offset);
             prop_assert!(
                 first_clean.is_some_and(|&(_, t)| m.now - t >= config.delete_retention_ms),
@@ -552,18 +472,12 @@ fn compact(l: &mut PartitionLog, m: &mut Model, config: &LogConfig) -> Result<()
 fn run(config: LogConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("topic-0");
-    let mut m = Model {
-        now: 1_700_000_000_000,
-        ..Model::default()
-    };
+    let mut m = Model { now: 1_700_000_000_000, ..Model::default() };
     let mut log = Some(PartitionLog::open(&dir, config.clone(), m.now).map_err(fail)?);
     for op in ops {
         let l = log.as_mut().unwrap();
         match op {
-            Op::Append {
-                batches,
-                bump_epoch,
-            } => {
+            Op::Append { batches, bump_epoch } => {
                 if bump_epoch {
                     m.epoch += 1;
                 }
@@ -597,23 +511,14 @@ fn run(config: LogConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 l.housekeeping(m.now).map_err(fail)?;
                 let start = l.log_start_offset();
                 prop_assert!(start >= before && start <= m.log_end);
-                prop_assert!(
-                    start == before || start == m.log_end || m.batches.contains_key(&start)
-                );
-                let removed: Vec<&Vec<u8>> = m
-                    .batches
-                    .values()
-                    .filter(|b| last_offset(b) < start)
-                    .collect();
+                prop_assert!(start == before || start == m.log_end || m.batches.contains_key(&start));
+                let removed: Vec<&Vec<u8>> = m.batches.values().filter(|b| last_offset(b) < start).collect();
                 if config.retention_bytes < 0 {
                     if config.retention_ms < 0 {
                         prop_assert!(removed.is_empty());
                     }
                     for b in removed {
-                        prop_assert!(
-                            BatchView::new(b).unwrap().max_timestamp()
-                                < m.now - config.retention_ms
-                        );
+                        prop_assert!(BatchView::new(b).unwrap().max_timestamp() < m.now - config.retention_ms);
                     }
                 }
                 m.log_start = start;
@@ -626,12 +531,7 @@ fn run(config: LogConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 m.drop_below_start();
             }
             Op::Truncate { pick } => {
-                let mut points: Vec<u64> = m
-                    .batches
-                    .keys()
-                    .copied()
-                    .filter(|&b| b >= m.log_start)
-                    .collect();
+                let mut points: Vec<u64> = m.batches.keys().copied().filter(|&b| b >= m.log_start).collect();
                 points.push(m.log_end);
                 let offset = points[(pick % points.len() as u64) as usize];
                 match l.truncate_to(offset) {
@@ -678,8 +578,7 @@ fn run(config: LogConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if !damaged {
                     prop_assert_eq!(end, m.log_end);
                 }
-                let boundary =
-                    end == m.log_end || m.batches.contains_key(&end) || end == m.log_start;
+                let boundary = end == m.log_end || m.batches.contains_key(&end) || end == m.log_start;
                 prop_assert!(boundary, "log end {} is not a batch boundary", end);
                 m.batches.retain(|_, b| last_offset(b) < end);
                 m.log_end = end;

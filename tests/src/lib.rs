@@ -43,10 +43,7 @@ pub fn creek_bin() -> PathBuf {
         return bin;
     }
     let exe = std::env::current_exe().expect("path of the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in <target>/<profile>/deps");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test executable lives in <target>/<profile>/deps");
     let bin = profile_dir.join("creek");
     assert!(
         bin.is_file(),
@@ -76,19 +73,10 @@ impl CreekProcess {
     /// Starts a broker with node id 1 on a free port and a new data directory, with extra broker
     /// configs passed as `--set key=value`. Panics if it does not become ready in [`READY_TIMEOUT`].
     pub fn start(settings: &[(&str, &str)]) -> Self {
-        let data_dir = tempfile::Builder::new()
-            .prefix("creek-test-")
-            .tempdir()
-            .expect("create a temporary data directory");
-        let settings: Vec<(String, String)> =
-            settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut broker = CreekProcess {
-            child: None,
-            port: free_port(),
-            bootstrap: String::new(),
-            settings,
-            data_dir,
-        };
+        let data_dir =
+            tempfile::Builder::new().prefix("creek-test-").tempdir().expect("create a temporary data directory");
+        let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut broker = CreekProcess { child: None, port: free_port(), bootstrap: String::new(), settings, data_dir };
         broker.spawn();
         broker
     }

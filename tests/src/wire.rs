@@ -57,7 +57,8 @@ impl Wire {
 
     /// Sends a request and decodes its response; panics if the broker closes the connection.
     pub fn call<Req: Encodable, Resp: Decodable>(&mut self, key: ApiKey, version: i16, body: &Req) -> Resp {
-        self.try_call(key, version, body).unwrap_or_else(|| panic!("broker closed the connection on {key:?} v{version}"))
+        self.try_call(key, version, body)
+            .unwrap_or_else(|| panic!("broker closed the connection on {key:?} v{version}"))
     }
 
     /// Like [`Wire::call`], but `None` when the broker closes the connection.

@@ -88,7 +88,8 @@ fn compacted_topic_keeps_the_latest_value_per_key_and_drops_old_tombstones() {
                 (format!("key-{k:04}").into_bytes(), format!("value-{n}").into_bytes())
             })
             .collect();
-        let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = rows.iter().map(|(k, v)| (Some(&k[..]), Some(&v[..]))).collect();
+        let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+            rows.iter().map(|(k, v)| (Some(&k[..]), Some(&v[..]))).collect();
         assert_eq!(wire::produce(&mut w, TOPIC, 0, build_batch(0, 3, &recs), 1).0, 0);
         for (k, v) in rows {
             model.insert(k, v);

@@ -23,10 +23,9 @@ struct Acked {
 }
 
 fn seed() -> u64 {
-    std::env::var("CREEK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64)
+    std::env::var("CREEK_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    })
 }
 
 fn next(state: &mut u64) -> u64 {
@@ -44,7 +43,8 @@ fn produce_until_dead(addr: String, id: usize, round: usize, stop: Arc<AtomicBoo
         let partition = ((id as u64 + i) % PARTITIONS as u64) as i32;
         let payload = format!("r{round}-p{id}-n{i}-").repeat(1 + (i % 7) as usize);
         let key = format!("key-{id}-{i}");
-        let batch = build_batch(0, 1_700_000_000_000 + i as i64, &[(Some(key.as_bytes()), Some(payload.as_bytes())); 3]);
+        let batch =
+            build_batch(0, 1_700_000_000_000 + i as i64, &[(Some(key.as_bytes()), Some(payload.as_bytes())); 3]);
         match wire::try_produce(&mut w, TOPIC, partition, batch.clone(), -1) {
             Some((0, offset)) => acked.lock().unwrap().push(Acked { partition, offset, sent: batch }),
             Some((code, _)) => panic!("produce failed with error {code}"),
@@ -108,7 +108,12 @@ fn sigkill_during_acks_all_produce_loses_no_acknowledged_batch() {
                 });
                 // Everything after baseOffset/batchLength/partitionLeaderEpoch is what was sent.
                 assert_eq!(&got[8..12], &a.sent[8..12], "batch length at {partition}/{}", a.offset);
-                assert_eq!(&got[16..], &a.sent[16..], "round {round} seed {seed}: bytes differ at {partition}/{}", a.offset);
+                assert_eq!(
+                    &got[16..],
+                    &a.sent[16..],
+                    "round {round} seed {seed}: bytes differ at {partition}/{}",
+                    a.offset
+                );
             }
         }
         println!("round {round}: {} acknowledged batches verified after SIGKILL", acked.len());

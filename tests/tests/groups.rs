@@ -29,7 +29,8 @@ fn confluent_group_consumes_a_stream_while_members_join_and_leave() {
     // redelivery without a failed commit, no overlapping assignments.
     let broker = CreekProcess::start(BROKER);
     let topic = creek_tests::unique_topic("group-stream");
-    let line = tools::run_client_ok("confluent-kafka-group", group_script(&broker, "stream", &topic, &topic), CLIENT_LIMIT);
+    let line =
+        tools::run_client_ok("confluent-kafka-group", group_script(&broker, "stream", &topic, &topic), CLIENT_LIMIT);
     assert!(line.contains("produced=3000"), "{line}");
 }
 
@@ -49,7 +50,10 @@ fn confluent_cooperative_sticky_group_consumes_a_stream_while_members_join_and_l
 fn confluent_kip848_consumer_group_consumes_a_stream_while_members_join_and_leave() {
     // Goal: the KIP-848 protocol (group.protocol=consumer, broker-side uniform assignor) keeps the
     // same guarantees: nothing lost, no redelivery without a failed commit, no overlap.
-    let broker = CreekProcess::start(&[("group.consumer.heartbeat.interval.ms", "500"), ("group.consumer.session.timeout.ms", "6000")]);
+    let broker = CreekProcess::start(&[
+        ("group.consumer.heartbeat.interval.ms", "500"),
+        ("group.consumer.session.timeout.ms", "6000"),
+    ]);
     let topic = creek_tests::unique_topic("group-kip848");
     let mut cmd = group_script(&broker, "stream", &topic, &topic);
     cmd.args(["--protocol", "consumer"]);
@@ -59,7 +63,8 @@ fn confluent_kip848_consumer_group_consumes_a_stream_while_members_join_and_leav
     let mut w = creek_tests::wire::Wire::connect(broker.bootstrap());
     let mut req = kafka_protocol::messages::ListGroupsRequest::default();
     req.types_filter = vec![kafka_protocol::protocol::StrBytes::from_static_str("consumer")];
-    let resp: kafka_protocol::messages::ListGroupsResponse = w.call(kafka_protocol::messages::ApiKey::ListGroups, 5, &req);
+    let resp: kafka_protocol::messages::ListGroupsResponse =
+        w.call(kafka_protocol::messages::ApiKey::ListGroups, 5, &req);
     assert!(
         resp.groups.iter().any(|g| g.group_id.0.as_str() == topic && g.group_type.as_str() == "consumer"),
         "group {topic} is not listed as a KIP-848 consumer group: {:?}",

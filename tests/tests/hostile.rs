@@ -61,7 +61,11 @@ fn hostile_frames_and_batches_are_refused_and_the_broker_keeps_serving() {
     assert_closes(&broker, &[0, 0, 0, 2, 0, 3], "a 2-byte frame");
     assert_closes(&broker, &[0x7f, 0xff, 0x00, 0x00], "a frame over the size limit");
     assert_closes(&broker, &[0xff, 0xff, 0xff, 0xfb], "a negative frame length");
-    assert_closes(&broker, &frame_with_body(ApiKey::Metadata, 1, 1, &[0xff, 0xff, 0xff, 0xfb]), "a negative array length");
+    assert_closes(
+        &broker,
+        &frame_with_body(ApiKey::Metadata, 1, 1, &[0xff, 0xff, 0xff, 0xfb]),
+        "a negative array length",
+    );
     let mut unknown = frame_with_body(ApiKey::Metadata, 1, 1, &[0, 0, 0, 0]);
     unknown[4..6].copy_from_slice(&999i16.to_be_bytes());
     assert_closes(&broker, &unknown, "an unknown API key");

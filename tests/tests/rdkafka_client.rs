@@ -74,11 +74,7 @@ async fn produce(bootstrap: &str, topic: &str, codec: &str, records: &[Record]) 
         for (k, v) in &r.headers {
             headers = headers.insert(Header { key: k, value: Some(v) });
         }
-        let mut record = FutureRecord::to(topic)
-            .partition(0)
-            .key(&r.key)
-            .headers(headers)
-            .timestamp(r.timestamp_ms);
+        let mut record = FutureRecord::to(topic).partition(0).key(&r.key).headers(headers).timestamp(r.timestamp_ms);
         if let Some(v) = &r.value {
             record = record.payload(v);
         }
@@ -87,7 +83,8 @@ async fn produce(bootstrap: &str, topic: &str, codec: &str, records: &[Record]) 
     }
     let mut offsets = Vec::new();
     for f in futures {
-        let delivery = f.await.expect("delivery report").unwrap_or_else(|(e, _)| panic!("{codec}: produce failed: {e}"));
+        let delivery =
+            f.await.expect("delivery report").unwrap_or_else(|(e, _)| panic!("{codec}: produce failed: {e}"));
         assert_eq!(delivery.partition, 0);
         offsets.push(delivery.offset);
     }
@@ -195,9 +192,8 @@ fn rdkafka_round_trips_every_codec() {
     let found = consumer.offsets_for_times(query, TIMEOUT).expect("ListOffsets by timestamp");
     assert_eq!(found.find_partition(&topic, 0).expect("partition").offset(), Offset::Offset(0), "before all records");
 
-    let described = rt
-        .block_on(admin.describe_configs([&ResourceSpecifier::Topic(&topic)], &opts))
-        .expect("DescribeConfigs");
+    let described =
+        rt.block_on(admin.describe_configs([&ResourceSpecifier::Topic(&topic)], &opts)).expect("DescribeConfigs");
     let resource = described.into_iter().next().expect("one resource").expect("DescribeConfigs for the topic");
     let entries = resource.entry_map();
     let value = |name: &str| entries.get(name).and_then(|e| e.value.clone());

@@ -4,7 +4,9 @@ use creek_protocol::batch::build_batch;
 use creek_tests::CreekProcess;
 use creek_tests::wire::{self, Wire};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::{ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, MetadataRequest, MetadataResponse};
+use kafka_protocol::messages::{
+    ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, MetadataRequest, MetadataResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 
 const TOPIC: &str = "durable";
@@ -61,7 +63,8 @@ fn data_configs_and_offsets_survive_a_clean_restart() {
     assert_eq!(wire::create_topic(&mut w, TOPIC, 2, &configs), 0);
     for i in 0..400i64 {
         let value = format!("value-{i}-").repeat(20);
-        let batch = build_batch(0, 1_700_000_000_000 + i, &[(Some(format!("k{i}").as_bytes()), Some(value.as_bytes()))]);
+        let batch =
+            build_batch(0, 1_700_000_000_000 + i, &[(Some(format!("k{i}").as_bytes()), Some(value.as_bytes()))]);
         // acks=1: not fsynced per request, so the clean shutdown must flush it.
         assert_eq!(wire::produce(&mut w, TOPIC, (i % 2) as i32, batch, 1).0, 0);
     }
@@ -75,7 +78,11 @@ fn data_configs_and_offsets_survive_a_clean_restart() {
     let mut w = Wire::connect(broker.bootstrap());
     assert_eq!(snapshot(&broker), before, "data and offsets after restart");
     assert_eq!(topic_id(&mut w), id, "topic id after restart");
-    assert_eq!(topic_config(&mut w, "retention.ms"), ("123456789".to_string(), 1), "override kept as DYNAMIC_TOPIC_CONFIG");
+    assert_eq!(
+        topic_config(&mut w, "retention.ms"),
+        ("123456789".to_string(), 1),
+        "override kept as DYNAMIC_TOPIC_CONFIG"
+    );
     assert_eq!(topic_config(&mut w, "segment.bytes").0, "65536");
     let next = build_batch(0, 1_700_000_001_000, &[(None, Some(b"after restart"))]);
     assert_eq!(wire::produce(&mut w, TOPIC, 0, next, -1), (0, 200), "appends continue at the old log end");

@@ -25,7 +25,10 @@ fn dependencies_point_down() {
     assert!(!storage.contains("tokio") && !storage.contains("openraft"), "storage knows no network or Raft");
     for krate in ["protocol", "storage", "tests", "bench"] {
         let deps = manifest_deps(krate);
-        assert!(!deps.lines().any(|l| l.starts_with("creek =") || l.starts_with("creek=")), "{krate} depends on the broker");
+        assert!(
+            !deps.lines().any(|l| l.starts_with("creek =") || l.starts_with("creek=")),
+            "{krate} depends on the broker"
+        );
     }
 }
 
@@ -50,9 +53,7 @@ fn every_source_file_says_why_it_exists() {
         rust_files(&root().join(krate), &mut files);
     }
     assert!(files.len() > 20, "found only {} Rust files", files.len());
-    let missing: Vec<_> = files
-        .iter()
-        .filter(|f| !std::fs::read_to_string(f).unwrap().trim_start().starts_with("//!"))
-        .collect();
+    let missing: Vec<_> =
+        files.iter().filter(|f| !std::fs::read_to_string(f).unwrap().trim_start().starts_with("//!")).collect();
     assert!(missing.is_empty(), "files without a leading //! line: {missing:?}");
 }

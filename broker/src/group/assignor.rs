@@ -144,22 +144,15 @@ fn uniform(spec: &GroupSpec) -> BTreeMap<String, Assignment> {
         owned[r].insert(tp);
     }
 
-    ids.into_iter()
-        .zip(owned)
-        .map(|(id, tps)| (id.clone(), to_assignment(tps)))
-        .collect()
+    ids.into_iter().zip(owned).map(|(id, tps)| (id.clone(), to_assignment(tps))).collect()
 }
 
 fn range(spec: &GroupSpec) -> BTreeMap<String, Assignment> {
     let mut out: BTreeMap<String, Assignment> = spec.members.keys().map(|id| (id.clone(), Assignment::new())).collect();
     for (t, &count) in &spec.topics {
         // `members` is a BTreeMap, so subscribers come out sorted by member id.
-        let subs: Vec<&String> = spec
-            .members
-            .iter()
-            .filter(|(_, m)| m.subscribed.contains(t))
-            .map(|(id, _)| id)
-            .collect();
+        let subs: Vec<&String> =
+            spec.members.iter().filter(|(_, m)| m.subscribed.contains(t)).map(|(id, _)| id).collect();
         if subs.is_empty() || count <= 0 {
             continue;
         }
@@ -169,9 +162,7 @@ fn range(spec: &GroupSpec) -> BTreeMap<String, Assignment> {
         for (i, id) in subs.into_iter().enumerate() {
             let len = quota + i32::from((i as i32) < extra);
             if len > 0 {
-                out.get_mut(id)
-                    .expect("member")
-                    .insert(*t, (start..start + len).collect());
+                out.get_mut(id).expect("member").insert(*t, (start..start + len).collect());
             }
             start += len;
         }
@@ -203,10 +194,7 @@ mod tests {
                 .map(|(id, subs)| {
                     (
                         id.to_string(),
-                        MemberSpec {
-                            subscribed: subs.iter().map(|&t| topic(t)).collect(),
-                            current: Assignment::new(),
-                        },
+                        MemberSpec { subscribed: subs.iter().map(|&t| topic(t)).collect(), current: Assignment::new() },
                     )
                 })
                 .collect(),
@@ -224,10 +212,7 @@ mod tests {
         let mut seen = BTreeSet::new();
         for (id, a) in out {
             for (t, parts) in a {
-                assert!(
-                    spec.members[id].subscribed.contains(t),
-                    "{id} got unsubscribed topic {t}"
-                );
+                assert!(spec.members[id].subscribed.contains(t), "{id} got unsubscribed topic {t}");
                 for &p in parts {
                     assert!(p >= 0 && p < spec.topics[t], "partition {p} of {t} does not exist");
                     assert!(seen.insert((*t, p)), "{t}-{p} assigned twice");
@@ -293,23 +278,14 @@ mod tests {
         for (id, a) in &first {
             s.members.get_mut(id).unwrap().current = a.clone();
         }
-        s.members.insert(
-            "c".into(),
-            MemberSpec {
-                subscribed: BTreeSet::from([topic(1)]),
-                current: Assignment::new(),
-            },
-        );
+        s.members.insert("c".into(), MemberSpec { subscribed: BTreeSet::from([topic(1)]), current: Assignment::new() });
         let second = Assignor::Uniform.assign(&s);
         assert_complete(&s, &second);
         for id in ["a", "b", "c"] {
             assert_eq!(count(&second[id]), 2, "{id} has 2 of 6");
         }
         for id in ["a", "b"] {
-            assert!(
-                second[id][&topic(1)].is_subset(&first[id][&topic(1)]),
-                "{id} kept its own partitions"
-            );
+            assert!(second[id][&topic(1)].is_subset(&first[id][&topic(1)]), "{id} kept its own partitions");
         }
     }
 
@@ -340,10 +316,7 @@ mod tests {
         }
         s.members.insert(
             "new".into(),
-            MemberSpec {
-                subscribed: subs.iter().map(|&t| topic(t)).collect(),
-                current: Assignment::new(),
-            },
+            MemberSpec { subscribed: subs.iter().map(|&t| topic(t)).collect(), current: Assignment::new() },
         );
         let second = Assignor::Uniform.assign(&s);
         let took = start.elapsed();
@@ -368,10 +341,7 @@ mod tests {
         // Goal: for random homogeneous groups evolving through joins and leaves, uniform is
         // complete, balanced (counts differ by at most one), deterministic, and moves no
         // partition away from a member that stays at or below its fair share.
-        let seed: u64 = std::env::var("CREEK_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0x5eed);
+        let seed: u64 = std::env::var("CREEK_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
         println!("seed {seed} (set CREEK_TEST_SEED to replay)");
         let mut rng = seed;
         for round in 0..200 {
@@ -388,10 +358,7 @@ mod tests {
                     next_id += 1;
                     s.members.insert(
                         format!("m{next_id:03}"),
-                        MemberSpec {
-                            subscribed: all.clone(),
-                            current: Assignment::new(),
-                        },
+                        MemberSpec { subscribed: all.clone(), current: Assignment::new() },
                     );
                 } else {
                     let k = (next(&mut rng) % s.members.len() as u64) as usize;

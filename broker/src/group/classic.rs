@@ -126,7 +126,8 @@ pub(crate) struct JoinResult {
 }
 
 impl JoinResult {
-    fn error(error: i16, member_id: &str) -> JoinResult {
+    /// A JoinGroup answer carrying only an error (and the member id the client sent).
+    pub(crate) fn error(error: i16, member_id: &str) -> JoinResult {
         JoinResult {
             error,
             generation: -1,
@@ -333,12 +334,8 @@ impl ClassicGroup {
     /// most preferred one; most votes wins (ties go to the earliest in the leader's order).
     fn select_protocol(&self) -> Option<String> {
         let leader = self.leader.as_ref().and_then(|l| self.members.get(l)).or_else(|| self.members.values().next())?;
-        let candidates: Vec<&String> = leader
-            .protocols
-            .iter()
-            .map(|(n, _)| n)
-            .filter(|n| self.members.values().all(|m| m.supports(n)))
-            .collect();
+        let candidates: Vec<&String> =
+            leader.protocols.iter().map(|(n, _)| n).filter(|n| self.members.values().all(|m| m.supports(n))).collect();
         let mut votes: HashMap<&String, usize> = HashMap::new();
         for m in self.members.values() {
             if let Some((n, _)) = m.protocols.iter().find(|(n, _)| candidates.contains(&n)) {
@@ -590,7 +587,10 @@ impl ClassicGroup {
     }
 
     fn maybe_complete_join(&mut self, now_ms: i64, out: &mut Vec<Output>) {
-        if self.state == GroupState::PreparingRebalance && self.initial_delay_remaining_ms.is_none() && self.all_joined() {
+        if self.state == GroupState::PreparingRebalance
+            && self.initial_delay_remaining_ms.is_none()
+            && self.all_joined()
+        {
             self.complete_join(now_ms, out);
         }
     }
@@ -663,8 +663,12 @@ impl ClassicGroup {
             return out;
         }
         match self.state {
-            GroupState::Empty | GroupState::Dead => out.push(Output::Sync(req, SyncResult::error(code::UNKNOWN_MEMBER_ID))),
-            GroupState::PreparingRebalance => out.push(Output::Sync(req, SyncResult::error(code::REBALANCE_IN_PROGRESS))),
+            GroupState::Empty | GroupState::Dead => {
+                out.push(Output::Sync(req, SyncResult::error(code::UNKNOWN_MEMBER_ID)))
+            }
+            GroupState::PreparingRebalance => {
+                out.push(Output::Sync(req, SyncResult::error(code::REBALANCE_IN_PROGRESS)))
+            }
             GroupState::CompletingRebalance => {
                 let is_leader = self.leader.as_deref() == Some(s.member_id.as_str());
                 let m = self.members.get_mut(&s.member_id).expect("checked");
@@ -710,7 +714,13 @@ impl ClassicGroup {
     }
 
     /// Heartbeat: an error code.
-    pub(crate) fn heartbeat(&mut self, generation: i32, member_id: &str, instance_id: Option<&str>, now_ms: i64) -> i16 {
+    pub(crate) fn heartbeat(
+        &mut self,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        now_ms: i64,
+    ) -> i16 {
         if self.state == GroupState::Dead {
             return code::COORDINATOR_NOT_AVAILABLE;
         }
@@ -736,7 +746,13 @@ impl ClassicGroup {
 
     /// Whether a commit from this member at this generation may proceed (OffsetCommit's checks).
     /// `Ok(true)` for a simple (generation < 0) commit to an empty group.
-    pub(crate) fn check_commit(&mut self, generation: i32, member_id: &str, instance_id: Option<&str>, now_ms: i64) -> Result<(), i16> {
+    pub(crate) fn check_commit(
+        &mut self,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), i16> {
         if self.state == GroupState::Dead {
             return Err(code::COORDINATOR_NOT_AVAILABLE);
         }
@@ -850,7 +866,8 @@ impl ClassicGroup {
             && deadline <= now_ms
         {
             // Members that did not sync in time leave and the group rebalances.
-            let late: Vec<String> = self.members.values().filter(|m| m.awaiting_sync.is_none()).map(|m| m.id.clone()).collect();
+            let late: Vec<String> =
+                self.members.values().filter(|m| m.awaiting_sync.is_none()).map(|m| m.id.clone()).collect();
             self.sync_deadline_ms = None;
             for id in late {
                 self.remove_member(&id, now_ms, &mut out);
@@ -875,7 +892,6 @@ impl ClassicGroup {
         self.members.values()
     }
 }
-
 
 /// Topics in a ConsumerProtocolSubscription (versions 0-3 are not flexible: i16 version, then
 /// an array of strings). Anything unreadable yields no topics.

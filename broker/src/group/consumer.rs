@@ -155,10 +155,7 @@ impl TopicsSnapshot {
         for (name, info) in &topics {
             (name, info.id, info.partitions).hash(&mut h);
         }
-        TopicsSnapshot {
-            version: h.finish(),
-            topics,
-        }
+        TopicsSnapshot { version: h.finish(), topics }
     }
 }
 
@@ -304,29 +301,11 @@ pub(crate) struct CurrentAssignmentValue {
 /// group id (and member id); the latest value per key is the state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Record {
-    GroupMetadata {
-        group_id: String,
-        value: Option<GroupMetadataValue>,
-    },
-    MemberMetadata {
-        group_id: String,
-        member_id: String,
-        value: Option<MemberMetadataValue>,
-    },
-    TargetAssignmentMetadata {
-        group_id: String,
-        epoch: Option<i32>,
-    },
-    TargetAssignmentMember {
-        group_id: String,
-        member_id: String,
-        partitions: Option<Assignment>,
-    },
-    CurrentAssignment {
-        group_id: String,
-        member_id: String,
-        value: Option<CurrentAssignmentValue>,
-    },
+    GroupMetadata { group_id: String, value: Option<GroupMetadataValue> },
+    MemberMetadata { group_id: String, member_id: String, value: Option<MemberMetadataValue> },
+    TargetAssignmentMetadata { group_id: String, epoch: Option<i32> },
+    TargetAssignmentMember { group_id: String, member_id: String, partitions: Option<Assignment> },
+    CurrentAssignment { group_id: String, member_id: String, value: Option<CurrentAssignmentValue> },
 }
 
 /// One row of a ConsumerGroupDescribe response.
@@ -442,10 +421,7 @@ impl Member {
 
 impl Group {
     fn new(group_id: &str) -> Group {
-        Group {
-            group_id: group_id.to_string(),
-            ..Group::default()
-        }
+        Group { group_id: group_id.to_string(), ..Group::default() }
     }
 
     fn state(&self) -> &'static str {
@@ -474,10 +450,7 @@ impl Group {
                 *votes.entry(i).or_default() += 1;
             }
         }
-        let best = votes
-            .iter()
-            .max_by_key(|&(i, n)| (*n, std::cmp::Reverse(*i)))
-            .map(|(i, _)| *i);
+        let best = votes.iter().max_by_key(|&(i, n)| (*n, std::cmp::Reverse(*i))).map(|(i, _)| *i);
         config.assignors[best.unwrap_or(0)]
     }
 
@@ -535,10 +508,7 @@ impl Group {
     fn group_metadata_record(&self) -> Record {
         Record::GroupMetadata {
             group_id: self.group_id.clone(),
-            value: Some(GroupMetadataValue {
-                epoch: self.group_epoch,
-                topics: self.subscribed_topics.clone(),
-            }),
+            value: Some(GroupMetadataValue { epoch: self.group_epoch, topics: self.subscribed_topics.clone() }),
         }
     }
 
@@ -572,13 +542,7 @@ impl Group {
                 .iter()
                 .map(|(id, m)| {
                     let current = self.target.get(id).cloned().unwrap_or_default();
-                    (
-                        id.clone(),
-                        MemberSpec {
-                            subscribed: self.member_topic_ids(m),
-                            current,
-                        },
-                    )
+                    (id.clone(), MemberSpec { subscribed: self.member_topic_ids(m), current })
                 })
                 .collect(),
             topics: self.subscribed_topics.values().map(|i| (i.id, i.partitions)).collect(),
@@ -647,11 +611,7 @@ impl Group {
             member_id: member_id.clone(),
             partitions: None,
         });
-        records.push(Record::MemberMetadata {
-            group_id,
-            member_id,
-            value: None,
-        });
+        records.push(Record::MemberMetadata { group_id, member_id, value: None });
     }
 
     /// Moves a member one step towards its target (Kafka's `CurrentAssignmentBuilder`).
@@ -701,11 +661,7 @@ impl Group {
                     }
                 }
             }
-            next.state = if unreleased {
-                MemberState::UnreleasedPartitions
-            } else {
-                MemberState::Stable
-            };
+            next.state = if unreleased { MemberState::UnreleasedPartitions } else { MemberState::Stable };
             next.assigned = assigned;
             next.pending_revocation = Assignment::new();
             if next.member_epoch != target_epoch {
@@ -731,11 +687,7 @@ impl ConsumerGroups {
     /// production and a constant in tests.
     pub(crate) fn new(config: ConsumerGroupConfig, seed: u64) -> ConsumerGroups {
         assert!(!config.assignors.is_empty(), "at least one server assignor");
-        ConsumerGroups {
-            config,
-            groups: HashMap::new(),
-            rng: seed,
-        }
+        ConsumerGroups { config, groups: HashMap::new(), rng: seed }
     }
 
     #[cfg_attr(not(test), allow(dead_code))] // the driver ticks every 100 ms instead
@@ -770,11 +722,7 @@ impl ConsumerGroups {
         match self.try_heartbeat(req, classic, topics, now_ms) {
             Ok(out) => out,
             Err((code, message)) => HeartbeatOutcome {
-                response: HeartbeatResponse {
-                    error_code: code,
-                    error_message: Some(message),
-                    ..Default::default()
-                },
+                response: HeartbeatResponse { error_code: code, error_message: Some(message), ..Default::default() },
                 ..Default::default()
             },
         }
@@ -800,11 +748,7 @@ impl ConsumerGroups {
             if req.rebalance_timeout_ms == -1 {
                 return refuse(INVALID, "RebalanceTimeoutMs must be provided in first request.");
             }
-            if req
-                .owned_partitions
-                .as_ref()
-                .is_none_or(|o| o.iter().any(|(_, ps)| !ps.is_empty()))
-            {
+            if req.owned_partitions.as_ref().is_none_or(|o| o.iter().any(|(_, ps)| !ps.is_empty())) {
                 return refuse(INVALID, "TopicPartitions must be empty when (re-)joining.");
             }
             if req.subscribed_topic_names.is_none() && req.subscribed_topic_regex.is_none() {
@@ -826,18 +770,11 @@ impl ConsumerGroups {
             let supported: Vec<&str> = self.config.assignors.iter().map(|a| a.name()).collect();
             return refuse(
                 codes::UNSUPPORTED_ASSIGNOR,
-                format!(
-                    "ServerAssignor {name} is not supported. Supported assignors: {}.",
-                    supported.join(", ")
-                ),
+                format!("ServerAssignor {name} is not supported. Supported assignors: {}.", supported.join(", ")),
             );
         }
         // A regex the group already uses was valid; clients may resend it on every heartbeat.
-        let known = |re: &str| {
-            self.groups
-                .get(&req.group_id)
-                .is_some_and(|g| g.regexes.contains_key(re))
-        };
+        let known = |re: &str| self.groups.get(&req.group_id).is_some_and(|g| g.regexes.contains_key(re));
         if let Some(re) = &req.subscribed_topic_regex
             && !known(re)
             && let Err(e) = compile_regex(re)
@@ -870,10 +807,7 @@ impl ConsumerGroups {
                     (Group::new(&req.group_id), false)
                 }
                 ClassicGroup::Absent => {
-                    return refuse(
-                        codes::GROUP_ID_NOT_FOUND,
-                        format!("Consumer group {} not found.", req.group_id),
-                    );
+                    return refuse(codes::GROUP_ID_NOT_FOUND, format!("Consumer group {} not found.", req.group_id));
                 }
                 ClassicGroup::Empty | ClassicGroup::Active => {
                     return refuse(
@@ -892,11 +826,7 @@ impl ConsumerGroups {
             self.groups.insert(req.group_id.clone(), group);
         }
         let (response, records) = result?;
-        Ok(HeartbeatOutcome {
-            response,
-            records,
-            classic_replaced,
-        })
+        Ok(HeartbeatOutcome { response, records, classic_replaced })
     }
 
     fn leave(
@@ -923,10 +853,7 @@ impl ConsumerGroups {
                 if id != req.member_id {
                     return refuse(
                         codes::FENCED_INSTANCE_ID,
-                        format!(
-                            "Static member {} with instance id {inst} was fenced by member {id}.",
-                            req.member_id
-                        ),
+                        format!("Static member {} with instance id {inst} was fenced by member {id}.", req.member_id),
                     );
                 }
                 id
@@ -944,11 +871,8 @@ impl ConsumerGroups {
         } else {
             group.remove_member(&member_id, &self.config, &mut records);
         }
-        let response = HeartbeatResponse {
-            member_id: Some(member_id),
-            member_epoch: req.member_epoch,
-            ..Default::default()
-        };
+        let response =
+            HeartbeatResponse { member_id: Some(member_id), member_epoch: req.member_epoch, ..Default::default() };
         Ok((response, records))
     }
 
@@ -964,11 +888,8 @@ impl ConsumerGroups {
         // 1. Find the member, or decide how it joins. Nothing is changed until every check passed.
         let mut replaces: Option<String> = None;
         let member_id = if joining {
-            let member_id = if req.member_id.is_empty() {
-                self.new_member_id_for(group)
-            } else {
-                req.member_id.clone()
-            };
+            let member_id =
+                if req.member_id.is_empty() { self.new_member_id_for(group) } else { req.member_id.clone() };
             if let Some(inst) = &req.instance_id
                 && let Some(existing) = group.static_members.get(inst)
                 && *existing != member_id
@@ -989,10 +910,7 @@ impl ConsumerGroups {
             if is_new && replaces.is_none() && group.members.len() >= self.config.max_size {
                 return refuse(
                     codes::GROUP_MAX_SIZE_REACHED,
-                    format!(
-                        "The consumer group has reached its maximum capacity of {} members.",
-                        self.config.max_size
-                    ),
+                    format!("The consumer group has reached its maximum capacity of {} members.", self.config.max_size),
                 );
             }
             member_id
@@ -1004,10 +922,7 @@ impl ConsumerGroups {
                 if *id != req.member_id {
                     return refuse(
                         codes::FENCED_INSTANCE_ID,
-                        format!(
-                            "Static member {} with instance id {inst} was fenced by member {id}.",
-                            req.member_id
-                        ),
+                        format!("Static member {} with instance id {inst} was fenced by member {id}.", req.member_id),
                     );
                 }
             }
@@ -1062,13 +977,7 @@ impl ConsumerGroups {
             let old = group.members[old_id].clone();
             let target = group.target.get(old_id).cloned();
             group.drop_member(old_id, &mut records);
-            group.members.insert(
-                member_id.clone(),
-                Member {
-                    meta: old.meta,
-                    ..Member::default()
-                },
-            );
+            group.members.insert(member_id.clone(), Member { meta: old.meta, ..Member::default() });
             let mut current = old.current;
             current.member_epoch = 0;
             current.previous_member_epoch = 0;
@@ -1140,11 +1049,7 @@ impl ConsumerGroups {
         }
 
         // 4. Reconcile this member towards its target.
-        let owned = if joining {
-            Some(Assignment::new())
-        } else {
-            req.owned_partitions.as_deref().map(to_assignment)
-        };
+        let owned = if joining { Some(Assignment::new()) } else { req.owned_partitions.as_deref().map(to_assignment) };
         let before_current = group.members[&member_id].current.clone();
         group.reconcile(&member_id, owned.as_ref(), now_ms);
         let current = group.members[&member_id].current.clone();
@@ -1202,11 +1107,7 @@ impl ConsumerGroups {
             }
             for (member_id, reason) in expired {
                 group.drop_member(&member_id, &mut out.records);
-                out.removed.push(Removal {
-                    group_id: gid.clone(),
-                    member_id,
-                    reason,
-                });
+                out.removed.push(Removal { group_id: gid.clone(), member_id, reason });
             }
             group.refresh_subscribed_topics(&group.subscribed_topics.clone());
             group.bump_and_assign(&self.config, &mut out.records);
@@ -1231,10 +1132,9 @@ impl ConsumerGroups {
             .iter()
             .map(|&id| match self.groups.get(id) {
                 Some(g) => Ok(self.describe_group(g)),
-                None if is_classic(id) => Err((
-                    codes::GROUP_ID_NOT_FOUND,
-                    format!("Group {id} is not a consumer group."),
-                )),
+                None if is_classic(id) => {
+                    Err((codes::GROUP_ID_NOT_FOUND, format!("Group {id} is not a consumer group.")))
+                }
                 None => Err((codes::GROUP_ID_NOT_FOUND, format!("Group {id} not found."))),
             })
             .collect()
@@ -1304,14 +1204,8 @@ impl ConsumerGroups {
         }
         self.groups.remove(group_id);
         Ok(vec![
-            Record::TargetAssignmentMetadata {
-                group_id: group_id.to_string(),
-                epoch: None,
-            },
-            Record::GroupMetadata {
-                group_id: group_id.to_string(),
-                value: None,
-            },
+            Record::TargetAssignmentMetadata { group_id: group_id.to_string(), epoch: None },
+            Record::GroupMetadata { group_id: group_id.to_string(), value: None },
         ])
     }
 
@@ -1393,11 +1287,7 @@ impl ConsumerGroups {
                 g.metadata_version = None;
             }
             Record::GroupMetadata { value: None, .. } => unreachable!("handled above"),
-            Record::MemberMetadata {
-                member_id,
-                value: Some(v),
-                ..
-            } => {
+            Record::MemberMetadata { member_id, value: Some(v), .. } => {
                 let m = g.members.entry(member_id.clone()).or_default();
                 if let Some(old) = &m.meta.instance_id {
                     g.static_members.remove(old);
@@ -1414,9 +1304,7 @@ impl ConsumerGroups {
                     g.regexes.insert(re.clone(), c);
                 }
             }
-            Record::MemberMetadata {
-                member_id, value: None, ..
-            } => {
+            Record::MemberMetadata { member_id, value: None, .. } => {
                 if g.members.contains_key(member_id) {
                     g.set_current(member_id, CurrentAssignmentValue::default());
                     let m = g.members.remove(member_id).expect("checked");
@@ -1432,9 +1320,7 @@ impl ConsumerGroups {
                     g.assignment_epoch = *e;
                 }
             }
-            Record::TargetAssignmentMember {
-                member_id, partitions, ..
-            } => match partitions {
+            Record::TargetAssignmentMember { member_id, partitions, .. } => match partitions {
                 Some(a) => {
                     g.target.insert(member_id.clone(), a.clone());
                 }
@@ -1444,13 +1330,7 @@ impl ConsumerGroups {
             },
             Record::CurrentAssignment { member_id, value, .. } => {
                 if !g.members.contains_key(member_id) {
-                    g.members.insert(
-                        member_id.clone(),
-                        Member {
-                            session_deadline_ms: session,
-                            ..Member::default()
-                        },
-                    );
+                    g.members.insert(member_id.clone(), Member { session_deadline_ms: session, ..Member::default() });
                 }
                 let v = value.clone().unwrap_or_default();
                 // A log we wrote never has two members holding a partition; if one does anyway,
@@ -1544,15 +1424,7 @@ mod tests {
             version,
             topics: topics
                 .iter()
-                .map(|&(n, id, p)| {
-                    (
-                        n.to_string(),
-                        TopicInfo {
-                            id: tid(id),
-                            partitions: p,
-                        },
-                    )
-                })
+                .map(|&(n, id, p)| (n.to_string(), TopicInfo { id: tid(id), partitions: p }))
                 .collect(),
         }
     }
@@ -1606,11 +1478,7 @@ mod tests {
         fn join(gs: &mut ConsumerGroups, id: &str, names: &[&str], topics: &TopicsSnapshot, now: i64) -> Client {
             let out = gs.heartbeat(&join_req(id, names), ClassicGroup::Absent, topics, now);
             assert_eq!(out.response.error_code, 0, "{:?}", out.response.error_message);
-            let mut c = Client {
-                id: id.into(),
-                epoch: 0,
-                owned: Assignment::new(),
-            };
+            let mut c = Client { id: id.into(), epoch: 0, owned: Assignment::new() };
             c.apply(&out.response);
             c
         }
@@ -1624,12 +1492,7 @@ mod tests {
         }
 
         fn beat(&mut self, gs: &mut ConsumerGroups, topics: &TopicsSnapshot, now: i64) -> HeartbeatOutcome {
-            let out = gs.heartbeat(
-                &hb_req(&self.id, self.epoch, Some(&self.owned)),
-                ClassicGroup::Absent,
-                topics,
-                now,
-            );
+            let out = gs.heartbeat(&hb_req(&self.id, self.epoch, Some(&self.owned)), ClassicGroup::Absent, topics, now);
             self.apply(&out.response);
             out
         }
@@ -1652,15 +1515,8 @@ mod tests {
     #[test]
     fn snapshot_version_follows_content() {
         // Goal: TopicsSnapshot::new gives equal versions for equal topics and new ones otherwise.
-        let make = |p: i32| {
-            TopicsSnapshot::new(BTreeMap::from([(
-                "a".to_string(),
-                TopicInfo {
-                    id: tid(1),
-                    partitions: p,
-                },
-            )]))
-        };
+        let make =
+            |p: i32| TopicsSnapshot::new(BTreeMap::from([("a".to_string(), TopicInfo { id: tid(1), partitions: p })]));
         assert_eq!(make(1).version, make(1).version);
         assert_ne!(make(1).version, make(2).version);
     }
@@ -1668,11 +1524,7 @@ mod tests {
     #[test]
     fn member_state_values_round_trip() {
         // Goal: the member states persist as Kafka's byte values and read back.
-        for s in [
-            MemberState::Stable,
-            MemberState::UnrevokedPartitions,
-            MemberState::UnreleasedPartitions,
-        ] {
+        for s in [MemberState::Stable, MemberState::UnrevokedPartitions, MemberState::UnreleasedPartitions] {
             assert_eq!(MemberState::from_value(s.value()), Some(s));
         }
         assert_eq!(MemberState::from_value(127), None);
@@ -1705,12 +1557,7 @@ mod tests {
         let out = gs.heartbeat(&join_req("m1", &["a", "b", "missing"]), ClassicGroup::Absent, &t, 0);
         let r = &out.response;
         assert_eq!(
-            (
-                r.error_code,
-                r.member_id.as_deref(),
-                r.member_epoch,
-                r.heartbeat_interval_ms
-            ),
+            (r.error_code, r.member_id.as_deref(), r.member_epoch, r.heartbeat_interval_ms),
             (0, Some("m1"), 1, 5000)
         );
         let a = r.assignment.as_ref().unwrap();
@@ -1730,10 +1577,7 @@ mod tests {
             .collect();
         assert_eq!(kinds, ["member", "group", "target", "target-epoch", "current"]);
         let d = describe_one(&gs);
-        assert_eq!(
-            (d.state, d.group_epoch, d.assignment_epoch, d.assignor_name.as_str()),
-            ("Stable", 1, 1, "uniform")
-        );
+        assert_eq!((d.state, d.group_epoch, d.assignment_epoch, d.assignor_name.as_str()), ("Stable", 1, 1, "uniform"));
         assert_eq!(d.members[0].assignment[0].topic_name, "a");
         assert_eq!(d.members[0].client_host, "/127.0.0.1");
     }
@@ -1866,11 +1710,7 @@ mod tests {
         let out = gs.tick(45_000);
         assert_eq!(
             out.removed,
-            vec![Removal {
-                group_id: G.into(),
-                member_id: "B".into(),
-                reason: RemovalReason::SessionTimeout
-            }]
+            vec![Removal { group_id: G.into(), member_id: "B".into(), reason: RemovalReason::SessionTimeout }]
         );
         assert!(!out.records.is_empty());
         a.beat(&mut gs, &t, 45_001);
@@ -1928,22 +1768,14 @@ mod tests {
         assert_eq!((out.response.error_code, out.response.member_epoch), (0, 2));
         // Epoch 0 is a join, anything else old is fenced.
         let out = gs.heartbeat(
-            &hb_req(
-                "A",
-                1,
-                Some(&Assignment::from([(tid(1), BTreeSet::from([0, 1, 2, 3]))])),
-            ),
+            &hb_req("A", 1, Some(&Assignment::from([(tid(1), BTreeSet::from([0, 1, 2, 3]))]))),
             ClassicGroup::Absent,
             &t,
             6,
         );
         assert_eq!(out.response.error_code, codes::FENCED_MEMBER_EPOCH);
         let out = gs.heartbeat(&hb_req("A", 1, None), ClassicGroup::Absent, &t, 6);
-        assert_eq!(
-            out.response.error_code,
-            codes::FENCED_MEMBER_EPOCH,
-            "previous epoch without owned partitions"
-        );
+        assert_eq!(out.response.error_code, codes::FENCED_MEMBER_EPOCH, "previous epoch without owned partitions");
         // Rejoin with the same id after being fenced.
         let out = gs.heartbeat(&join_req("A", &["a"]), ClassicGroup::Absent, &t, 7);
         assert_eq!((out.response.error_code, out.response.member_epoch), (0, 2));
@@ -1958,10 +1790,7 @@ mod tests {
         let t = snapshot(1, &[("a", 1, 1)]);
         let out = gs.heartbeat(&hb_req("X", 3, None), ClassicGroup::Absent, &t, 0);
         assert_eq!(out.response.error_code, codes::GROUP_ID_NOT_FOUND);
-        assert_eq!(
-            out.response.error_message.as_deref(),
-            Some("Consumer group g not found.")
-        );
+        assert_eq!(out.response.error_message.as_deref(), Some("Consumer group g not found."));
         Client::join(&mut gs, "A", &["a"], &t, 0);
         let out = gs.heartbeat(&hb_req("X", 3, None), ClassicGroup::Absent, &t, 0);
         assert_eq!(out.response.error_code, codes::UNKNOWN_MEMBER_ID);
@@ -1976,68 +1805,26 @@ mod tests {
         let t = snapshot(1, &[("a", 1, 1)]);
         let cases: Vec<(Heartbeat, &str)> = vec![
             (
-                Heartbeat {
-                    rebalance_timeout_ms: -1,
-                    ..join_req("m", &["a"])
-                },
+                Heartbeat { rebalance_timeout_ms: -1, ..join_req("m", &["a"]) },
                 "RebalanceTimeoutMs must be provided in first request.",
             ),
             (
-                Heartbeat {
-                    owned_partitions: None,
-                    ..join_req("m", &["a"])
-                },
+                Heartbeat { owned_partitions: None, ..join_req("m", &["a"]) },
                 "TopicPartitions must be empty when (re-)joining.",
             ),
             (
-                Heartbeat {
-                    owned_partitions: Some(vec![(tid(1), vec![0])]),
-                    ..join_req("m", &["a"])
-                },
+                Heartbeat { owned_partitions: Some(vec![(tid(1), vec![0])]), ..join_req("m", &["a"]) },
                 "TopicPartitions must be empty when (re-)joining.",
             ),
             (
-                Heartbeat {
-                    subscribed_topic_names: None,
-                    ..join_req("m", &["a"])
-                },
+                Heartbeat { subscribed_topic_names: None, ..join_req("m", &["a"]) },
                 "Either SubscribedTopicNames or SubscribedTopicRegex must be non-null when (re-)joining.",
             ),
-            (
-                Heartbeat {
-                    group_id: String::new(),
-                    ..join_req("m", &["a"])
-                },
-                "GroupId can't be empty.",
-            ),
-            (
-                Heartbeat {
-                    instance_id: Some(String::new()),
-                    ..join_req("m", &["a"])
-                },
-                "InstanceId can't be empty.",
-            ),
-            (
-                Heartbeat {
-                    rack_id: Some(String::new()),
-                    ..join_req("m", &["a"])
-                },
-                "RackId can't be empty.",
-            ),
-            (
-                Heartbeat {
-                    member_epoch: -3,
-                    ..join_req("m", &["a"])
-                },
-                "MemberEpoch is invalid.",
-            ),
-            (
-                Heartbeat {
-                    member_epoch: -2,
-                    ..join_req("m", &["a"])
-                },
-                "InstanceId can't be null.",
-            ),
+            (Heartbeat { group_id: String::new(), ..join_req("m", &["a"]) }, "GroupId can't be empty."),
+            (Heartbeat { instance_id: Some(String::new()), ..join_req("m", &["a"]) }, "InstanceId can't be empty."),
+            (Heartbeat { rack_id: Some(String::new()), ..join_req("m", &["a"]) }, "RackId can't be empty."),
+            (Heartbeat { member_epoch: -3, ..join_req("m", &["a"]) }, "MemberEpoch is invalid."),
+            (Heartbeat { member_epoch: -2, ..join_req("m", &["a"]) }, "InstanceId can't be null."),
         ];
         for (req, message) in cases {
             let out = gs.heartbeat(&req, ClassicGroup::Absent, &t, 0);
@@ -2054,10 +1841,7 @@ mod tests {
         let mut gs = groups();
         let t = snapshot(1, &[("a", 1, 4)]);
         let out = gs.heartbeat(
-            &Heartbeat {
-                server_assignor: Some("sticky".into()),
-                ..join_req("m", &["a"])
-            },
+            &Heartbeat { server_assignor: Some("sticky".into()), ..join_req("m", &["a"]) },
             ClassicGroup::Absent,
             &t,
             0,
@@ -2069,10 +1853,7 @@ mod tests {
         );
         assert!(gs.list().is_empty());
         let out = gs.heartbeat(
-            &Heartbeat {
-                server_assignor: Some("range".into()),
-                ..join_req("m", &["a"])
-            },
+            &Heartbeat { server_assignor: Some("range".into()), ..join_req("m", &["a"]) },
             ClassicGroup::Absent,
             &t,
             0,
@@ -2094,9 +1875,12 @@ mod tests {
             };
             let out = gs.heartbeat(&req, ClassicGroup::Absent, &t, 0);
             assert_eq!(out.response.error_code, codes::INVALID_REGULAR_EXPRESSION, "{bad}");
-            assert!(out.response.error_message.unwrap().starts_with(&format!(
-                "SubscribedTopicRegex `{bad}` is not a valid regular expression"
-            )));
+            assert!(
+                out.response
+                    .error_message
+                    .unwrap()
+                    .starts_with(&format!("SubscribedTopicRegex `{bad}` is not a valid regular expression"))
+            );
         }
         assert!(gs.list().is_empty());
     }
@@ -2106,15 +1890,8 @@ mod tests {
         // Goal: a regex subscription matches whole topic names, skips internal topics, and a
         // newly created matching topic is assigned on the next heartbeat after a metadata change.
         let mut gs = groups();
-        let t1 = snapshot(
-            1,
-            &[
-                ("orders-1", 1, 2),
-                ("xorders-1", 2, 1),
-                ("__consumer_offsets", 9, 50),
-                ("other", 3, 1),
-            ],
-        );
+        let t1 =
+            snapshot(1, &[("orders-1", 1, 2), ("xorders-1", 2, 1), ("__consumer_offsets", 9, 50), ("other", 3, 1)]);
         let req = Heartbeat {
             subscribed_topic_names: None,
             subscribed_topic_regex: Some("orders-.*|__.*".into()),
@@ -2123,42 +1900,23 @@ mod tests {
         let out = gs.heartbeat(&req, ClassicGroup::Absent, &t1, 0);
         let a = out.response.assignment.unwrap();
         assert_eq!(a.keys().copied().collect::<Vec<_>>(), vec![tid(1)]);
-        let mut c = Client {
-            id: "m".into(),
-            epoch: out.response.member_epoch,
-            owned: a,
-        };
+        let mut c = Client { id: "m".into(), epoch: out.response.member_epoch, owned: a };
         // Same version: nothing changes.
         let out = c.beat(&mut gs, &t1, 1);
         assert!(out.records.is_empty());
         // A new matching topic appears.
         let mut t2 = t1.clone();
         t2.version = 2;
-        t2.topics.insert(
-            "orders-2".into(),
-            TopicInfo {
-                id: tid(4),
-                partitions: 3,
-            },
-        );
+        t2.topics.insert("orders-2".into(), TopicInfo { id: tid(4), partitions: 3 });
         let out = c.beat(&mut gs, &t2, 2);
         assert_eq!(c.epoch, 2);
         assert!(out.response.assignment.is_some());
         assert_eq!(count(&c.owned), 5);
-        assert_eq!(
-            describe_one(&gs).members[0].subscribed_topic_regex.as_deref(),
-            Some("orders-.*|__.*")
-        );
+        assert_eq!(describe_one(&gs).members[0].subscribed_topic_regex.as_deref(), Some("orders-.*|__.*"));
         // A new topic that does not match changes nothing.
         let mut t3 = t2.clone();
         t3.version = 3;
-        t3.topics.insert(
-            "unrelated".into(),
-            TopicInfo {
-                id: tid(5),
-                partitions: 3,
-            },
-        );
+        t3.topics.insert("unrelated".into(), TopicInfo { id: tid(5), partitions: 3 });
         let out = c.beat(&mut gs, &t3, 3);
         assert_eq!(c.epoch, 2);
         assert!(out.records.is_empty());
@@ -2193,10 +1951,7 @@ mod tests {
         // be used twice.
         let mut gs = groups();
         let t = snapshot(1, &[("a", 1, 4)]);
-        let static_join = |member: &str| Heartbeat {
-            instance_id: Some("i1".into()),
-            ..join_req(member, &["a"])
-        };
+        let static_join = |member: &str| Heartbeat { instance_id: Some("i1".into()), ..join_req(member, &["a"]) };
         let out = gs.heartbeat(&static_join("S1"), ClassicGroup::Absent, &t, 0);
         assert_eq!(out.response.member_epoch, 1);
         let mut other = Client::join(&mut gs, "D", &["a"], &t, 0);
@@ -2204,11 +1959,7 @@ mod tests {
             let out = gs.heartbeat(
                 &Heartbeat {
                     instance_id: Some("i1".into()),
-                    ..hb_req(
-                        "S1",
-                        1,
-                        Some(&Assignment::from([(tid(1), BTreeSet::from([0, 1, 2, 3]))])),
-                    )
+                    ..hb_req("S1", 1, Some(&Assignment::from([(tid(1), BTreeSet::from([0, 1, 2, 3]))])))
                 },
                 ClassicGroup::Absent,
                 &t,
@@ -2217,10 +1968,7 @@ mod tests {
             out.response.assignment.unwrap()
         };
         let out = gs.heartbeat(
-            &Heartbeat {
-                instance_id: Some("i1".into()),
-                ..hb_req("S1", 1, Some(&s1_owned))
-            },
+            &Heartbeat { instance_id: Some("i1".into()), ..hb_req("S1", 1, Some(&s1_owned)) },
             ClassicGroup::Absent,
             &t,
             2,
@@ -2234,10 +1982,7 @@ mod tests {
         assert_eq!(out.response.error_code, codes::UNRELEASED_INSTANCE_ID);
         // A heartbeat from the wrong member id for i1: fenced.
         let out = gs.heartbeat(
-            &Heartbeat {
-                instance_id: Some("i1".into()),
-                ..hb_req("S2", 2, None)
-            },
+            &Heartbeat { instance_id: Some("i1".into()), ..hb_req("S2", 2, None) },
             ClassicGroup::Absent,
             &t,
             4,
@@ -2245,10 +1990,7 @@ mod tests {
         assert_eq!(out.response.error_code, codes::FENCED_INSTANCE_ID);
         // Unknown instance id on a static leave.
         let out = gs.heartbeat(
-            &Heartbeat {
-                instance_id: Some("nope".into()),
-                ..hb_req("S1", -2, None)
-            },
+            &Heartbeat { instance_id: Some("nope".into()), ..hb_req("S1", -2, None) },
             ClassicGroup::Absent,
             &t,
             4,
@@ -2258,20 +2000,13 @@ mod tests {
         // Temporary leave.
         let epoch_before = describe_one(&gs).group_epoch;
         let out = gs.heartbeat(
-            &Heartbeat {
-                instance_id: Some("i1".into()),
-                ..hb_req("S1", -2, None)
-            },
+            &Heartbeat { instance_id: Some("i1".into()), ..hb_req("S1", -2, None) },
             ClassicGroup::Absent,
             &t,
             5,
         );
         assert_eq!((out.response.error_code, out.response.member_epoch), (0, -2));
-        assert_eq!(
-            describe_one(&gs).group_epoch,
-            epoch_before,
-            "no rebalance on a static leave"
-        );
+        assert_eq!(describe_one(&gs).group_epoch, epoch_before, "no rebalance on a static leave");
         other.beat(&mut gs, &t, 6);
         assert_eq!(count(&other.owned), 2, "S1's partitions are not handed out");
 
@@ -2282,10 +2017,7 @@ mod tests {
         assert_eq!(out.response.assignment.unwrap(), s1_owned);
         let d = describe_one(&gs);
         assert_eq!(d.group_epoch, epoch_before);
-        assert_eq!(
-            d.members.iter().map(|m| m.member_id.as_str()).collect::<Vec<_>>(),
-            vec!["D", "S2"]
-        );
+        assert_eq!(d.members.iter().map(|m| m.member_id.as_str()).collect::<Vec<_>>(), vec!["D", "S2"]);
         assert!(out.records.contains(&Record::MemberMetadata {
             group_id: G.into(),
             member_id: "S1".into(),
@@ -2300,20 +2032,14 @@ mod tests {
         let mut gs = groups();
         let t = snapshot(1, &[("a", 1, 2)]);
         let out = gs.heartbeat(
-            &Heartbeat {
-                instance_id: Some("i1".into()),
-                ..join_req("S1", &["a"])
-            },
+            &Heartbeat { instance_id: Some("i1".into()), ..join_req("S1", &["a"]) },
             ClassicGroup::Absent,
             &t,
             0,
         );
         assert_eq!(out.response.error_code, 0);
         gs.heartbeat(
-            &Heartbeat {
-                instance_id: Some("i1".into()),
-                ..hb_req("S1", -2, None)
-            },
+            &Heartbeat { instance_id: Some("i1".into()), ..hb_req("S1", -2, None) },
             ClassicGroup::Absent,
             &t,
             1000,
@@ -2325,10 +2051,7 @@ mod tests {
         assert_eq!((d.state, d.group_epoch), ("Empty", 2));
         // The instance id is free again.
         let out = gs.heartbeat(
-            &Heartbeat {
-                instance_id: Some("i1".into()),
-                ..join_req("S2", &["a"])
-            },
+            &Heartbeat { instance_id: Some("i1".into()), ..join_req("S2", &["a"]) },
             ClassicGroup::Absent,
             &t,
             46_000,
@@ -2340,13 +2063,7 @@ mod tests {
     fn group_max_size() {
         // Goal: joins beyond group.consumer.max.size are GROUP_MAX_SIZE_REACHED; members
         // already in the group can still rejoin.
-        let mut gs = ConsumerGroups::new(
-            ConsumerGroupConfig {
-                max_size: 1,
-                ..ConsumerGroupConfig::default()
-            },
-            1,
-        );
+        let mut gs = ConsumerGroups::new(ConsumerGroupConfig { max_size: 1, ..ConsumerGroupConfig::default() }, 1);
         let t = snapshot(1, &[("a", 1, 1)]);
         Client::join(&mut gs, "A", &["a"], &t, 0);
         let out = gs.heartbeat(&join_req("B", &["a"]), ClassicGroup::Absent, &t, 0);
@@ -2367,10 +2084,7 @@ mod tests {
         let t = snapshot(1, &[("a", 1, 1)]);
         let out = gs.heartbeat(&join_req("m", &["a"]), ClassicGroup::Active, &t, 0);
         assert_eq!(out.response.error_code, codes::GROUP_ID_NOT_FOUND);
-        assert_eq!(
-            out.response.error_message.as_deref(),
-            Some("Group g is not a consumer group.")
-        );
+        assert_eq!(out.response.error_message.as_deref(), Some("Group g is not a consumer group."));
         let out = gs.heartbeat(&hb_req("m", 1, None), ClassicGroup::Empty, &t, 0);
         assert_eq!(out.response.error_code, codes::GROUP_ID_NOT_FOUND);
         let out = gs.heartbeat(&join_req("m", &["a"]), ClassicGroup::Empty, &t, 0);
@@ -2394,14 +2108,8 @@ mod tests {
         assert_eq!((a.member_id.as_str(), a.member_epoch), ("A", 1));
         assert_eq!(a.assignment[0].partitions, vec![0, 1], "A still holds both");
         assert_eq!(a.target_assignment[0].partitions.len(), 1, "but its target is one");
-        assert_eq!(
-            rows[1],
-            Err((codes::GROUP_ID_NOT_FOUND, "Group nope not found.".into()))
-        );
-        assert_eq!(
-            rows[2],
-            Err((codes::GROUP_ID_NOT_FOUND, "Group old is not a consumer group.".into()))
-        );
+        assert_eq!(rows[1], Err((codes::GROUP_ID_NOT_FOUND, "Group nope not found.".into())));
+        assert_eq!(rows[2], Err((codes::GROUP_ID_NOT_FOUND, "Group old is not a consumer group.".into())));
     }
 
     #[test]
@@ -2412,30 +2120,14 @@ mod tests {
         let c = Client::join(&mut gs, "A", &["a"], &t, 0);
         assert_eq!(gs.delete_group(G).unwrap_err().0, codes::NON_EMPTY_GROUP);
         assert_eq!(gs.validate_offset_commit(G, "A", c.epoch), Ok(()));
-        assert_eq!(
-            gs.validate_offset_commit(G, "A", c.epoch + 1).unwrap_err().0,
-            codes::STALE_MEMBER_EPOCH
-        );
-        assert_eq!(
-            gs.validate_offset_commit(G, "", -1).unwrap_err().0,
-            codes::UNKNOWN_MEMBER_ID
-        );
+        assert_eq!(gs.validate_offset_commit(G, "A", c.epoch + 1).unwrap_err().0, codes::STALE_MEMBER_EPOCH);
+        assert_eq!(gs.validate_offset_commit(G, "", -1).unwrap_err().0, codes::UNKNOWN_MEMBER_ID);
         assert_eq!(gs.validate_offset_fetch(G, "", -1), Ok(()));
-        assert_eq!(
-            gs.validate_offset_fetch(G, "Z", 1).unwrap_err().0,
-            codes::UNKNOWN_MEMBER_ID
-        );
+        assert_eq!(gs.validate_offset_fetch(G, "Z", 1).unwrap_err().0, codes::UNKNOWN_MEMBER_ID);
         gs.heartbeat(&hb_req("A", -1, None), ClassicGroup::Absent, &t, 1);
-        assert_eq!(
-            gs.validate_offset_commit(G, "", -1),
-            Ok(()),
-            "admin commits on an empty group"
-        );
+        assert_eq!(gs.validate_offset_commit(G, "", -1), Ok(()), "admin commits on an empty group");
         let tombstones = gs.delete_group(G).unwrap();
-        assert!(tombstones.contains(&Record::GroupMetadata {
-            group_id: G.into(),
-            value: None
-        }));
+        assert!(tombstones.contains(&Record::GroupMetadata { group_id: G.into(), value: None }));
         assert_eq!(gs.state(G), None);
         assert_eq!(gs.delete_group(G).unwrap_err().0, codes::GROUP_ID_NOT_FOUND);
     }
@@ -2476,10 +2168,7 @@ mod tests {
         // random order, no partition is ever owned by two clients; when everyone keeps
         // heartbeating the group converges to Stable with every partition owned; and replaying
         // every record written rebuilds the same groups.
-        let seed: u64 = std::env::var("CREEK_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(7);
+        let seed: u64 = std::env::var("CREEK_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
         println!("seed {seed} (set CREEK_TEST_SEED to replay)");
         let mut rng = seed;
         for round in 0..60 {
@@ -2487,10 +2176,7 @@ mod tests {
             let mut log: Vec<Record> = Vec::new();
             let mut t = snapshot(
                 1,
-                &[
-                    ("a", 1, 1 + (splitmix64(&mut rng) % 8) as i32),
-                    ("b", 2, 1 + (splitmix64(&mut rng) % 4) as i32),
-                ],
+                &[("a", 1, 1 + (splitmix64(&mut rng) % 8) as i32), ("b", 2, 1 + (splitmix64(&mut rng) % 4) as i32)],
             );
             let mut clients: Vec<Client> = Vec::new();
             let mut now = 0i64;
@@ -2509,11 +2195,7 @@ mod tests {
                         }
                         let out = gs.heartbeat(&req, ClassicGroup::Absent, &t, now);
                         log.extend(out.records.clone());
-                        let mut c = Client {
-                            id,
-                            epoch: 0,
-                            owned: Assignment::new(),
-                        };
+                        let mut c = Client { id, epoch: 0, owned: Assignment::new() };
                         c.apply(&out.response);
                         clients.push(c);
                     }
@@ -2533,30 +2215,17 @@ mod tests {
                         // Heartbeat first so the group has seen the latest metadata.
                         let out = clients[k].beat(&mut gs, &t, now);
                         log.extend(out.records);
-                        let leave = Heartbeat {
-                            instance_id: Some(inst.clone()),
-                            ..hb_req(&clients[k].id, -2, None)
-                        };
+                        let leave = Heartbeat { instance_id: Some(inst.clone()), ..hb_req(&clients[k].id, -2, None) };
                         let out = gs.heartbeat(&leave, ClassicGroup::Absent, &t, now);
                         assert_eq!(out.response.error_code, 0);
                         log.extend(out.records);
                         let old = clients.remove(k);
                         let id = format!("{}r", old.id);
-                        let join = Heartbeat {
-                            instance_id: Some(inst.clone()),
-                            ..join_req(&id, &["a", "b"])
-                        };
+                        let join = Heartbeat { instance_id: Some(inst.clone()), ..join_req(&id, &["a", "b"]) };
                         let out = gs.heartbeat(&join, ClassicGroup::Absent, &t, now + 1);
                         log.extend(out.records.clone());
-                        assert!(
-                            !out.records.iter().any(|r| matches!(r, Record::GroupMetadata { .. })),
-                            "no rebalance"
-                        );
-                        let mut c = Client {
-                            id: id.clone(),
-                            epoch: 0,
-                            owned: Assignment::new(),
-                        };
+                        assert!(!out.records.iter().any(|r| matches!(r, Record::GroupMetadata { .. })), "no rebalance");
+                        let mut c = Client { id: id.clone(), epoch: 0, owned: Assignment::new() };
                         c.apply(&out.response);
                         clients.push(c);
                         instances.insert(id, inst);
@@ -2609,10 +2278,7 @@ mod tests {
                 let expected: i32 = t.topics.values().map(|i| i.partitions).sum();
                 assert_eq!(total, expected as usize, "round {round}: every partition owned");
                 let counts: Vec<usize> = clients.iter().map(|c| count(&c.owned)).collect();
-                assert!(
-                    counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
-                    "round {round}: {counts:?}"
-                );
+                assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "round {round}: {counts:?}");
             }
             let mut replayed = ConsumerGroups::new(ConsumerGroupConfig::default(), 0);
             for r in &log {
@@ -2624,11 +2290,7 @@ mod tests {
             for c in clients.iter_mut() {
                 let out = c.beat(&mut replayed, &t, now + 1);
                 assert_eq!(out.response.error_code, 0);
-                assert!(
-                    out.records.is_empty(),
-                    "round {round}: no change after reload: {:?}",
-                    out.records
-                );
+                assert!(out.records.is_empty(), "round {round}: no change after reload: {:?}", out.records);
             }
         }
     }

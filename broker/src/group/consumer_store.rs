@@ -104,7 +104,11 @@ mod tests {
             Record::MemberMetadata {
                 group_id: "g".into(),
                 member_id: "m1".into(),
-                value: Some(MemberMetadataValue { client_id: "c".into(), subscribed_topic_names: vec!["t".into()], ..Default::default() }),
+                value: Some(MemberMetadataValue {
+                    client_id: "c".into(),
+                    subscribed_topic_names: vec!["t".into()],
+                    ..Default::default()
+                }),
             },
             Record::CurrentAssignment {
                 group_id: "g".into(),

@@ -14,12 +14,14 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
+use super::classic::{
+    ClassicConfig, ClassicGroup, GroupState, JoinRequest, JoinResult, Output, ReqId, SyncRequest, SyncResult,
+};
 use super::consumer::{
     ClassicGroup as ClassicPresence, ConsumerGroupConfig, ConsumerGroups, DescribeResult, Heartbeat, HeartbeatResponse,
     TopicInfo, TopicsSnapshot,
 };
 use super::consumer_store;
-use super::classic::{ClassicConfig, ClassicGroup, GroupState, JoinRequest, JoinResult, Output, ReqId, SyncRequest, SyncResult};
 use super::offsets::{Committed, Offsets};
 use super::store::{self, Loaded, OFFSETS_TOPIC};
 use crate::config::BrokerConfig;
@@ -201,7 +203,9 @@ impl GroupCoordinator {
     }
 
     fn offsets_partition(&self, group: &str) -> Option<Arc<Partition>> {
-        self.broker.topic(OFFSETS_TOPIC)?.partition(store::partition_for(group, self.partitions.load(Ordering::Acquire)))
+        self.broker
+            .topic(OFFSETS_TOPIC)?
+            .partition(store::partition_for(group, self.partitions.load(Ordering::Acquire)))
     }
 
     /// Appends records for `group` to its partition; returns the partition and the end offset to
@@ -330,7 +334,9 @@ impl GroupCoordinator {
             let delay = inner.cfg.initial_rebalance_delay_ms;
             let consumer_group = inner.consumer.state(group).is_some();
             let verdict = match inner.groups.get_mut(group) {
-                _ if consumer_group => inner.consumer.validate_offset_commit(group, member_id, generation).map_err(|(e, _)| e),
+                _ if consumer_group => {
+                    inner.consumer.validate_offset_commit(group, member_id, generation).map_err(|(e, _)| e)
+                }
                 Some(g) => g.check_commit(generation, member_id, instance_id, now),
                 None if generation < 0 => {
                     inner.groups.insert(group.to_string(), ClassicGroup::new(group, now).with_initial_delay(delay));
@@ -348,7 +354,12 @@ impl GroupCoordinator {
                 .iter()
                 .filter(|p| p.error == code::NONE)
                 .map(|p| {
-                    let c = Committed { offset: p.offset, leader_epoch: p.leader_epoch, metadata: p.metadata.clone(), commit_ms: now };
+                    let c = Committed {
+                        offset: p.offset,
+                        leader_epoch: p.leader_epoch,
+                        metadata: p.metadata.clone(),
+                        commit_ms: now,
+                    };
                     (store::offset_key(group, &p.topic, p.partition), Some(store::offset_value(&c)))
                 })
                 .collect();
@@ -358,7 +369,12 @@ impl GroupCoordinator {
             match self.append(group, &records) {
                 Ok(w) => {
                     for p in parts.iter().filter(|p| p.error == code::NONE) {
-                        let c = Committed { offset: p.offset, leader_epoch: p.leader_epoch, metadata: p.metadata.clone(), commit_ms: now };
+                        let c = Committed {
+                            offset: p.offset,
+                            leader_epoch: p.leader_epoch,
+                            metadata: p.metadata.clone(),
+                            commit_ms: now,
+                        };
                         inner.offsets.commit(group, &p.topic, p.partition, c);
                     }
                     w
@@ -474,7 +490,11 @@ impl GroupCoordinator {
         for (partition, end) in waits {
             if let Err(e) = self.flusher.wait_durable(partition, end).await {
                 tracing::warn!(group = %hb.group_id, error = %e, "consumer group records not durable");
-                return HeartbeatResponse { error_code: code::COORDINATOR_NOT_AVAILABLE, member_epoch: -1, ..HeartbeatResponse::default() };
+                return HeartbeatResponse {
+                    error_code: code::COORDINATOR_NOT_AVAILABLE,
+                    member_epoch: -1,
+                    ..HeartbeatResponse::default()
+                };
             }
         }
         response
@@ -499,7 +519,12 @@ impl GroupCoordinator {
     pub(crate) fn describe(&self, group: &str) -> Described {
         let inner = self.inner.lock();
         let Some(g) = inner.groups.get(group) else {
-            return Described { state: "Dead", protocol_type: String::new(), protocol: String::new(), members: Vec::new() };
+            return Described {
+                state: "Dead",
+                protocol_type: String::new(),
+                protocol: String::new(),
+                members: Vec::new(),
+            };
         };
         let stable = g.state == GroupState::Stable;
         let protocol = if stable { g.protocol.clone().unwrap_or_default() } else { String::new() };
@@ -510,7 +535,11 @@ impl GroupCoordinator {
             members: g
                 .member_list()
                 .map(|m| {
-                    let (meta, asg) = if stable { (m.metadata(&protocol), m.assignment.clone()) } else { (Bytes::new(), Bytes::new()) };
+                    let (meta, asg) = if stable {
+                        (m.metadata(&protocol), m.assignment.clone())
+                    } else {
+                        (Bytes::new(), Bytes::new())
+                    };
                     (m.id.clone(), m.instance_id.clone(), m.client_id.clone(), m.client_host.clone(), meta, asg)
                 })
                 .collect(),
@@ -526,11 +555,8 @@ impl GroupCoordinator {
             Some(g) if g.state != GroupState::Empty => return code::NON_EMPTY_GROUP,
             Some(_) => {}
         }
-        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = inner
-            .offsets
-            .of_group(group)
-            .map(|((t, p), _)| (store::offset_key(group, t, *p), None))
-            .collect();
+        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            inner.offsets.of_group(group).map(|((t, p), _)| (store::offset_key(group, t, *p), None)).collect();
         records.push((store::group_key(group), None));
         if let Err(e) = self.append(group, &records) {
             tracing::warn!(group, error = %e, "could not write group tombstones");
@@ -542,7 +568,11 @@ impl GroupCoordinator {
     }
 
     /// OffsetDelete: a top-level code, or one code per (topic, partition).
-    pub(crate) fn delete_offsets(&self, group: &str, parts: Vec<(String, i32, i16)>) -> Result<Vec<(String, i32, i16)>, i16> {
+    pub(crate) fn delete_offsets(
+        &self,
+        group: &str,
+        parts: Vec<(String, i32, i16)>,
+    ) -> Result<Vec<(String, i32, i16)>, i16> {
         let mut inner = self.inner.lock();
         let Some(g) = inner.groups.get(group) else { return Err(code::GROUP_ID_NOT_FOUND) };
         if g.state == GroupState::Dead {
@@ -644,16 +674,7 @@ fn consumer_group_id(r: &super::consumer::Record) -> &str {
 }
 
 fn join_error(error: i16, member_id: &str) -> JoinResult {
-    JoinResult {
-        error,
-        generation: -1,
-        protocol_type: None,
-        protocol_name: None,
-        leader: String::new(),
-        member_id: member_id.to_string(),
-        members: Vec::new(),
-        skip_assignment: false,
-    }
+    JoinResult::error(error, member_id)
 }
 
 fn sync_error(error: i16) -> SyncResult {

@@ -52,7 +52,13 @@ impl Offsets {
 
     /// Offsets of `group` past retention: counted from `empty_since_ms` when the group is empty
     /// (Kafka 2.1+), from each commit's own time for standalone commits (`None`).
-    pub(crate) fn expired(&self, group: &str, empty_since_ms: Option<i64>, retention_ms: i64, now_ms: i64) -> Vec<(String, i32)> {
+    pub(crate) fn expired(
+        &self,
+        group: &str,
+        empty_since_ms: Option<i64>,
+        retention_ms: i64,
+        now_ms: i64,
+    ) -> Vec<(String, i32)> {
         self.of_group(group)
             .filter(|(_, c)| empty_since_ms.unwrap_or(c.commit_ms).saturating_add(retention_ms) <= now_ms)
             .map(|(k, _)| k.clone())

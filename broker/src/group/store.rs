@@ -267,7 +267,9 @@ pub(crate) struct Loaded {
 impl Loaded {
     pub(crate) fn apply(&mut self, r: Record) {
         match r {
-            Record::Offset { group, topic, partition, value: Some(c) } => self.offsets.commit(&group, &topic, partition, c),
+            Record::Offset { group, topic, partition, value: Some(c) } => {
+                self.offsets.commit(&group, &topic, partition, c)
+            }
             Record::Offset { group, topic, partition, value: None } => {
                 self.offsets.remove(&group, &topic, partition);
             }
@@ -313,7 +315,10 @@ mod tests {
         // Goal: groups land on the same partition as in Kafka (Java hashCode, Utils.abs, mod 50).
         assert_eq!(java_string_hash(""), 0);
         assert_eq!(java_string_hash("abc"), 96354);
-        assert_eq!(java_string_hash("console-consumer-12345"), "console-consumer-12345".chars().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32)));
+        assert_eq!(
+            java_string_hash("console-consumer-12345"),
+            "console-consumer-12345".chars().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
+        );
         assert_eq!(partition_for("abc", 50), 96354 % 50);
         // A negative hash: Kafka masks the sign bit rather than negating.
         let h = java_string_hash("polygenelubricants");
@@ -350,7 +355,13 @@ mod tests {
         let batch = build_batch(
             0,
             0,
-            &[(Some(&k1), Some(&v1)), (Some(&k2), Some(&v1)), (Some(&gk), Some(&gv)), (Some(&k1), Some(&v2)), (Some(&k2), None)],
+            &[
+                (Some(&k1), Some(&v1)),
+                (Some(&k2), Some(&v1)),
+                (Some(&gk), Some(&gv)),
+                (Some(&k1), Some(&v2)),
+                (Some(&k2), None),
+            ],
         );
         let mut loaded = Loaded::default();
         loaded.apply_batches(&batch).unwrap();

@@ -26,7 +26,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<AlterConfigsRequest>) -> Opti
             Some(Err(refusal)) => Err(refusal),
             Some(Ok(())) => {
                 let configs: Vec<(String, Option<String>)> =
-                res.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect();
+                    res.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect();
                 alter(ctx, res.resource_type, &res.resource_name, &configs, body.validate_only)
             }
         };

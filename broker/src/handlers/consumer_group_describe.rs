@@ -24,15 +24,17 @@ fn assignment(parts: Vec<DescribedPartitions>) -> Assignment {
     a
 }
 
-pub(super) async fn handle(ctx: &Ctx, req: Request<ConsumerGroupDescribeRequest>) -> Option<ConsumerGroupDescribeResponse> {
+pub(super) async fn handle(
+    ctx: &Ctx,
+    req: Request<ConsumerGroupDescribeRequest>,
+) -> Option<ConsumerGroupDescribeResponse> {
     let version = req.version();
     let ids: Vec<String> = req.body.group_ids.iter().map(|g| g.0.to_string()).collect();
     let mut resp = ConsumerGroupDescribeResponse::default();
     for (id, result) in ids.iter().zip(ctx.groups.consumer_describe(&ids)) {
         let mut g = DescribedGroup::default();
         g.group_id = kafka_protocol::messages::GroupId(str_bytes(id.clone()));
-        g.authorized_operations =
-            if req.body.include_authorized_operations { ALL_GROUP_OPERATIONS } else { i32::MIN };
+        g.authorized_operations = if req.body.include_authorized_operations { ALL_GROUP_OPERATIONS } else { i32::MIN };
         match result {
             Ok(d) => {
                 g.group_state = str_bytes(d.state);
@@ -50,7 +52,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ConsumerGroupDescribeRequest>
                         out.member_epoch = m.member_epoch;
                         out.client_id = str_bytes(m.client_id);
                         out.client_host = str_bytes(m.client_host);
-                        out.subscribed_topic_names = m.subscribed_topic_names.into_iter().map(|t| TopicName(str_bytes(t))).collect();
+                        out.subscribed_topic_names =
+                            m.subscribed_topic_names.into_iter().map(|t| TopicName(str_bytes(t))).collect();
                         out.subscribed_topic_regex = m.subscribed_topic_regex.map(str_bytes);
                         out.assignment = assignment(m.assignment);
                         out.target_assignment = assignment(m.target_assignment);

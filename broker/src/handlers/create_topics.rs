@@ -40,7 +40,11 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreateTopicsRequest>) -> Opti
         // Partitions and replication: explicit assignments, or counts (-1 = broker default).
         let partitions = if !t.assignments.is_empty() {
             if t.num_partitions != -1 || t.replication_factor != -1 {
-                resp.topics.push(fail(r, code::INVALID_REQUEST, "Both numPartitions or replicationFactor and replicasAssignments were set".into()));
+                resp.topics.push(fail(
+                    r,
+                    code::INVALID_REQUEST,
+                    "Both numPartitions or replicationFactor and replicasAssignments were set".into(),
+                ));
                 continue;
             }
             let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
@@ -48,7 +52,11 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreateTopicsRequest>) -> Opti
             let dense = indexes.iter().enumerate().all(|(i, &p)| p == i as i32);
             let on_us = t.assignments.iter().all(|a| a.broker_ids.len() == 1 && a.broker_ids[0].0 == node_id);
             if !dense || !on_us {
-                resp.topics.push(fail(r, code::INVALID_REPLICA_ASSIGNMENT, format!("Replica assignment must place partitions 0..n on broker {node_id}")));
+                resp.topics.push(fail(
+                    r,
+                    code::INVALID_REPLICA_ASSIGNMENT,
+                    format!("Replica assignment must place partitions 0..n on broker {node_id}"),
+                ));
                 continue;
             }
             indexes.len() as i32
@@ -57,14 +65,22 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreateTopicsRequest>) -> Opti
                 -1 => default_partitions,
                 n if n >= 1 && n <= PARTITIONS_MAX => n,
                 n => {
-                    resp.topics.push(fail(r, code::INVALID_PARTITIONS, format!("Number of partitions must be between 1 and {PARTITIONS_MAX}, got {n}")));
+                    resp.topics.push(fail(
+                        r,
+                        code::INVALID_PARTITIONS,
+                        format!("Number of partitions must be between 1 and {PARTITIONS_MAX}, got {n}"),
+                    ));
                     continue;
                 }
             }
         };
         let rf = if t.replication_factor == -1 { default_rf } else { t.replication_factor };
         if rf != 1 {
-            resp.topics.push(fail(r, code::INVALID_REPLICATION_FACTOR, format!("Replication factor: {rf} larger than available brokers: 1.")));
+            resp.topics.push(fail(
+                r,
+                code::INVALID_REPLICATION_FACTOR,
+                format!("Replication factor: {rf} larger than available brokers: 1."),
+            ));
             continue;
         }
         // Configs: known names, valid values.

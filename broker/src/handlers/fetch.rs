@@ -93,7 +93,12 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FetchRequest>) -> Option<Fetc
 
 /// Reads every wanted partition once. Returns the partition answers, the record bytes gathered
 /// and whether any partition failed (which makes Kafka answer at once).
-fn read_once(wants: &[Want], response_max: usize, unknown_code: i16, version: i16) -> (Vec<PartitionData>, usize, bool) {
+fn read_once(
+    wants: &[Want],
+    response_max: usize,
+    unknown_code: i16,
+    version: i16,
+) -> (Vec<PartitionData>, usize, bool) {
     let mut out = Vec::with_capacity(wants.len());
     let mut total = 0usize;
     let mut any_error = false;

@@ -272,7 +272,8 @@ async fn clients_cannot_produce_to_consumer_offsets() {
 async fn offsets_expire_after_retention_and_survive_a_reload() {
     // Goal: standalone commits expire offsets.retention.minutes after the commit (tombstoned, so
     // they stay gone after a reload); other commits come back from a reload with epoch and metadata.
-    let (ctx, dir) = fixture::broker(&[("offsets.retention.minutes", "1"), ("offsets.retention.check.interval.ms", "0")]);
+    let (ctx, dir) =
+        fixture::broker(&[("offsets.retention.minutes", "1"), ("offsets.retention.check.interval.ms", "0")]);
     ctx.groups.start().unwrap();
     ctx.broker.create_topic("t", 1, BTreeMap::new()).unwrap();
     let part = |offset| crate::group::coordinator::CommitPart {

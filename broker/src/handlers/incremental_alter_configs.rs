@@ -54,10 +54,10 @@ pub(super) async fn handle(
             Some(Err(refusal)) => Err(refusal),
             Some(Ok(())) => {
                 let ops: Vec<(String, i8, Option<String>)> = res
-                .configs
-                .iter()
-                .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
-                .collect();
+                    .configs
+                    .iter()
+                    .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
+                    .collect();
                 alter(ctx, res.resource_type, &res.resource_name, &ops, body.validate_only)
             }
         };

@@ -38,16 +38,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<JoinGroupRequest>) -> Option<
 }
 
 fn error(code: i16, member_id: &str) -> JoinResult {
-    JoinResult {
-        error: code,
-        generation: -1,
-        protocol_type: None,
-        protocol_name: None,
-        leader: String::new(),
-        member_id: member_id.to_string(),
-        members: Vec::new(),
-        skip_assignment: false,
-    }
+    JoinResult::error(code, member_id)
 }
 
 fn response(r: JoinResult, version: i16) -> JoinGroupResponse {
@@ -57,7 +48,11 @@ fn response(r: JoinResult, version: i16) -> JoinGroupResponse {
     if version >= 7 {
         resp.protocol_type = r.protocol_type.map(str_bytes);
     }
-    resp.protocol_name = if version >= 7 { r.protocol_name.map(str_bytes) } else { Some(str_bytes(r.protocol_name.unwrap_or_default())) };
+    resp.protocol_name = if version >= 7 {
+        r.protocol_name.map(str_bytes)
+    } else {
+        Some(str_bytes(r.protocol_name.unwrap_or_default()))
+    };
     resp.leader = str_bytes(r.leader);
     resp.member_id = str_bytes(r.member_id);
     if version >= 9 {

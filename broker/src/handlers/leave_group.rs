@@ -10,7 +10,10 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<LeaveGroupRequest>) -> Option
     let b = req.body;
     let group = b.group_id.0.to_string();
     let members: Vec<(String, Option<String>)> = if version >= 3 {
-        b.members.iter().map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|s| s.to_string()))).collect()
+        b.members
+            .iter()
+            .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|s| s.to_string())))
+            .collect()
     } else {
         vec![(b.member_id.to_string(), None)]
     };

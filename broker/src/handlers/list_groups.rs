@@ -11,7 +11,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ListGroupsRequest>) -> Option
     let types: Vec<String> = req.body.types_filter.iter().map(|s| s.to_lowercase()).collect();
     let mut resp = ListGroupsResponse::default();
     let wants = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
-    let classic = ctx.groups.list().into_iter().filter(|_| wants("classic")).map(|(id, pt, st)| (id, pt, st, "classic"));
+    let classic =
+        ctx.groups.list().into_iter().filter(|_| wants("classic")).map(|(id, pt, st)| (id, pt, st, "classic"));
     // KIP-848 groups use the "consumer" protocol type and group type.
     let consumer = ctx
         .groups

@@ -21,7 +21,9 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetCommitRequest>) -> Opti
             let metadata = p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
             let error = match top {
                 Err(e) => e,
-                Ok(()) if topic.as_ref().and_then(|t| t.partition(p.partition_index)).is_none() => code::UNKNOWN_TOPIC_OR_PARTITION,
+                Ok(()) if topic.as_ref().and_then(|t| t.partition(p.partition_index)).is_none() => {
+                    code::UNKNOWN_TOPIC_OR_PARTITION
+                }
                 Ok(()) if metadata.len() > metadata_max => code::OFFSET_METADATA_TOO_LARGE,
                 Ok(()) => code::NONE,
             };
@@ -37,7 +39,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetCommitRequest>) -> Opti
     }
     if top.is_ok() && parts.iter().any(|p| p.error == code::NONE) {
         let instance = b.group_instance_id.as_ref().map(|s| s.to_string());
-        parts = ctx.groups.commit(&group, b.generation_id_or_member_epoch, &b.member_id, instance.as_deref(), parts).await;
+        parts =
+            ctx.groups.commit(&group, b.generation_id_or_member_epoch, &b.member_id, instance.as_deref(), parts).await;
     }
     let mut resp = OffsetCommitResponse::default();
     for p in parts {

@@ -24,7 +24,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetFetchRequest>) -> Optio
     if version >= 8 {
         for g in b.groups {
             let group = g.group_id.0.to_string();
-            let wanted = g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+            let wanted =
+                g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
             let mut rg = OffsetFetchResponseGroup::default();
             rg.group_id = GroupId(str_bytes(group.clone()));
             match fetch(ctx, &group, wanted) {
@@ -40,7 +41,12 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetFetchRequest>) -> Optio
                                 .map(|(p, c)| {
                                     let mut rp = OffsetFetchResponsePartitions::default();
                                     rp.partition_index = p;
-                                    let c = c.unwrap_or(Committed { offset: -1, leader_epoch: -1, metadata: String::new(), commit_ms: -1 });
+                                    let c = c.unwrap_or(Committed {
+                                        offset: -1,
+                                        leader_epoch: -1,
+                                        metadata: String::new(),
+                                        commit_ms: -1,
+                                    });
                                     rp.committed_offset = c.offset;
                                     rp.committed_leader_epoch = c.leader_epoch;
                                     rp.metadata = Some(str_bytes(c.metadata));
@@ -57,7 +63,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetFetchRequest>) -> Optio
         return Some(resp);
     }
     let group = b.group_id.0.to_string();
-    let wanted: Option<Vec<(String, Vec<i32>)>> = b.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+    let wanted: Option<Vec<(String, Vec<i32>)>> =
+        b.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
     let result = fetch(ctx, &group, wanted.clone());
     let topics = match (&result, wanted) {
         (Ok(t), _) => t.clone(),
@@ -84,7 +91,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetFetchRequest>) -> Optio
                 .map(|(p, c)| {
                     let mut rp = OffsetFetchResponsePartition::default();
                     rp.partition_index = p;
-                    let c = c.unwrap_or(Committed { offset: -1, leader_epoch: -1, metadata: String::new(), commit_ms: -1 });
+                    let c =
+                        c.unwrap_or(Committed { offset: -1, leader_epoch: -1, metadata: String::new(), commit_ms: -1 });
                     rp.committed_offset = c.offset;
                     if version >= 5 {
                         rp.committed_leader_epoch = c.leader_epoch;

@@ -202,7 +202,10 @@ fn check_keyed(view: BatchView<'_>, max_bytes: usize) -> Result<(), (i16, String
         if record.key.is_none() {
             return Err((
                 code::INVALID_RECORD,
-                format!("Compacted topic cannot accept message without key (offset delta {})", record.offset - view.base_offset()),
+                format!(
+                    "Compacted topic cannot accept message without key (offset delta {})",
+                    record.offset - view.base_offset()
+                ),
             ));
         }
     }
@@ -267,9 +270,8 @@ fn append(partition: &Arc<Partition>, records: &mut [u8], version: i16) -> Resul
         }
     }
     let mut log = partition.log.lock();
-    let info = log
-        .append(records, partition.leader_epoch, now)
-        .map_err(|e| (code::KAFKA_STORAGE_ERROR, e.to_string()))?;
+    let info =
+        log.append(records, partition.leader_epoch, now).map_err(|e| (code::KAFKA_STORAGE_ERROR, e.to_string()))?;
     Ok(Appended {
         base_offset: info.base_offset,
         last_offset: info.last_offset,

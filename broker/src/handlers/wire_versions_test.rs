@@ -59,7 +59,11 @@ async fn hot_apis_answer_and_encode_at_every_advertised_version() {
     let topic = ctx.broker.create_topic("t", 2, BTreeMap::new()).unwrap();
 
     for v in versions(ApiKey::ApiVersions) {
-        let r: ApiVersionsResponse = answer(handle_frame(&ctx, frame(ApiKey::ApiVersions, v, &ApiVersionsRequest::default())).await, ApiKey::ApiVersions, v);
+        let r: ApiVersionsResponse = answer(
+            handle_frame(&ctx, frame(ApiKey::ApiVersions, v, &ApiVersionsRequest::default())).await,
+            ApiKey::ApiVersions,
+            v,
+        );
         assert_eq!(r.error_code, 0);
     }
 
@@ -100,7 +104,8 @@ async fn hot_apis_answer_and_encode_at_every_advertised_version() {
         bad.name = Some(TopicName(StrBytes::from_static_str("bad name!")));
         req.topics = Some(vec![named, bad]);
         req.allow_auto_topic_creation = true;
-        let r: MetadataResponse = answer(handle_frame(&ctx, frame(ApiKey::Metadata, v, &req)).await, ApiKey::Metadata, v);
+        let r: MetadataResponse =
+            answer(handle_frame(&ctx, frame(ApiKey::Metadata, v, &req)).await, ApiKey::Metadata, v);
         assert_eq!(r.topics.len(), 2, "Metadata v{v}");
         assert_eq!((r.topics[0].error_code, r.topics[0].partitions.len()), (0, 2));
         assert_eq!(r.topics[1].error_code, 17);
@@ -138,7 +143,8 @@ async fn hot_apis_answer_and_encode_at_every_advertised_version() {
         t.partitions = vec![p];
         let mut req = ListOffsetsRequest::default();
         req.topics = vec![t];
-        let r: ListOffsetsResponse = answer(handle_frame(&ctx, frame(ApiKey::ListOffsets, v, &req)).await, ApiKey::ListOffsets, v);
+        let r: ListOffsetsResponse =
+            answer(handle_frame(&ctx, frame(ApiKey::ListOffsets, v, &req)).await, ApiKey::ListOffsets, v);
         assert_eq!(r.topics[0].partitions[0].offset, end, "ListOffsets v{v}");
     }
 
@@ -149,7 +155,8 @@ async fn hot_apis_answer_and_encode_at_every_advertised_version() {
         t.replication_factor = 1;
         let mut req = CreateTopicsRequest::default();
         req.topics = vec![t];
-        let r: CreateTopicsResponse = answer(handle_frame(&ctx, frame(ApiKey::CreateTopics, v, &req)).await, ApiKey::CreateTopics, v);
+        let r: CreateTopicsResponse =
+            answer(handle_frame(&ctx, frame(ApiKey::CreateTopics, v, &req)).await, ApiKey::CreateTopics, v);
         assert_eq!(r.topics[0].error_code, 0, "CreateTopics v{v}");
     }
 }
