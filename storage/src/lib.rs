@@ -212,6 +212,11 @@ pub struct PartitionLog {
     flushed: u64,
     recovery_point_written: u64,
     epochs: EpochCache,
+    /// The epoch cache changed since `leader-epoch-checkpoint` was last written. It is written
+    /// (durably) before the recovery point moves: recovery trusts the checkpoint below the
+    /// recovery point and re-derives epochs from the batches it scans above it, so a new epoch
+    /// need not cost an fsync on the append path.
+    epochs_dirty: bool,
     /// Bumped by every truncation, so flush targets taken before it can be recognised.
     generation: u64,
     /// Compaction progress (persisted in `cleaner-checkpoint`).
@@ -234,6 +239,7 @@ impl PartitionLog {
             log_start: rec.log_start,
             flushed: log_end,
             recovery_point_written: log_end,
+            epochs_dirty: false,
             epochs: rec.epochs,
             generation: 0,
             cleaner: rec.cleaner,
@@ -310,16 +316,13 @@ impl PartitionLog {
             infos.push(info);
         }
 
-        // The epoch cache is durable before data of a new epoch (recovery drops entries past the end).
+        // A new epoch is written to its checkpoint lazily (see `epochs_dirty`).
         let new_epoch = self.epochs.assign(leader_epoch, base);
-        if new_epoch {
-            checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
-        }
+        self.epochs_dirty |= new_epoch;
         let config = self.config.clone();
         if let Err(e) = self.active_mut().append(batches, &infos, &config, now_ms) {
             if new_epoch {
                 self.epochs.truncate_from_end(base);
-                let _ = checkpoint::write_epochs(&self.dir, self.epochs.entries());
             }
             return Err(e);
         }
@@ -554,8 +557,8 @@ impl PartitionLog {
             checkpoint::write_u64(&self.dir, checkpoint::RECOVERY_POINT, self.flushed)?;
             self.recovery_point_written = self.flushed;
         }
-        if self.epochs.truncate_from_end(offset) {
-            checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
+        if self.epochs.truncate_from_end(offset) | self.epochs_dirty {
+            self.write_epochs_now()?;
         }
         // Cut the segment first: the segments after it then no longer follow on, so a crash
         // part-way through deleting them cannot bring them back.
@@ -599,9 +602,25 @@ impl PartitionLog {
         let n = self.segments.iter().take_while(|s| s.next_offset <= offset).count();
         self.delete_oldest(n.min(self.segments.len() - 1))?;
         if self.epochs.truncate_from_start(self.log_start, self.log_end_offset()) {
-            checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
+            self.write_epochs_now()?;
         }
         Ok(self.log_start)
+    }
+
+    /// Writes `leader-epoch-checkpoint` durably now.
+    fn write_epochs_now(&mut self) -> Result<(), StorageError> {
+        checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
+        self.epochs_dirty = false;
+        Ok(())
+    }
+
+    /// Makes the epoch checkpoint durable if it lags the cache; called before the recovery point
+    /// moves past batches whose epochs only the cache knows.
+    fn persist_epochs_if_dirty(&mut self) -> Result<(), StorageError> {
+        if self.epochs_dirty {
+            self.write_epochs_now()?;
+        }
+        Ok(())
     }
 
     /// Deletes the `n` oldest segments (never the active one) and moves the log start past them.
@@ -616,7 +635,7 @@ impl PartitionLog {
         sync_dir(&self.dir)?;
         self.log_start = self.log_start.max(self.segments[0].base_offset);
         if self.epochs.truncate_from_start(self.log_start, self.log_end_offset()) {
-            checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
+            self.write_epochs_now()?;
         }
         Ok(())
     }
@@ -658,6 +677,7 @@ impl PartitionLog {
             deleted += n;
         }
         if self.flushed > self.recovery_point_written {
+            self.persist_epochs_if_dirty()?;
             checkpoint::write_u64(&self.dir, checkpoint::RECOVERY_POINT, self.flushed)?;
             self.recovery_point_written = self.flushed;
         }
@@ -688,7 +708,7 @@ impl PartitionLog {
         active.push_time_entry();
         active.write_indexes(false)?;
         let log_end = self.log_end_offset();
-        checkpoint::write_epochs(&self.dir, self.epochs.entries())?;
+        self.write_epochs_now()?;
         checkpoint::write_u64(&self.dir, checkpoint::LOG_START_OFFSET, self.log_start)?;
         checkpoint::write_u64(&self.dir, checkpoint::RECOVERY_POINT, log_end)?;
         let marker = self.dir.join(checkpoint::CLEAN_SHUTDOWN);

@@ -307,3 +307,33 @@ fn a_batch_larger_than_a_segment_is_stored_alone() {
     log.delete().unwrap();
     assert!(!dir.path().exists() || fs::read_dir(dir.path()).is_err());
 }
+
+#[test]
+fn new_epochs_survive_a_crash_without_an_fsync_on_the_append_path() {
+    // Goal: a new leader epoch is not fsynced when its first batch is appended, yet after a crash
+    // (with or without housekeeping moving the recovery point first) OffsetForLeaderEpoch still
+    // answers from the right epochs.
+    for housekeeping_before_crash in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), small(), 0).unwrap();
+        for _ in 0..5 {
+            log.append(&mut batch(2, 1), 0, 1).unwrap();
+        }
+        let first_of_epoch_3 = log.log_end_offset();
+        // Enough epoch-3 data to seal segments, so epoch 3 starts below the last segment, which
+        // is the part of the log recovery rescans.
+        for _ in 0..40 {
+            log.append(&mut batch(2, 2), 3, 2).unwrap();
+        }
+        assert!(log.segment_count() > 3, "the test needs several sealed segments");
+        log.flush().unwrap();
+        if housekeeping_before_crash {
+            log.housekeeping(3).unwrap();
+        }
+        drop(log); // a crash: no close, no clean-shutdown marker
+        let log = PartitionLog::open(dir.path(), small(), 4).unwrap();
+        assert_eq!(log.latest_epoch(), Some(3), "housekeeping first: {housekeeping_before_crash}");
+        assert_eq!(log.end_offset_for_epoch(0), Some((0, first_of_epoch_3)));
+        assert_eq!(log.end_offset_for_epoch(3), Some((3, log.log_end_offset())));
+    }
+}
