@@ -28,7 +28,7 @@ enum Command {
     Sink {
         #[arg(long, default_value = "127.0.0.1:9192")]
         listen: String,
-        #[arg(long, default_value = "/tmp/creek-bench-sink.data")]
+        #[arg(long, default_value = "/tmp/creek-bench-sink")]
         data: PathBuf,
         #[arg(long, default_value_t = 16)]
         partitions: i32,

@@ -2,9 +2,10 @@
 //! the ceiling Creek is measured against, with the same client, in the same run.
 //!
 //! It speaks ApiVersions, Metadata (every topic has `partitions` partitions), CreateTopics,
-//! Produce (CRC-32C checked, appended to one file, acks=all answered after a group fsync),
-//! ListOffsets and Fetch (read back from that file through the page cache). It keeps only where
-//! each batch went, in memory; no indexes on disk, no recovery, no replication.
+//! Produce (CRC-32C checked; one vectored write per partition into that partition's own file,
+//! records not copied; acks=all answered after a group fsync per partition), ListOffsets and
+//! Fetch (read back through the page cache). It keeps only where each batch went, in memory; no
+//! indexes on disk, no recovery, no replication.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -32,32 +33,64 @@ struct Stored {
     len: usize,
 }
 
-/// The sink's whole state.
-pub struct Sink {
+/// One partition: its own file (so partitions never contend), and where its batches are.
+struct PartFile {
     file: std::fs::File,
-    write_pos: Mutex<u64>,
-    synced_pos: AtomicU64,
-    partitions: i32,
-    /// Partition counts from CreateTopics; other topics get `partitions`.
-    topics: Mutex<HashMap<String, i32>>,
-    logs: Mutex<HashMap<(String, i32), Vec<Stored>>>,
-    appended: tokio::sync::Notify,
+    state: Mutex<PartState>,
+    synced: AtomicU64,
     sync_lock: tokio::sync::Mutex<()>,
 }
 
+#[derive(Default)]
+struct PartState {
+    len: u64,
+    batches: Vec<Stored>,
+}
+
+/// The sink's whole state.
+pub struct Sink {
+    dir: std::path::PathBuf,
+    partitions: i32,
+    /// Partition counts from CreateTopics; other topics get `partitions`.
+    topics: Mutex<HashMap<String, i32>>,
+    parts: Mutex<HashMap<(String, i32), Arc<PartFile>>>,
+    appended: tokio::sync::Notify,
+}
+
 impl Sink {
-    pub fn open(path: &std::path::Path, partitions: i32) -> anyhow::Result<Arc<Sink>> {
-        let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
+    /// A sink storing each partition in a file under `dir` (created if missing; a partition's
+    /// file is emptied when the sink first uses it).
+    pub fn open(dir: &std::path::Path, partitions: i32) -> anyhow::Result<Arc<Sink>> {
+        std::fs::create_dir_all(dir)?;
         Ok(Arc::new(Sink {
-            file,
-            write_pos: Mutex::new(0),
-            synced_pos: AtomicU64::new(0),
+            dir: dir.to_path_buf(),
             partitions,
             topics: Mutex::new(HashMap::new()),
-            logs: Mutex::new(HashMap::new()),
+            parts: Mutex::new(HashMap::new()),
             appended: tokio::sync::Notify::new(),
-            sync_lock: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    fn part(&self, topic: &str, partition: i32) -> std::io::Result<Arc<PartFile>> {
+        let mut parts = self.parts.lock().unwrap();
+        if let Some(p) = parts.get(&(topic.to_string(), partition)) {
+            return Ok(p.clone());
+        }
+        let path = self.dir.join(format!("{topic}-{partition}.sink"));
+        std::fs::File::create(&path)?;
+        let file = std::fs::OpenOptions::new().append(true).read(true).open(path)?;
+        let p = Arc::new(PartFile {
+            file,
+            state: Mutex::new(PartState::default()),
+            synced: AtomicU64::new(0),
+            sync_lock: tokio::sync::Mutex::new(()),
+        });
+        parts.insert((topic.to_string(), partition), p.clone());
+        Ok(p)
+    }
+
+    fn existing(&self, topic: &str, partition: i32) -> Option<Arc<PartFile>> {
+        self.parts.lock().unwrap().get(&(topic.to_string(), partition)).cloned()
     }
 
     /// Serves until the listener fails.
@@ -152,7 +185,7 @@ impl Sink {
     }
 
     fn end_offset(&self, topic: &str, partition: i32) -> i64 {
-        self.logs.lock().unwrap().get(&(topic.to_string(), partition)).and_then(|v| v.last()).map_or(0, |s| s.last + 1)
+        self.existing(topic, partition).and_then(|p| p.state.lock().unwrap().batches.last().map(|s| s.last + 1)).unwrap_or(0)
     }
 
     fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {
@@ -174,7 +207,7 @@ impl Sink {
 
     async fn produce(&self, req: ProduceRequest) -> anyhow::Result<ProduceResponse> {
         let mut resp = ProduceResponse::default();
-        let mut need_sync = 0u64;
+        let mut to_sync = Vec::new();
         for t in req.topic_data {
             let mut tr = produce_response::TopicProduceResponse::default();
             for p in t.partition_data {
@@ -182,9 +215,9 @@ impl Sink {
                 pr.index = p.index;
                 let records = p.records.unwrap_or_default();
                 match self.append(&t.name.0, p.index, &records) {
-                    Ok((base, end_pos)) => {
+                    Ok((base, part, end)) => {
                         pr.base_offset = base;
-                        need_sync = need_sync.max(end_pos);
+                        to_sync.push((part, end));
                     }
                     Err(code) => pr.error_code = code,
                 }
@@ -194,53 +227,56 @@ impl Sink {
             resp.responses.push(tr);
         }
         self.appended.notify_waiters();
-        if req.acks == -1 && need_sync > 0 {
-            self.sync_to(need_sync).await?;
+        if req.acks == -1 {
+            for (part, end) in to_sync {
+                sync_to(&part, end).await?;
+            }
         }
         Ok(resp)
     }
 
-    /// Validates and appends a records blob; returns (base offset, file end position).
-    fn append(&self, topic: &str, partition: i32, records: &Bytes) -> Result<(i64, u64), i16> {
+    /// Validates and appends a records blob with one vectored write: the stamped base offset of
+    /// each batch, then the rest of it as sent (records are not copied). Returns (base offset,
+    /// the partition, its file length after the write).
+    fn append(&self, topic: &str, partition: i32, records: &Bytes) -> Result<(i64, Arc<PartFile>, u64), i16> {
         let ranges = batch_ranges(records).map_err(|_| 2i16)?;
         if ranges.is_empty() {
             return Err(2);
         }
+        let mut lasts = Vec::with_capacity(ranges.len());
         for r in &ranges {
-            BatchView::new(&records[r.clone()]).and_then(|v| v.verify_crc()).map_err(|_| 2i16)?;
+            let view = BatchView::new(&records[r.clone()]).map_err(|_| 2i16)?;
+            view.verify_crc().map_err(|_| 2i16)?;
+            lasts.push(view.last_offset_delta() as i64);
         }
-        let mut logs = self.logs.lock().unwrap();
-        let log = logs.entry((topic.to_string(), partition)).or_default();
-        let mut next = log.last().map_or(0, |s| s.last + 1);
-        let base = next;
-        let mut pos_guard = self.write_pos.lock().unwrap();
-        let mut pos = *pos_guard;
-        for r in ranges {
-            let batch = &records[r];
-            let view = BatchView::new(batch).expect("validated");
-            let mut head = [0u8; 8];
-            head.copy_from_slice(&next.to_be_bytes());
-            // The stamped base offset, then the rest of the batch as sent: no copy of records.
-            let slices = [IoSlice::new(&head), IoSlice::new(&batch[8..])];
-            write_all_vectored_at(&self.file, &slices, pos).map_err(|_| 56i16)?;
-            log.push(Stored { last: next + view.last_offset_delta() as i64, pos, len: batch.len() });
-            next += view.last_offset_delta() as i64 + 1;
-            pos += batch.len() as u64;
+        let part = self.part(topic, partition).map_err(|_| 56i16)?;
+        let mut st = part.state.lock().unwrap();
+        let base = st.batches.last().map_or(0, |s| s.last + 1);
+        let mut next = base;
+        let heads: Vec<[u8; 8]> = lasts
+            .iter()
+            .map(|delta| {
+                let head = next.to_be_bytes();
+                next += delta + 1;
+                head
+            })
+            .collect();
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * ranges.len());
+        for (head, r) in heads.iter().zip(&ranges) {
+            slices.push(IoSlice::new(head));
+            slices.push(IoSlice::new(&records[r.start + 8..r.end]));
         }
-        *pos_guard = pos;
-        Ok((base, pos))
-    }
-
-    async fn sync_to(&self, pos: u64) -> anyhow::Result<()> {
-        let _one = self.sync_lock.lock().await;
-        if self.synced_pos.load(Ordering::Acquire) >= pos {
-            return Ok(()); // someone else's fsync covered us: group commit
+        write_all_vectored(&part.file, &mut slices).map_err(|_| 56i16)?;
+        let mut offset = base;
+        for (r, delta) in ranges.iter().zip(&lasts) {
+            let pos = st.len;
+            st.batches.push(Stored { last: offset + delta, pos, len: r.len() });
+            st.len += r.len() as u64;
+            offset += delta + 1;
         }
-        let covered = *self.write_pos.lock().unwrap();
-        let f = self.file.try_clone()?;
-        tokio::task::spawn_blocking(move || f.sync_data()).await??;
-        self.synced_pos.fetch_max(covered, Ordering::AcqRel);
-        Ok(())
+        let end = st.len;
+        drop(st);
+        Ok((base, part, end))
     }
 
     async fn fetch(&self, req: FetchRequest, version: i16) -> anyhow::Result<FetchResponse> {
@@ -259,14 +295,15 @@ impl Sink {
     fn read(&self, req: &FetchRequest, _version: i16) -> anyhow::Result<(FetchResponse, usize)> {
         let mut resp = FetchResponse::default();
         let mut total = 0usize;
-        let logs = self.logs.lock().unwrap();
         for t in &req.topics {
             let mut tr = fetch_response::FetchableTopicResponse::default();
             tr.topic = t.topic.clone();
             for p in &t.partitions {
                 let mut pd = fetch_response::PartitionData::default();
                 pd.partition_index = p.partition;
-                let log = logs.get(&(t.topic.0.to_string(), p.partition)).map(|v| &v[..]).unwrap_or(&[]);
+                let part = self.existing(&t.topic.0, p.partition);
+                let state = part.as_ref().map(|p| p.state.lock().unwrap());
+                let log: &[Stored] = state.as_ref().map(|s| &s.batches[..]).unwrap_or(&[]);
                 let end = log.last().map_or(0, |s| s.last + 1);
                 pd.high_watermark = end;
                 pd.last_stable_offset = end;
@@ -287,7 +324,7 @@ impl Sink {
                 }
                 if let Some((pos, len)) = span {
                     let mut buf = vec![0u8; len];
-                    self.file.read_exact_at(&mut buf, pos)?;
+                    part.as_ref().expect("a span implies a partition").file.read_exact_at(&mut buf, pos)?;
                     total += len;
                     pd.records = Some(Bytes::from(buf));
                 } else {
@@ -301,11 +338,30 @@ impl Sink {
     }
 }
 
-fn write_all_vectored_at(file: &std::fs::File, slices: &[IoSlice<'_>], mut pos: u64) -> std::io::Result<()> {
-    for s in slices {
-        file.write_all_at(s, pos)?;
-        pos += s.len() as u64;
+/// Writes every slice (an append-mode file, so at its end), in as few `writev` calls as the
+/// kernel allows.
+fn write_all_vectored(mut file: &std::fs::File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    while !slices.is_empty() {
+        let n = std::io::Write::write_vectored(&mut file, &slices[..slices.len().min(IOV_MAX)])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
     }
+    Ok(())
+}
+
+/// Group commit per partition: one fsync answers every acks=all write before it.
+async fn sync_to(part: &Arc<PartFile>, end: u64) -> anyhow::Result<()> {
+    let _one = part.sync_lock.lock().await;
+    if part.synced.load(Ordering::Acquire) >= end {
+        return Ok(());
+    }
+    let covered = part.state.lock().unwrap().len;
+    let f = part.file.try_clone()?;
+    tokio::task::spawn_blocking(move || f.sync_data()).await??;
+    part.synced.fetch_max(covered, Ordering::AcqRel);
     Ok(())
 }
 
