@@ -185,7 +185,9 @@ impl Sink {
     }
 
     fn end_offset(&self, topic: &str, partition: i32) -> i64 {
-        self.existing(topic, partition).and_then(|p| p.state.lock().unwrap().batches.last().map(|s| s.last + 1)).unwrap_or(0)
+        self.existing(topic, partition)
+            .and_then(|p| p.state.lock().unwrap().batches.last().map(|s| s.last + 1))
+            .unwrap_or(0)
     }
 
     fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {
