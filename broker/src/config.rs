@@ -359,7 +359,8 @@ impl BrokerConfig {
 
     /// Sets the port actually bound (for `listeners` with port 0).
     pub(crate) fn bound(&mut self, addr: SocketAddr) {
-        if self.listen.port() == 0 && self.advertised_port == 0 || self.advertised_port == self.listen.port() {
+        // Advertising the listener's own port (0 included) means advertising the port bound.
+        if self.advertised_port == self.listen.port() {
             self.advertised_port = addr.port();
         }
         self.listen = addr;

@@ -79,10 +79,15 @@ async fn run(mut rx: mpsc::Receiver<Waiter>) {
 /// fsyncs a partition outside its log lock, then records the durable offset. Returns it.
 pub(crate) async fn flush_partition(partition: &Arc<Partition>) -> Result<u64, String> {
     let _one_at_a_time = partition.flush_lock.lock().await;
-    let target = partition.log.lock().flush_target();
-    if partition.log.lock().flushed_offset() >= target.covers() {
-        return Ok(partition.log.lock().flushed_offset());
-    }
+    let target = {
+        let log = partition.log.lock();
+        let flushed = log.flushed_offset();
+        let target = log.flush_target();
+        if flushed >= target.covers() {
+            return Ok(flushed);
+        }
+        target
+    };
     let t = target.clone();
     match tokio::task::spawn_blocking(move || t.sync()).await {
         Ok(Ok(())) => {}

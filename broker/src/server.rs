@@ -64,13 +64,14 @@ async fn connection(
 ) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    // A read-only setting, fixed for the broker's lifetime.
+    let frame_max = ctx.broker.config.read().i64("socket.request.max.bytes") as usize;
     loop {
         let mut prefix = [0u8; 4];
         tokio::select! {
             r = rd.read_exact(&mut prefix) => { r?; }
             _ = shutdown.changed() => return Ok(()),
         }
-        let frame_max = ctx.broker.config.read().i64("socket.request.max.bytes") as usize;
         let len = match peek_frame_len(&prefix, frame_max) {
             Ok(Some(len)) => len,
             Ok(None) => unreachable!("four bytes were read"),

@@ -135,6 +135,10 @@ unsafe impl GlobalAlloc for BudgetAllocator {
 /// True once any allocation on this thread went through [`BudgetAllocator`]; used to refuse to
 /// decode untrusted input in a binary that forgot to install it.
 pub fn allocator_installed() -> bool {
+    // Once this thread has seen an allocation through us, no probe is needed again.
+    if SEEN.with(Cell::get) {
+        return true;
+    }
     let probe = Box::new(0u8);
     drop(probe);
     SEEN.with(Cell::get)

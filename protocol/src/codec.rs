@@ -57,16 +57,22 @@ pub fn decode_body<T: Decodable>(body: Bytes, version: i16) -> Result<T, DecodeE
     result
 }
 
-/// Decodes a Produce body of any version 0..=max. Versions 0–2 are version 3 without the leading
+/// Decodes the body of a request for `key` at `version`, as [`decode_body`] does, except that
+/// Produce v0–2 (which `kafka-protocol` does not decode) are version 3 without the leading
 /// `transactional_id`, so they are decoded as v3 behind a null one.
-pub fn decode_produce(body: Bytes, version: i16) -> Result<kafka_protocol::messages::ProduceRequest, DecodeError> {
-    if version >= 3 {
+pub fn decode_request<T: Decodable>(key: ApiKey, body: Bytes, version: i16) -> Result<T, DecodeError> {
+    if key != ApiKey::Produce || version >= 3 {
         return decode_body(body, version);
     }
     let mut shimmed = BytesMut::with_capacity(body.len() + 2);
     shimmed.put_i16(-1);
     shimmed.extend_from_slice(&body);
     decode_body(shimmed.freeze(), 3)
+}
+
+/// Decodes a Produce body of any version 0..=max (see [`decode_request`]).
+pub fn decode_produce(body: Bytes, version: i16) -> Result<kafka_protocol::messages::ProduceRequest, DecodeError> {
+    decode_request(ApiKey::Produce, body, version)
 }
 
 /// The response header version for `key` at `version`.

@@ -264,13 +264,13 @@ impl GroupCoordinator {
                     Ok(records) => {
                         self.append_consumer_records(&records);
                     }
-                    Err((error, _)) => return join_error(error, &j.member_id),
+                    Err((error, _)) => return JoinResult::error(error, &j.member_id),
                 },
-                Some(_) => return join_error(code::INCONSISTENT_GROUP_PROTOCOL, &j.member_id),
+                Some(_) => return JoinResult::error(code::INCONSISTENT_GROUP_PROTOCOL, &j.member_id),
             }
             if !inner.groups.contains_key(group) {
                 if !j.member_id.is_empty() {
-                    return join_error(code::UNKNOWN_MEMBER_ID, &j.member_id);
+                    return JoinResult::error(code::UNKNOWN_MEMBER_ID, &j.member_id);
                 }
                 let g = ClassicGroup::new(group, now).with_initial_delay(inner.cfg.initial_rebalance_delay_ms);
                 inner.groups.insert(group.to_string(), g);
@@ -284,7 +284,7 @@ impl GroupCoordinator {
             self.apply(inner, group, out);
             rx
         };
-        rx.await.unwrap_or_else(|_| join_error(code::COORDINATOR_NOT_AVAILABLE, ""))
+        rx.await.unwrap_or_else(|_| JoinResult::error(code::COORDINATOR_NOT_AVAILABLE, ""))
     }
 
     pub(crate) async fn sync(&self, group: &str, s: SyncRequest) -> SyncResult {
@@ -671,10 +671,6 @@ fn consumer_group_id(r: &super::consumer::Record) -> &str {
         | Record::TargetAssignmentMember { group_id, .. }
         | Record::CurrentAssignment { group_id, .. } => group_id,
     }
-}
-
-fn join_error(error: i16, member_id: &str) -> JoinResult {
-    JoinResult::error(error, member_id)
 }
 
 fn sync_error(error: i16) -> SyncResult {

@@ -13,9 +13,9 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<JoinGroupRequest>) -> Option<
     let group = b.group_id.0.to_string();
     let client_id = req.header.client_id.clone().unwrap_or_default();
     let result = if group.is_empty() {
-        error(code::INVALID_GROUP_ID, &b.member_id)
+        JoinResult::error(code::INVALID_GROUP_ID, &b.member_id)
     } else if let Err(e) = ctx.groups.check(&group) {
-        error(e, &b.member_id)
+        JoinResult::error(e, &b.member_id)
     } else {
         let fresh = format!("{client_id}-{}", uuid::Uuid::new_v4());
         let j = JoinRequest {
@@ -35,10 +35,6 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<JoinGroupRequest>) -> Option<
         ctx.groups.join(&group, j).await
     };
     Some(response(result, version))
-}
-
-fn error(code: i16, member_id: &str) -> JoinResult {
-    JoinResult::error(code, member_id)
 }
 
 fn response(r: JoinResult, version: i16) -> JoinGroupResponse {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use creek_protocol::codec::{DecodeError, decode_body, encode_response};
+use creek_protocol::codec::{decode_request, encode_response};
 use creek_protocol::header::RequestHeader;
 use kafka_protocol::messages::ApiKey;
 
@@ -129,7 +129,7 @@ macro_rules! apis {
             match key {
                 $(ApiKey::$key => {
                     let frame = body.clone();
-                    let req: $req = match decode_request(key, version, body) {
+                    let req: $req = match decode_request(key, body, version) {
                         Ok(r) => r,
                         Err(e) => return Outcome::Close(format!("{key:?} v{version}: {e}")),
                     };
@@ -177,20 +177,6 @@ apis! {
     OffsetDelete: 0..=0 => kafka_protocol::messages::OffsetDeleteRequest, offset_delete::handle;
     ConsumerGroupHeartbeat: 0..=1 => kafka_protocol::messages::ConsumerGroupHeartbeatRequest, consumer_group_heartbeat::handle;
     ConsumerGroupDescribe: 0..=1 => kafka_protocol::messages::ConsumerGroupDescribeRequest, consumer_group_describe::handle;
-}
-
-/// Produce below v3 is v3 without `transactional_id`; every other body decodes directly.
-fn decode_request<T: kafka_protocol::protocol::Decodable + 'static>(
-    key: ApiKey,
-    version: i16,
-    body: Bytes,
-) -> Result<T, DecodeError> {
-    if key == ApiKey::Produce && version < 3 {
-        let req = creek_protocol::codec::decode_produce(body, version)?;
-        let boxed: Box<dyn std::any::Any> = Box::new(req);
-        return boxed.downcast::<T>().map(|b| *b).map_err(|_| DecodeError::Malformed("produce shim".into()));
-    }
-    decode_body(body, version)
 }
 
 /// The versions served for `key`, if it is implemented.
