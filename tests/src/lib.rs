@@ -6,7 +6,10 @@
 //! for crash tests. [`tools`] finds the client programs that `tests/setup.sh` installs and runs them
 //! with a time limit.
 //!
-//! This crate does not start clusters, proxies or network namespaces yet, and it never skips: a
+//! [`proxy`] is a fault-injecting TCP proxy (drop, delay, cut responses); a broker started with
+//! [`CreekProcess::start_advertising`] tells clients to connect through it.
+//!
+//! This crate does not start clusters or network namespaces yet, and it never skips: a
 //! missing binary or tool is a test failure that says what to run.
 //!
 //! ```no_run
@@ -14,6 +17,7 @@
 //! println!("bootstrap servers: {}", broker.bootstrap());
 //! ```
 
+pub mod proxy;
 pub mod tools;
 pub mod wire;
 
@@ -65,6 +69,8 @@ pub struct CreekProcess {
     port: u16,
     bootstrap: String,
     settings: Vec<(String, String)>,
+    /// What Metadata tells clients to connect to, when not the listener itself (a proxy).
+    advertised: Option<String>,
     // Held so the directory lives as long as the process, and is removed after it.
     data_dir: tempfile::TempDir,
 }
@@ -73,15 +79,27 @@ impl CreekProcess {
     /// Starts a broker with node id 1 on a free port and a new data directory, with extra broker
     /// configs passed as `--set key=value`. Panics if it does not become ready in [`READY_TIMEOUT`].
     pub fn start(settings: &[(&str, &str)]) -> Self {
+        Self::start_inner(settings, None)
+    }
+
+    /// Like [`start`](Self::start), but Metadata advertises `advertised` (`HOST:PORT`, e.g. a
+    /// [`proxy::Proxy`]'s address) instead of the listener. [`bootstrap`](Self::bootstrap) is still
+    /// the listener itself, for reading around the proxy.
+    pub fn start_advertising(settings: &[(&str, &str)], advertised: &str) -> Self {
+        Self::start_inner(settings, Some(advertised.to_string()))
+    }
+
+    fn start_inner(settings: &[(&str, &str)], advertised: Option<String>) -> Self {
         let data_dir =
             tempfile::Builder::new().prefix("creek-test-").tempdir().expect("create a temporary data directory");
         let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut broker = CreekProcess { child: None, port: free_port(), bootstrap: String::new(), settings, data_dir };
+        let mut broker =
+            CreekProcess { child: None, port: free_port(), bootstrap: String::new(), settings, advertised, data_dir };
         broker.spawn();
         broker
     }
 
-    /// `HOST:PORT` of the Kafka listener, as the broker announced it.
+    /// `HOST:PORT` of the Kafka listener, as the broker announced it (not the advertised address).
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
@@ -130,8 +148,9 @@ impl CreekProcess {
     fn spawn(&mut self) {
         let listen = format!("127.0.0.1:{}", self.port);
         let mut cmd = Command::new(creek_bin());
+        let advertised = self.advertised.clone().unwrap_or_else(|| listen.clone());
         cmd.arg("serve")
-            .args(["--listen", &listen, "--advertised-listener", &listen])
+            .args(["--listen", &listen, "--advertised-listener", &advertised])
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(["--node-id", "1"]);

@@ -1,8 +1,9 @@
 //! The client programs and tools that `tests/setup.sh` installs, and running them with a time limit.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -122,4 +123,114 @@ pub fn command_in(program: &Path, dir: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(dir);
     cmd
+}
+
+/// A client program running in the background: its output lines are echoed to stderr as they come
+/// (labelled), kept, and stdout lines can be awaited, so a test can act at a point of the program's
+/// run (SIGSTOP it mid-transaction, kill it after N commits). Killed when dropped.
+pub struct RunningClient {
+    label: String,
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+impl RunningClient {
+    pub fn spawn(label: &str, mut cmd: Command) -> RunningClient {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        eprintln!("[{label}] started {cmd:?} (pid {})", child.id());
+        let (tx, lines) = mpsc::channel();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            echo_lines(format!("{label} stdout"), child.stdout.take().expect("piped stdout"), stdout.clone(), Some(tx)),
+            echo_lines(format!("{label} stderr"), child.stderr.take().expect("piped stderr"), stderr.clone(), None),
+        ];
+        RunningClient { label: label.to_string(), child: Some(child), lines, stdout, stderr, readers }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        let id = self.child.as_ref().expect("running client").id();
+        nix::unistd::Pid::from_raw(i32::try_from(id).expect("pid fits in i32"))
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, SIGKILL, ...) to the program.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).unwrap_or_else(|e| panic!("{}: send {signal}: {e}", self.label));
+    }
+
+    /// Waits for a stdout line starting with `prefix` (lines seen before are consumed) and returns it.
+    /// Panics if the program exits first or `limit` passes.
+    pub fn wait_for_line(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().and_then(|c| wait_timeout(c, Duration::from_secs(5)));
+                    panic!("{} exited ({status:?}) before printing `{prefix}...`", self.label);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    assert!(Instant::now() < deadline, "{} printed no `{prefix}...` line within {limit:?}", self.label)
+                }
+            }
+        }
+    }
+
+    /// SIGKILLs the program and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the program to exit (killing it after `limit`, then panicking) and returns its output.
+    pub fn wait(mut self, limit: Duration) -> ClientOutput {
+        let mut child = self.child.take().expect("running client");
+        let status = wait_timeout(&mut child, limit);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let status = status.unwrap_or_else(|| panic!("{} did not finish within {limit:?}", self.label));
+        let stdout = self.stdout.lock().unwrap().clone();
+        let stderr = self.stderr.lock().unwrap().clone();
+        ClientOutput { status, stdout, stderr }
+    }
+}
+
+impl Drop for RunningClient {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn echo_lines(
+    label: String,
+    stream: impl Read + Send + 'static,
+    keep: Arc<Mutex<String>>,
+    lines: Option<mpsc::Sender<String>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[{label}] {line}");
+            let mut kept = keep.lock().unwrap();
+            kept.push_str(&line);
+            kept.push('\n');
+            drop(kept);
+            if let Some(tx) = &lines {
+                let _ = tx.send(line);
+            }
+        }
+    })
 }

@@ -172,3 +172,135 @@ pub fn fetch(w: &mut Wire, topic: &str, partition: i32, offset: i64, max_wait_ms
     let pd = &resp.responses[0].partitions[0];
     (pd.error_code, pd.high_watermark, pd.records.clone().unwrap_or_default())
 }
+
+/// A v2 batch of `records` stamped with an idempotent producer's id, epoch and base sequence
+/// (and the transactional attribute bit if asked), with its CRC recomputed.
+pub fn producer_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    transactional: bool,
+    timestamp: i64,
+    records: &[(Option<&[u8]>, Option<&[u8]>)],
+) -> Vec<u8> {
+    let mut batch = creek_protocol::batch::build_batch(0, timestamp, records);
+    if transactional {
+        let attributes = i16::from_be_bytes([batch[21], batch[22]]) | 0x10;
+        batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    }
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = creek_protocol::batch::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+/// The (min, max) versions the broker advertises for `key`, or `None` if it does not.
+pub fn api_versions(w: &mut Wire, key: ApiKey) -> Option<(i16, i16)> {
+    let req = ApiVersionsRequest::default();
+    let resp: ApiVersionsResponse = w.call(ApiKey::ApiVersions, 0, &req);
+    resp.api_keys.iter().find(|k| k.api_key == key as i16).map(|k| (k.min_version, k.max_version))
+}
+
+/// InitProducerId (idempotent when `transactional_id` is `None`): (error code, producer id, epoch).
+/// Panics, saying so, if the broker does not advertise InitProducerId.
+pub fn init_producer_id(w: &mut Wire, transactional_id: Option<&str>, transaction_timeout_ms: i32) -> (i16, i64, i16) {
+    let (_, max) = api_versions(w, ApiKey::InitProducerId).expect(
+        "the broker does not advertise InitProducerId (api key 22) in ApiVersions: idempotence is not implemented",
+    );
+    let version = max.min(4);
+    let mut req = InitProducerIdRequest::default();
+    req.transactional_id = transactional_id.map(|t| TransactionalId(StrBytes::from_string(t.to_string())));
+    req.transaction_timeout_ms = transaction_timeout_ms;
+    req.producer_id = ProducerId(-1);
+    req.producer_epoch = -1;
+    let resp: InitProducerIdResponse = w.call(ApiKey::InitProducerId, version, &req);
+    (resp.error_code, resp.producer_id.0, resp.producer_epoch)
+}
+
+/// One record as stored, with the fields of the batch that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// The batch's base sequence plus this record's offset delta (-1 for non-idempotent batches).
+    pub sequence: i32,
+    pub transactional: bool,
+}
+
+/// Reads a whole partition up to its high watermark with read_uncommitted Fetches and returns
+/// every data record (control batches are skipped). Panics on any error.
+pub fn read_partition_records(addr: &str, topic: &str, partition: i32) -> Vec<StoredRecord> {
+    use creek_protocol::batch::{BatchView, batch_ranges};
+    use creek_protocol::records::DecodedBatch;
+    let mut w = Wire::connect(addr);
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (err, hw, records) = fetch(&mut w, topic, partition, offset, 0);
+        assert_eq!(err, 0, "fetch {topic}/{partition} at {offset}");
+        if records.is_empty() || offset >= hw {
+            assert!(
+                offset >= hw,
+                "fetch {topic}/{partition} returned nothing at {offset} below the high watermark {hw}"
+            );
+            return out;
+        }
+        // A Fetch may end with a partial batch; whole batches only.
+        let ranges = batch_ranges(&records).unwrap_or_else(|e| panic!("{topic}/{partition} at {offset}: {e}"));
+        assert!(!ranges.is_empty(), "{topic}/{partition} at {offset}: no whole batch in {} bytes", records.len());
+        for r in ranges {
+            let view = BatchView::new(&records[r]).expect("v2 batch");
+            view.verify_crc().expect("stored batches keep valid CRCs");
+            let next = view.last_offset() + 1;
+            if !view.is_control() {
+                let decoded = DecodedBatch::new(view, 64 << 20).expect("decompress a stored batch");
+                for rec in decoded.iter() {
+                    let rec = rec.expect("well-formed stored record");
+                    if rec.offset < offset {
+                        continue;
+                    }
+                    let delta = (rec.offset - view.base_offset()) as i32;
+                    out.push(StoredRecord {
+                        offset: rec.offset,
+                        key: rec.key.map(<[u8]>::to_vec),
+                        value: rec.value.map(<[u8]>::to_vec),
+                        producer_id: view.producer_id(),
+                        producer_epoch: view.producer_epoch(),
+                        sequence: if view.base_sequence() < 0 { -1 } else { view.base_sequence().wrapping_add(delta) },
+                        transactional: view.is_transactional(),
+                    });
+                }
+            }
+            offset = offset.max(next);
+        }
+    }
+}
+
+/// A read_committed Fetch of a partition from offset 0: (error, high watermark, last stable
+/// offset). LSO < HW means a transaction is still open on the partition.
+pub fn stable_offsets(w: &mut Wire, topic: &str, partition: i32) -> (i16, i64, i64) {
+    let mut p = fetch_request::FetchPartition::default();
+    p.partition = partition;
+    p.fetch_offset = 0;
+    p.partition_max_bytes = 1024;
+    p.current_leader_epoch = -1;
+    p.log_start_offset = -1;
+    let mut t = fetch_request::FetchTopic::default();
+    t.topic = topic_name(topic);
+    t.partitions = vec![p];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = 0;
+    req.min_bytes = 1;
+    req.max_bytes = 1024;
+    req.isolation_level = 1;
+    req.topics = vec![t];
+    let resp: FetchResponse = w.call(ApiKey::Fetch, 11, &req);
+    let pd = &resp.responses[0].partitions[0];
+    (pd.error_code, pd.high_watermark, pd.last_stable_offset)
+}
