@@ -7,6 +7,7 @@ mod group;
 mod handlers;
 mod server;
 mod state;
+mod txn;
 
 use std::path::PathBuf;
 
