@@ -108,7 +108,7 @@ fn check_topic(broker: &CreekProcess, topic: &str, label: &str) -> Report {
 fn print_summary(client: &str, seed: u64, stats: &Stats, report: &Report) {
     println!(
         "{client} seed {seed}: sent {RECORDS}, stored {}, duplicates {}, missing {}; proxy: {} Produce responses, \
-         {} dropped (connection closed), {} connections",
+         {} dropped, {} connections",
         report.stored, report.duplicates, report.missing, stats.matched, stats.dropped, stats.connections
     );
 }
@@ -116,10 +116,20 @@ fn print_summary(client: &str, seed: u64, stats: &Stats, report: &Report) {
 /// Runs an idempotent client through a dropping proxy and asserts exactly-once, in order.
 fn idempotent_client_survives_dropped_acks(client: &str, label: &str, command: impl FnOnce(&str, &str) -> Command) {
     let seed = seed();
-    println!("{client} idempotence seed: {seed} (replay with CREEK_TEST_SEED={seed})");
+    idempotent_client_survives(client, label, seed, produce_drops(seed), command);
+}
+
+fn idempotent_client_survives(
+    client: &str,
+    label: &str,
+    seed: u64,
+    faults: Faults,
+    command: impl FnOnce(&str, &str) -> Command,
+) {
+    println!("{client} idempotence seed: {seed} (replay with CREEK_TEST_SEED={seed}), faults {faults:?}");
     let (proxy, broker, topic) = broker_behind_proxy(label);
     assert_broker_supports_idempotence(&broker);
-    proxy.set_faults(produce_drops(seed));
+    proxy.set_faults(faults);
     let line = tools::run_client_ok(client, command(&proxy.addr(), &topic), CLIENT_LIMIT);
     assert!(line.contains(&format!("delivered={RECORDS}")), "{line}");
     let stats = proxy.stats();
@@ -150,6 +160,19 @@ fn confluent_idempotent_producer_writes_each_record_once_despite_dropped_acks() 
 }
 
 #[test]
+fn confluent_idempotent_producer_writes_each_record_once_when_acks_never_arrive() {
+    // Goal: the same with the connection kept open: the 3rd and 10th Produce answers are swallowed,
+    // librdkafka times the requests out after 3 s and retries them.
+    let faults = Faults { api_key: Some(PRODUCE), drop_nth: vec![3, 10], mode: DropMode::Drop, ..Faults::default() };
+    let command = python_producer("confluent-kafka");
+    idempotent_client_survives("confluent-kafka", "confluent-kafka", 0, faults, |bootstrap, topic| {
+        let mut cmd = command(bootstrap, topic);
+        cmd.args(["--request-timeout-ms", "3000"]);
+        cmd
+    });
+}
+
+#[test]
 fn aiokafka_idempotent_producer_writes_each_record_once_despite_dropped_acks() {
     idempotent_client_survives_dropped_acks("aiokafka", "aiokafka", python_producer("aiokafka"));
 }
@@ -169,19 +192,29 @@ fn kafkajs_idempotent_producer_writes_each_record_once_despite_dropped_acks() {
 #[test]
 fn non_idempotent_producer_duplicates_on_dropped_acks_so_the_check_can_fail() {
     // Goal: the control experiment. Without idempotence the same faults make retried batches land
-    // twice, and `check_topic` sees it: the idempotence tests above are not vacuous.
+    // twice, and `check_topic` sees it: the idempotence tests above are not vacuous. Both drop
+    // modes: closing the connection, and swallowing the answer until the 3 s request timeout.
     let seed = seed();
     println!("control seed: {seed} (replay with CREEK_TEST_SEED={seed})");
-    let (proxy, broker, topic) = broker_behind_proxy("plain");
-    proxy.set_faults(produce_drops(seed));
-    let client = "confluent-kafka-plain";
-    tools::run_client_ok(client, python_producer(client)(&proxy.addr(), &topic), CLIENT_LIMIT);
-    let stats = proxy.stats();
-    let report = check_topic(&broker, &topic, client);
-    print_summary(client, seed, &stats, &report);
-    assert!(stats.dropped > 0, "{stats:?}");
-    assert!(report.duplicates > 0, "dropped acks without idempotence left no duplicate: {report:?}");
-    assert_eq!(report.missing, 0, "{report:?}");
+    let swallow = Faults { api_key: Some(PRODUCE), drop_nth: vec![3, 10], mode: DropMode::Drop, ..Faults::default() };
+    for faults in [produce_drops(seed), swallow] {
+        let (proxy, broker, topic) = broker_behind_proxy("plain");
+        proxy.set_faults(faults.clone());
+        let client = "confluent-kafka-plain";
+        let mut cmd = python_producer(client)(&proxy.addr(), &topic);
+        cmd.args(["--request-timeout-ms", "3000"]);
+        tools::run_client_ok(client, cmd, CLIENT_LIMIT);
+        let stats = proxy.stats();
+        let report = check_topic(&broker, &topic, client);
+        print_summary(&format!("{client} ({:?})", faults.mode), seed, &stats, &report);
+        assert!(stats.dropped > 0, "{stats:?}");
+        assert!(
+            report.duplicates > 0,
+            "{:?}: dropped acks without idempotence left no duplicate: {report:?}",
+            faults.mode
+        );
+        assert_eq!(report.missing, 0, "{report:?}");
+    }
 }
 
 // ---- raw wire ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Clients:
                          retried batches are appended twice, which the test expects to see
 
 Usage: idempotent_producer.py CLIENT --bootstrap HOST:PORT --topic NAME [--records N] [--partitions P]
+                              [--request-timeout-ms MS]
 Prints `OK <client> sent=N delivered=N` on success, `FAIL <client>: <what>` and exit 1 otherwise.
 """
 
@@ -51,6 +52,8 @@ def run_confluent(args: argparse.Namespace, idempotent: bool) -> tuple[int, list
         "reconnect.backoff.max.ms": 200,
         "message.timeout.ms": TIMEOUT_S * 1000,
         "allow.auto.create.topics": False,
+        # How long a Produce may wait for its answer before librdkafka gives up on it and retries.
+        "socket.timeout.ms": args.request_timeout_ms,
     }
     delivered = 0
     errors: list[str] = []
@@ -106,7 +109,7 @@ async def run_aiokafka(args: argparse.Namespace) -> tuple[int, list[str]]:
         # Bytes: a handful of records per batch, so many Produce requests.
         max_batch_size=256,
         retry_backoff_ms=20,
-        request_timeout_ms=30_000,
+        request_timeout_ms=args.request_timeout_ms,
     )
     try:
         await producer.start()
@@ -138,6 +141,7 @@ def main() -> None:
     p.add_argument("--records", type=int, default=2000)
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--label", help="value prefix (default: the client name)")
+    p.add_argument("--request-timeout-ms", type=int, default=30_000, help="how long to wait for an answer")
     args = p.parse_args()
     args.label = args.label or args.client
     start = time.monotonic()

@@ -247,7 +247,8 @@ def mode_produce_input(args) -> None:
 
 
 def is_fenced(err: KafkaError) -> bool:
-    return err.code() in FENCED_CODES
+    # librdkafka reports fencing as _FENCED; a fatal error may also carry the broker's code.
+    return err.code() in FENCED_CODES or "fenced" in err.str().lower()
 
 
 def rewind(consumer: Consumer) -> None:
