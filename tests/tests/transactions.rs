@@ -217,6 +217,7 @@ fn pipeline_survives_broker_sigkill_exactly_once() {
     let mut first = RunningClient::spawn("pipeline-1", pipeline_cmd(&broker, &p, &["--slow-ms", "30"]));
     first.wait_for_line("COMMITTED txn=10 ", Duration::from_secs(120));
     broker.kill();
+    // Not synchronisation: the broker stays down a moment, so clients see refused connections.
     std::thread::sleep(Duration::from_millis(500));
     broker.restart();
     let started = run_pipeline_to_end(&broker, &p, first, 3);
