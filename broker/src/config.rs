@@ -176,6 +176,42 @@ pub(crate) const BROKER_CONFIGS: &[ConfigDef] = &[
     ),
     def("offsets.retention.check.interval.ms", Kind::Long, "600000", "How often expired offsets are removed."),
     def("offset.metadata.max.bytes", Kind::Int, "4096", "Largest metadata string an offset commit may carry."),
+    def(
+        "producer.id.expiration.ms",
+        Kind::Int,
+        "86400000",
+        "A partition forgets an idle producer's sequence state after this long (its next batch must start again at sequence 0).",
+    ),
+    def(
+        "transaction.max.timeout.ms",
+        Kind::Int,
+        "900000",
+        "Largest transaction.timeout.ms a producer may ask for (INVALID_TRANSACTION_TIMEOUT above it).",
+    ),
+    def(
+        "transactional.id.expiration.ms",
+        Kind::Int,
+        "604800000",
+        "A transactional id idle this long (no transaction open) is forgotten.",
+    ),
+    def(
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        Kind::Int,
+        "10000",
+        "How often the transaction coordinator aborts (and fences) transactions past their timeout.",
+    ),
+    read_only(
+        "transaction.state.log.num.partitions",
+        Kind::Int,
+        "50",
+        "Partitions of __transaction_state, fixed when it is created.",
+    ),
+    read_only(
+        "transaction.state.log.segment.bytes",
+        Kind::Int,
+        "104857600",
+        "segment.bytes of __transaction_state when it is created.",
+    ),
 ];
 
 /// Topic configs, each defaulting to a broker config.
@@ -423,6 +459,7 @@ impl TopicConfig {
                 .unwrap_or_else(|_| panic!("min.cleanable.dirty.ratio was validated")),
             min_compaction_lag_ms: num("min.compaction.lag.ms"),
             max_compaction_lag_ms: num("max.compaction.lag.ms"),
+            producer_id_expiration_ms: broker.i64("producer.id.expiration.ms"),
             ..LogConfig::default()
         };
         TopicConfig {

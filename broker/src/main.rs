@@ -127,16 +127,22 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let flusher = flusher::Flusher::start();
     let groups = group::coordinator::GroupCoordinator::new(broker.clone(), flusher.clone());
-    let ctx = handlers::Ctx { broker: broker.clone(), flusher, groups: groups.clone() };
+    let txns = txn::coordinator::TxnCoordinator::new(broker.clone(), flusher.clone(), groups.clone());
+    let ctx = handlers::Ctx { broker: broker.clone(), flusher, groups: groups.clone(), txns: txns.clone() };
     let bg = tokio::spawn(flusher::background(broker.clone(), stop_rx.clone()));
     // Group requests get COORDINATOR_LOAD_IN_PROGRESS until __consumer_offsets is replayed.
-    let loading = groups.clone();
-    tokio::task::spawn_blocking(move || {
+    let (loading, loading_txns) = (groups.clone(), txns.clone());
+    let loader = tokio::task::spawn_blocking(move || {
         if let Err(e) = loading.start() {
             tracing::error!(error = %e, "loading __consumer_offsets failed");
         }
+        // After the groups: markers it rewrites may complete transactional offset commits.
+        if let Err(e) = loading_txns.start() {
+            tracing::error!(error = %e, "loading __transaction_state failed");
+        }
     });
     let ticker = tokio::spawn(groups.run(stop_rx.clone()));
+    let txn_ticker = tokio::spawn(txns.run(stop_rx.clone()));
     let server = tokio::spawn(server::serve(listener, ctx, stop_rx));
     tracing::info!(node, %addr, %advertised, data = %data_dir.display(), cluster = %broker.cluster_id, "creek ready");
     println!("creek ready kafka={addr}");
@@ -147,6 +153,9 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     let _ = server.await;
     let _ = bg.await;
     let _ = ticker.await;
+    let _ = txn_ticker.await;
+    // Loading creates the internal topics; it must not write topic metadata after the close.
+    let _ = loader.await;
     tokio::task::spawn_blocking(move || broker.close()).await?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -18,6 +18,10 @@ pub const HEADER_LEN: usize = 61;
 pub const LOG_OVERHEAD: usize = 12;
 /// Offset of the CRC-covered region.
 const CRC_START: usize = 21;
+/// Attribute bit: the batch belongs to a transaction.
+pub const ATTR_TRANSACTIONAL: i16 = 0x10;
+/// Attribute bit: the batch holds a control record (a transaction marker).
+pub const ATTR_CONTROL: i16 = 0x20;
 
 /// Why a byte range is not an acceptable v2 record batch.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -158,10 +162,10 @@ impl<'a> BatchView<'a> {
         self.attributes() & 0x8 != 0
     }
     pub fn is_transactional(&self) -> bool {
-        self.attributes() & 0x10 != 0
+        self.attributes() & ATTR_TRANSACTIONAL != 0
     }
     pub fn is_control(&self) -> bool {
-        self.attributes() & 0x20 != 0
+        self.attributes() & ATTR_CONTROL != 0
     }
     /// The bytes after the header: the records, possibly compressed.
     pub fn records(&self) -> &'a [u8] {
@@ -321,6 +325,38 @@ pub fn build_batch(base_offset: i64, timestamp: i64, records: &[(Option<&[u8]>, 
     let crc = crc32c::crc32c(&out[CRC_START..]);
     out[17..21].copy_from_slice(&crc.to_be_bytes());
     out
+}
+
+/// Sets `producerId`, `producerEpoch`, `baseSequence` and the transactional flag of a built
+/// batch and re-seals its CRC (tests and internal writers).
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32, transactional: bool) {
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let attrs = i16::from_be_bytes([batch[21], batch[22]]);
+    let attrs = if transactional { attrs | ATTR_TRANSACTIONAL } else { attrs & !ATTR_TRANSACTIONAL };
+    batch[21..23].copy_from_slice(&attrs.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Builds a transaction marker: a transactional control batch with one record whose key is
+/// (version 0, type 0 abort / 1 commit) and whose value is (version 0, coordinator epoch).
+pub fn build_control_batch(
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Vec<u8> {
+    let key = [0, 0, 0, u8::from(commit)];
+    let mut value = vec![0, 0];
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let mut b = build_batch(0, timestamp, &[(Some(&key), Some(&value))]);
+    let attrs = i16::from_be_bytes([b[21], b[22]]) | ATTR_CONTROL;
+    b[21..23].copy_from_slice(&attrs.to_be_bytes());
+    set_producer(&mut b, producer_id, epoch, -1, true);
+    b
 }
 
 #[cfg(test)]

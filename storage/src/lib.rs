@@ -51,9 +51,11 @@ mod compaction;
 mod epoch;
 mod index;
 mod mmap;
+mod producer;
 mod recovery;
 mod segment;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +71,8 @@ use crate::compaction::CleanerState;
 pub use crate::compaction::{CompactionJob, CompactionResult, CompactionStats};
 use crate::epoch::EpochCache;
 use crate::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
+pub use crate::producer::{AbortedTxn, MAX_CACHED_BATCHES, ProducerEntry, ProducerError};
+use crate::producer::{Check, ProducerState, SNAPSHOT_EXT};
 use crate::segment::{BatchInfo, LOG_EXT, Segment};
 
 /// Per-partition log settings, named after the Kafka topic configs they implement.
@@ -106,6 +110,9 @@ pub struct LogConfig {
     pub compaction_map_bytes_max: u64,
     /// Cap on one batch's decompressed records during compaction; larger batches are kept as-is.
     pub compaction_decompressed_bytes_max: usize,
+    /// `producer.id.expiration.ms`: producer state idle this long (by batch timestamps) is
+    /// dropped, unless it has a transaction open.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -126,6 +133,7 @@ impl Default for LogConfig {
             max_compaction_lag_ms: i64::MAX,
             compaction_map_bytes_max: 64 << 20,
             compaction_decompressed_bytes_max: 64 << 20,
+            producer_id_expiration_ms: 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -139,6 +147,9 @@ pub struct AppendInfo {
     pub max_timestamp: i64,
     /// The `now_ms` of the append, for LogAppendTime topics.
     pub log_append_time_ms: i64,
+    /// The batch was a producer's retry of one already in the log: nothing was written and the
+    /// offsets are the original ones (`max_timestamp` is -1).
+    pub duplicate: bool,
 }
 
 /// Whole batches read from the log.
@@ -198,6 +209,8 @@ pub enum StorageError {
     StaleLeaderEpoch { epoch: i32, latest: i32 },
     #[error("corrupt segment {path} at position {position}: {reason}")]
     Corrupt { path: PathBuf, position: u64, reason: String },
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
 }
 
 /// One partition's log in one directory. See the crate docs.
@@ -225,6 +238,8 @@ pub struct PartitionLog {
     cleaner_busy: Arc<AtomicBool>,
     /// A swap failed part-way; no more compaction until the log is reopened.
     cleaner_failed: bool,
+    /// Idempotent and transactional producers, open transactions, the aborted index.
+    producers: ProducerState,
 }
 
 impl PartitionLog {
@@ -232,7 +247,7 @@ impl PartitionLog {
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<Self, StorageError> {
         let rec = recovery::recover(dir, &config, now_ms)?;
         let log_end = rec.segments.last().expect("recovery leaves a segment").next_offset;
-        let log = PartitionLog {
+        let mut log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
             segments: rec.segments,
@@ -245,7 +260,9 @@ impl PartitionLog {
             cleaner: rec.cleaner,
             cleaner_busy: Arc::new(AtomicBool::new(false)),
             cleaner_failed: false,
+            producers: ProducerState::default(),
         };
+        log.rebuild_producer_state(true)?;
         log.check_invariants();
         Ok(log)
     }
@@ -296,15 +313,43 @@ impl PartitionLog {
             }
             records += v.last_offset_delta() as u64 + 1;
         }
+        let base = self.log_end_offset();
+        assert!(base.checked_add(records).is_some_and(|e| e <= i64::MAX as u64), "offsets exhausted");
+        // Producer state: a retried batch is answered with its original offsets; out-of-order
+        // or fenced batches refuse the whole append. Batches are checked in order, each against
+        // the state the earlier ones of this append leave.
+        let mut staged: HashMap<i64, ProducerEntry> = HashMap::new();
+        let mut next = base;
+        for r in &ranges {
+            let v = BatchView::new(&batches[r.clone()])?;
+            let last = next + v.last_offset_delta() as u64;
+            match self.producers.check(&v, &staged)? {
+                Check::Plain => {}
+                Check::Append => {
+                    let mut entry = self.producers.staged(v.producer_id(), &staged);
+                    producer::stage(&mut entry, &v, next, last);
+                    staged.insert(v.producer_id(), entry);
+                }
+                Check::Duplicate { first_offset, last_offset } => {
+                    return Ok(AppendInfo {
+                        base_offset: first_offset,
+                        last_offset,
+                        max_timestamp: -1,
+                        log_append_time_ms: now_ms,
+                        duplicate: true,
+                    });
+                }
+            }
+            next = last + 1;
+        }
         if self.should_roll(batches.len() as u64, ranges.len(), records, now_ms) {
             self.roll()?;
         }
 
-        let base = self.log_end_offset();
-        assert!(base.checked_add(records).is_some_and(|e| e <= i64::MAX as u64), "offsets exhausted");
         let mut next = base;
         let mut max_timestamp = i64::MIN;
         let mut infos = Vec::with_capacity(ranges.len());
+        let has_producers = !staged.is_empty();
         for r in ranges {
             let b = &mut batches[r.clone()];
             set_base_offset(b, next as i64);
@@ -326,7 +371,20 @@ impl PartitionLog {
             }
             return Err(e);
         }
-        Ok(AppendInfo { base_offset: base, last_offset: next - 1, max_timestamp, log_append_time_ms: now_ms })
+        if has_producers {
+            let segment_base = self.active().base_offset;
+            for info in &infos {
+                let v = BatchView::new(&batches[info.pos as usize..(info.pos + info.len) as usize])?;
+                self.producers.apply(&v, info.base, info.last, segment_base);
+            }
+        }
+        Ok(AppendInfo {
+            base_offset: base,
+            last_offset: next - 1,
+            max_timestamp,
+            log_append_time_ms: now_ms,
+            duplicate: false,
+        })
     }
 
     fn should_roll(&self, bytes: u64, batches: usize, records: u64, now_ms: i64) -> bool {
@@ -349,7 +407,12 @@ impl PartitionLog {
         let active = self.active_mut();
         assert!(!active.is_empty(), "never roll an empty segment");
         active.seal()?;
-        let base = active.next_offset;
+        let (sealed_base, base) = (active.base_offset, active.next_offset);
+        // The sealed segment's aborted index is durable before the snapshot that lets recovery
+        // skip re-deriving it.
+        producer::write_txn_index(&self.dir, sealed_base, self.producers.aborted_in_segment(sealed_base))?;
+        sync_dir(&self.dir)?;
+        self.write_producer_snapshot(base)?;
         let seg = Segment::create(&self.dir, base)?;
         sync_dir(&self.dir)?;
         self.segments.push(seg);
@@ -362,12 +425,18 @@ impl PartitionLog {
     /// while the total stays within `max_bytes`; may stop at a segment end (read again from
     /// `next_offset`). At the log end the result is empty.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, StorageError> {
+        self.read_below(offset, max_bytes, u64::MAX)
+    }
+
+    /// [`PartitionLog::read`], returning only batches that start below `upto` (the last stable
+    /// offset, for `read_committed`); empty if the batch at `offset` starts at or above it.
+    pub fn read_below(&self, offset: u64, max_bytes: usize, upto: u64) -> Result<ReadResult, StorageError> {
         let log_end = self.log_end_offset();
         if offset < self.log_start || offset > log_end {
             return Err(self.out_of_range(offset));
         }
-        if offset == log_end {
-            return Ok(ReadResult { bytes: Bytes::new(), next_offset: log_end });
+        if offset >= log_end.min(upto) {
+            return Ok(ReadResult { bytes: Bytes::new(), next_offset: offset });
         }
         let seg = &self.segments[self.segment_index(offset)];
         let start = seg.position_of(offset)?;
@@ -375,7 +444,7 @@ impl PartitionLog {
         while end < seg.valid_len {
             let v = seg.batch_at(end)?;
             let len = v.total_len() as u64;
-            if end > start && end - start + len > max_bytes as u64 {
+            if (end > start && end - start + len > max_bytes as u64) || v.base_offset() as u64 >= upto {
                 break;
             }
             end += len;
@@ -568,8 +637,131 @@ impl PartitionLog {
         for seg in self.segments.drain(i + 1..).rev() {
             seg.delete_files()?;
         }
+        self.rebuild_producer_state(false)?;
         sync_dir(&self.dir)?;
         self.check_invariants();
+        Ok(())
+    }
+
+    /// Snapshot files in the directory, by offset.
+    fn producer_snapshots(&self) -> Result<Vec<u64>, StorageError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name();
+            let Some((stem, ext)) = name.to_str().and_then(|n| n.split_once('.')) else { continue };
+            if ext == SNAPSHOT_EXT
+                && stem.len() == 20
+                && let Ok(offset) = stem.parse::<u64>()
+            {
+                out.push(offset);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Writes the producer state as of `offset` (everything below it applied) and keeps the
+    /// ten latest snapshots at or above the first segment.
+    fn write_producer_snapshot(&mut self, offset: u64) -> Result<(), StorageError> {
+        let name = segment::file_name(offset, SNAPSHOT_EXT);
+        checkpoint::write_file_atomic(&self.dir, &name, &self.producers.encode_snapshot())?;
+        let first_base = self.segments.first().map_or(0, |s| s.base_offset);
+        let snapshots = self.producer_snapshots()?;
+        let keep_from = snapshots.len().saturating_sub(10);
+        for (i, &o) in snapshots.iter().enumerate() {
+            if i < keep_from || o < first_base {
+                let p = self.dir.join(segment::file_name(o, SNAPSHOT_EXT));
+                std::fs::remove_file(&p).map_err(io_err(&p))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds producer state for the current log: the latest readable snapshot at or below the
+    /// log end (and at or above the first segment), then every batch after it. Sealed segments'
+    /// aborted indexes are loaded from their files (`opening`) or kept, and re-derived for the
+    /// segments the replay covers. Snapshots above the log end are deleted (truncation).
+    fn rebuild_producer_state(&mut self, opening: bool) -> Result<(), StorageError> {
+        let log_end = self.log_end_offset();
+        let first_base = self.segments[0].base_offset;
+        let mut from = first_base;
+        let mut state = ProducerState::default();
+        let mut found = false;
+        for o in self.producer_snapshots()?.into_iter().rev() {
+            let path = self.dir.join(segment::file_name(o, SNAPSHOT_EXT));
+            if o > log_end {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            if found || o < first_base {
+                continue;
+            }
+            match std::fs::read(&path).ok().and_then(|b| ProducerState::decode_snapshot(&b)) {
+                Some(s) => {
+                    (state, from, found) = (s, o, true);
+                }
+                None => tracing::warn!(path = %path.display(), "unreadable producer snapshot; ignoring it"),
+            }
+        }
+        // Aborted indexes: below `from` from files (or memory), from `from` on by replay.
+        let mut aborted: Vec<(u64, Vec<AbortedTxn>)> = Vec::new();
+        for seg in &self.segments {
+            let mut entries = if opening {
+                let path = seg.path(producer::TXN_INDEX_EXT);
+                match std::fs::read(&path) {
+                    Ok(b) => match producer::decode_txn_index(&b) {
+                        Some(e) => e,
+                        None => {
+                            // Re-derive it: replay from this segment with no snapshot.
+                            tracing::warn!(path = %path.display(), "unreadable aborted-transaction index; rebuilding");
+                            if seg.base_offset < from {
+                                from = first_base;
+                                state = ProducerState::default();
+                            }
+                            Vec::new()
+                        }
+                    },
+                    Err(_) => Vec::new(),
+                }
+            } else {
+                self.producers.aborted_in_segment(seg.base_offset).to_vec()
+            };
+            entries.retain(|a| a.last_offset < from);
+            aborted.push((seg.base_offset, entries));
+        }
+        let mut rebuilt = ProducerState::default();
+        rebuilt.restore(state);
+        for (base, entries) in aborted {
+            rebuilt.set_aborted_for_segment(base, entries);
+        }
+        // Replay every batch from `from` to the log end.
+        let mut replayed_sealed = Vec::new();
+        let start = self.segment_index(from);
+        for i in start..self.segments.len() {
+            let seg = &self.segments[i];
+            let mut pos = match i == start && from > seg.base_offset {
+                true if from >= seg.next_offset => continue,
+                true => seg.position_of(from)?,
+                false => 0,
+            };
+            let mut any_control = false;
+            while pos < seg.valid_len {
+                let v = seg.batch_at(pos)?;
+                if v.producer_id() >= 0 {
+                    any_control |= v.is_control();
+                    rebuilt.apply(&v, v.base_offset() as u64, v.last_offset() as u64, seg.base_offset);
+                }
+                pos += v.total_len() as u64;
+            }
+            if seg.sealed && (any_control || !opening) {
+                replayed_sealed.push(seg.base_offset);
+            }
+        }
+        self.producers = rebuilt;
+        for base in replayed_sealed {
+            producer::write_txn_index(&self.dir, base, self.producers.aborted_in_segment(base))?;
+        }
         Ok(())
     }
 
@@ -634,6 +826,7 @@ impl PartitionLog {
         }
         sync_dir(&self.dir)?;
         self.log_start = self.log_start.max(self.segments[0].base_offset);
+        self.producers.drop_segments_below(self.segments[0].base_offset);
         if self.epochs.truncate_from_start(self.log_start, self.log_end_offset()) {
             self.write_epochs_now()?;
         }
@@ -676,6 +869,7 @@ impl PartitionLog {
             self.delete_oldest(n)?;
             deleted += n;
         }
+        self.producers.expire(now_ms, c.producer_id_expiration_ms);
         if self.flushed > self.recovery_point_written {
             self.persist_epochs_if_dirty()?;
             checkpoint::write_u64(&self.dir, checkpoint::RECOVERY_POINT, self.flushed)?;
@@ -700,6 +894,24 @@ impl PartitionLog {
         self.epochs.latest()
     }
 
+    /// The offset of the first batch of the oldest transaction still open in this partition.
+    pub fn first_unstable_offset(&self) -> Option<u64> {
+        self.producers.first_unstable_offset()
+    }
+    /// The last stable offset: `read_committed` readers see offsets below it. `high_watermark`
+    /// is the replication bound (the log end on a single node).
+    pub fn last_stable_offset(&self, high_watermark: u64) -> u64 {
+        self.first_unstable_offset().map_or(high_watermark, |f| f.min(high_watermark))
+    }
+    /// Aborted transactions with records in `[from, upto)` (Fetch's `aborted_transactions`).
+    pub fn aborted_transactions(&self, from: u64, upto: u64) -> Vec<AbortedTxn> {
+        self.producers.aborted_between(from, upto)
+    }
+    /// Producers with state in this partition (DescribeProducers).
+    pub fn producers(&self) -> Vec<(i64, ProducerEntry)> {
+        self.producers.producers().map(|(p, e)| (p, e.clone())).collect()
+    }
+
     /// Flushes everything, writes the active segment's indexes, trims it to its real size and
     /// leaves a clean-shutdown marker so the next open trusts the indexes.
     pub fn close(mut self) -> Result<(), StorageError> {
@@ -709,6 +921,9 @@ impl PartitionLog {
         active.write_indexes(false)?;
         let log_end = self.log_end_offset();
         self.write_epochs_now()?;
+        let active_base = self.active().base_offset;
+        producer::write_txn_index(&self.dir, active_base, self.producers.aborted_in_segment(active_base))?;
+        self.write_producer_snapshot(log_end)?;
         checkpoint::write_u64(&self.dir, checkpoint::LOG_START_OFFSET, self.log_start)?;
         checkpoint::write_u64(&self.dir, checkpoint::RECOVERY_POINT, log_end)?;
         let marker = self.dir.join(checkpoint::CLEAN_SHUTDOWN);

@@ -178,7 +178,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, now_ms: i64) -> Result<Rec
             // A gap or overlap: everything from here on cannot be trusted to follow on.
             tracing::warn!(dir = %dir.display(), expected = prev.next_offset, found = base, "discarding segments after a discontinuity");
             for &b in &bases[i..] {
-                for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+                for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT, crate::producer::TXN_INDEX_EXT] {
                     let p = dir.join(file_name(b, ext));
                     match fs::remove_file(&p) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -410,7 +410,7 @@ impl Segment {
 
     /// Unlinks the segment's files. Live maps keep the data readable until they are dropped.
     pub(crate) fn delete_files(&self) -> Result<(), StorageError> {
-        for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+        for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT, crate::producer::TXN_INDEX_EXT] {
             let path = self.path(ext);
             match fs::remove_file(&path) {
                 Ok(()) => {}

@@ -387,10 +387,12 @@ fn keyless_control_and_transactional_records_are_kept() {
     for i in 0..600 {
         let v = format!("v{i}-xxxxxxxxxxxxxxxxxxxxxxxxxxxxx").into_bytes();
         let mut b = build_batch(0, T0, &[(Some(k), Some(&v)), (None, Some(&v))]);
-        if i % 100 == 5 {
-            // Mark transactional (attribute bit 4) or control (bit 5), re-CRC.
-            let attr: i16 = if i % 200 == 5 { 0x10 } else { 0x20 };
-            b[21..23].copy_from_slice(&attr.to_be_bytes());
+        if i % 200 == 5 {
+            // A transactional batch of producer 1 (its transaction stays open).
+            creek_protocol::batch::set_producer(&mut b, 1, 0, (i / 200) as i32 * 2, true);
+        } else if i % 200 == 105 {
+            // A batch with the control bit (5) set, re-CRC.
+            b[21..23].copy_from_slice(&0x20i16.to_be_bytes());
             let crc = creek_protocol::batch::crc32c(&b[21..]);
             b[17..21].copy_from_slice(&crc.to_be_bytes());
         }

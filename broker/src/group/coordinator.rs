@@ -63,6 +63,20 @@ struct Inner {
     syncs: HashMap<ReqId, oneshot::Sender<SyncResult>>,
     next_req: ReqId,
     last_expiry_ms: i64,
+    /// Offsets committed inside open transactions, by producer id: (offsets partition, group,
+    /// topic, partition, offset). They become committed offsets when a COMMIT marker for the
+    /// producer lands in that offsets partition, and vanish on ABORT.
+    pending_txn: HashMap<i64, Vec<PendingTxnOffset>>,
+}
+
+/// An offset committed in a transaction that has not ended yet.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingTxnOffset {
+    pub(crate) offsets_partition: i32,
+    pub(crate) group: String,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) committed: Committed,
 }
 
 /// The group coordinator of this broker.
@@ -111,6 +125,7 @@ impl GroupCoordinator {
                 syncs: HashMap::new(),
                 next_req: 1,
                 last_expiry_ms: now_ms(),
+                pending_txn: HashMap::new(),
             }),
             loaded: AtomicBool::new(false),
             broker,
@@ -141,7 +156,7 @@ impl GroupCoordinator {
                 if read.next_offset <= at {
                     break;
                 }
-                if let Err(e) = loaded.apply_batches(&read.bytes) {
+                if let Err(e) = loaded.apply_batches(p.index, &read.bytes) {
                     tracing::warn!(partition = p.index, offset = at, error = %e, "skipping unreadable batches in {OFFSETS_TOPIC}");
                 }
                 at = read.next_offset;
@@ -159,6 +174,17 @@ impl GroupCoordinator {
             inner.groups.entry(id.clone()).or_insert_with(|| ClassicGroup::new(&id, now).with_initial_delay(delay));
         }
         inner.offsets = loaded.offsets;
+        for ((offsets_partition, pid), entries) in loaded.pending_txn {
+            inner.pending_txn.entry(pid).or_default().extend(entries.into_iter().map(
+                |(group, topic, partition, c)| PendingTxnOffset {
+                    offsets_partition,
+                    group,
+                    topic,
+                    partition,
+                    committed: c,
+                },
+            ));
+        }
         let nconsumer = loaded.consumer.len();
         for r in &loaded.consumer {
             inner.consumer.replay(r, now);
@@ -211,6 +237,16 @@ impl GroupCoordinator {
     /// Appends records for `group` to its partition; returns the partition and the end offset to
     /// wait for.
     fn append(&self, group: &str, records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(Arc<Partition>, u64), String> {
+        self.append_as(group, records, None)
+    }
+
+    /// `append`, as a transactional batch of `producer` (id, epoch) when given.
+    fn append_as(
+        &self,
+        group: &str,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+        producer: Option<(i64, i16)>,
+    ) -> Result<(Arc<Partition>, u64), String> {
         if records.is_empty() {
             return Err("nothing to append".into());
         }
@@ -218,6 +254,9 @@ impl GroupCoordinator {
         let now = now_ms();
         let recs: Vec<_> = records.iter().map(|(k, v)| (Some(&k[..]), v.as_deref())).collect();
         let mut batch = creek_protocol::batch::build_batch(0, now, &recs);
+        if let Some((pid, epoch)) = producer {
+            creek_protocol::batch::set_producer(&mut batch, pid, epoch, -1, true);
+        }
         let info = partition.log.lock().append(&mut batch, partition.leader_epoch, now).map_err(|e| e.to_string())?;
         self.broker.appended.send_modify(|n| *n = n.wrapping_add(1));
         Ok((partition, info.last_offset + 1))
@@ -326,7 +365,21 @@ impl GroupCoordinator {
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
+        parts: Vec<CommitPart>,
+    ) -> Vec<CommitPart> {
+        self.commit_as(group, generation, member_id, instance_id, parts, None).await
+    }
+
+    /// OffsetCommit, or TxnOffsetCommit when `producer` (id, epoch) is given: then the commits
+    /// are written as that producer's transactional batch and stay pending until its marker.
+    pub(crate) async fn commit_as(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
         mut parts: Vec<CommitPart>,
+        producer: Option<(i64, i16)>,
     ) -> Vec<CommitPart> {
         let wait = {
             let mut inner = self.inner.lock();
@@ -366,8 +419,9 @@ impl GroupCoordinator {
             if records.is_empty() {
                 return parts;
             }
-            match self.append(group, &records) {
+            match self.append_as(group, &records, producer) {
                 Ok(w) => {
+                    let offsets_partition = w.0.index;
                     for p in parts.iter().filter(|p| p.error == code::NONE) {
                         let c = Committed {
                             offset: p.offset,
@@ -375,7 +429,16 @@ impl GroupCoordinator {
                             metadata: p.metadata.clone(),
                             commit_ms: now,
                         };
-                        inner.offsets.commit(group, &p.topic, p.partition, c);
+                        match producer {
+                            None => inner.offsets.commit(group, &p.topic, p.partition, c),
+                            Some((pid, _)) => inner.pending_txn.entry(pid).or_default().push(PendingTxnOffset {
+                                offsets_partition,
+                                group: group.to_string(),
+                                topic: p.topic.clone(),
+                                partition: p.partition,
+                                committed: c,
+                            }),
+                        }
                     }
                     w
                 }
@@ -395,6 +458,34 @@ impl GroupCoordinator {
             }
         }
         parts
+    }
+
+    /// A transaction marker for `producer_id` was written to offsets partition `partition`: its
+    /// pending offsets there become committed (COMMIT) or are dropped (ABORT).
+    pub(crate) fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
+        let mut inner = self.inner.lock();
+        let Some(mut pending) = inner.pending_txn.remove(&producer_id) else { return };
+        let (done, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|p| p.offsets_partition == partition);
+        if !rest.is_empty() {
+            inner.pending_txn.insert(producer_id, rest);
+        }
+        if commit {
+            for p in done {
+                inner.offsets.commit(&p.group, &p.topic, p.partition, p.committed);
+            }
+        }
+    }
+
+    /// Whether `group` has an offset for (topic, partition) pending in an open transaction
+    /// (OffsetFetch with `require_stable` answers UNSTABLE_OFFSET_COMMIT for it).
+    pub(crate) fn has_pending_txn_offset(&self, group: &str, topic: &str, partition: i32) -> bool {
+        let inner = self.inner.lock();
+        inner.pending_txn.values().flatten().any(|p| p.group == group && p.topic == topic && p.partition == partition)
+    }
+
+    /// The `__consumer_offsets` partition that holds `group`.
+    pub(crate) fn partition_of(&self, group: &str) -> i32 {
+        store::partition_for(group, self.partitions.load(Ordering::Acquire))
     }
 
     /// OffsetFetch: the committed offsets of `group`, all of them when `wanted` is `None`.

@@ -262,6 +262,9 @@ pub(crate) struct Loaded {
     pub(crate) groups: HashMap<String, StoredGroup>,
     /// KIP-848 records in log order, for `ConsumerGroups::replay`.
     pub(crate) consumer: Vec<super::consumer::Record>,
+    /// Offsets committed in transactions without a marker yet, by (offsets partition, producer
+    /// id): (group, topic, partition, offset).
+    pub(crate) pending_txn: HashMap<(i32, i64), Vec<(String, String, i32, Committed)>>,
 }
 
 impl Loaded {
@@ -282,11 +285,36 @@ impl Loaded {
         }
     }
 
-    /// Applies every record of a blob of whole batches (control batches skipped).
-    pub(crate) fn apply_batches(&mut self, bytes: &[u8]) -> Result<(), String> {
+    /// Applies every record of a blob of whole batches of offsets partition `partition`. Offsets
+    /// in transactional batches wait for their producer's marker: COMMIT applies them, ABORT
+    /// drops them.
+    pub(crate) fn apply_batches(&mut self, partition: i32, bytes: &[u8]) -> Result<(), String> {
         for range in creek_protocol::batch::batch_ranges(bytes).map_err(|e| e.to_string())? {
             let view = BatchView::new(&bytes[range]).map_err(|e| e.to_string())?;
+            let pid = view.producer_id();
             if view.is_control() {
+                let commit = batch_records(&view)?
+                    .first()
+                    .and_then(|(k, _)| k.as_ref().filter(|k| k.len() >= 4).map(|k| k[3] == 1))
+                    .unwrap_or(false);
+                if let Some(entries) = self.pending_txn.remove(&(partition, pid))
+                    && commit
+                {
+                    for (group, topic, p, c) in entries {
+                        self.offsets.commit(&group, &topic, p, c);
+                    }
+                }
+                continue;
+            }
+            if view.is_transactional() {
+                for (k, v) in batch_records(&view)? {
+                    let Some(k) = k else { continue };
+                    if let Some(Record::Offset { group, topic, partition: p, value: Some(c) }) =
+                        decode(&k, v.as_deref())
+                    {
+                        self.pending_txn.entry((partition, pid)).or_default().push((group, topic, p, c));
+                    }
+                }
                 continue;
             }
             for (k, v) in batch_records(&view)? {
@@ -364,12 +392,12 @@ mod tests {
             ],
         );
         let mut loaded = Loaded::default();
-        loaded.apply_batches(&batch).unwrap();
+        loaded.apply_batches(0, &batch).unwrap();
         assert_eq!(loaded.offsets.get("g", "t", 0), Some(&c2));
         assert_eq!(loaded.offsets.get("g", "t", 1), None);
         assert_eq!(loaded.groups.get("g"), Some(&g));
         let tomb = build_batch(0, 0, &[(Some(&gk), None)]);
-        loaded.apply_batches(&tomb).unwrap();
+        loaded.apply_batches(0, &tomb).unwrap();
         assert!(loaded.groups.is_empty());
         // Garbage never panics.
         assert_eq!(decode(&[0, 1, 0xff], Some(&[1, 2])), None);

@@ -196,7 +196,8 @@ pub(super) mod fixture {
         let flusher = Flusher::start();
         // Group tests call `ctx.groups.start()`; others see no `__consumer_offsets`.
         let groups = crate::group::coordinator::GroupCoordinator::new(broker.clone(), flusher.clone());
-        (Ctx { broker, flusher, groups }, dir)
+        let txns = crate::txn::coordinator::TxnCoordinator::new(broker.clone(), flusher.clone(), groups.clone());
+        (Ctx { broker, flusher, groups, txns }, dir)
     }
 
     pub(in crate::handlers) fn request<T>(key: ApiKey, version: i16, body: T) -> Request<T> {

@@ -1,6 +1,10 @@
 //! Fetch: whole batches from the log as zero-copy slices, long polling on `max_wait_ms` and
 //! `min_bytes` (woken by appends), partition and response byte limits, leader-epoch fencing.
 //!
+//! With `isolation_level` 1 (`read_committed`) reads stop at the last stable offset and the
+//! answer lists the aborted transactions in the returned range, so the consumer drops their
+//! records; `last_stable_offset` is reported at both levels.
+//!
 //! Fetch sessions (KIP-227) are declined by answering session id 0, which every client treats
 //! as "send full requests", so an empty fetch still honours `max_wait_ms`.
 
@@ -9,8 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use creek_storage::StorageError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 use tokio::time::Instant;
 
 use super::{Ctx, Request, code};
@@ -43,6 +47,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FetchRequest>) -> Option<Fetc
     let response_max = if body.max_bytes > 0 { (body.max_bytes as usize).min(broker_max) } else { broker_max };
     let min_bytes = body.min_bytes.max(0) as usize;
     let wait = Duration::from_millis(body.max_wait_ms.clamp(0, WAIT_MS_MAX) as u64);
+    let read_committed = body.isolation_level == 1;
 
     // Resolve topics once: by id from v13, by name before.
     let mut topics: Vec<(Option<Arc<Topic>>, FetchableTopicResponse)> = Vec::new();
@@ -71,7 +76,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FetchRequest>) -> Option<Fetc
     let mut appended = ctx.broker.appended.subscribe();
     let results = loop {
         appended.borrow_and_update();
-        let (results, bytes, any_error) = read_once(&wants, response_max, unknown_code, version);
+        let (results, bytes, any_error) = read_once(&wants, response_max, unknown_code, version, read_committed);
         if bytes >= min_bytes || any_error || Instant::now() >= deadline {
             break results;
         }
@@ -98,6 +103,7 @@ fn read_once(
     response_max: usize,
     unknown_code: i16,
     version: i16,
+    read_committed: bool,
 ) -> (Vec<PartitionData>, usize, bool) {
     let mut out = Vec::with_capacity(wants.len());
     let mut total = 0usize;
@@ -127,8 +133,9 @@ fn read_once(
         }
         let log = p.log.lock();
         let (start, end) = (log.log_start_offset(), log.log_end_offset());
+        let lso = log.last_stable_offset(end);
         pd.high_watermark = end as i64;
-        pd.last_stable_offset = end as i64;
+        pd.last_stable_offset = lso as i64;
         // log_start_offset exists from v5.
         pd.log_start_offset = if version >= 5 { start as i64 } else { -1 };
         if w.fetch_offset < 0 {
@@ -145,12 +152,27 @@ fn read_once(
             out.push(pd);
             continue;
         }
-        match log.read(w.fetch_offset as u64, limit) {
+        let upto = if read_committed { lso } else { u64::MAX };
+        match log.read_below(w.fetch_offset as u64, limit, upto) {
             Ok(read) => {
                 let fits = read.bytes.len() <= limit || total == 0;
                 if fits && !read.bytes.is_empty() {
                     total += read.bytes.len();
                     pd.records = Some(read.bytes);
+                    if read_committed {
+                        let aborted = log.aborted_transactions(w.fetch_offset as u64, read.next_offset);
+                        pd.aborted_transactions = Some(
+                            aborted
+                                .into_iter()
+                                .map(|a| {
+                                    let mut t = AbortedTransaction::default();
+                                    t.producer_id = ProducerId(a.producer_id);
+                                    t.first_offset = a.first_offset as i64;
+                                    t
+                                })
+                                .collect(),
+                        );
+                    }
                 }
             }
             Err(StorageError::OffsetOutOfRange { .. }) => {

@@ -1,5 +1,6 @@
 //! FindCoordinator: this node coordinates every group whose `__consumer_offsets` partition it
-//! leads (all of them on a single node). Transaction coordinators do not exist yet.
+//! leads, and every transactional id whose `__transaction_state` partition it leads (all of them
+//! on a single node).
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -7,6 +8,7 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 use super::{Ctx, Request, code, str_bytes};
 
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> Option<FindCoordinatorResponse> {
     let version = req.version();
@@ -23,15 +25,16 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> O
     let answers: Vec<Coordinator> = keys
         .into_iter()
         .map(|key| {
-            let error = if key_type != KEY_TYPE_GROUP {
-                code::COORDINATOR_NOT_AVAILABLE
-            } else {
-                match ctx.groups.check(&key) {
-                    Ok(()) => code::NONE,
-                    // Clients wait and retry on COORDINATOR_NOT_AVAILABLE while we load.
-                    Err(code::COORDINATOR_LOAD_IN_PROGRESS) => code::COORDINATOR_NOT_AVAILABLE,
-                    Err(e) => e,
-                }
+            let checked = match key_type {
+                KEY_TYPE_GROUP => ctx.groups.check(&key),
+                KEY_TYPE_TRANSACTION => ctx.txns.check(&key),
+                _ => Err(code::INVALID_REQUEST),
+            };
+            let error = match checked {
+                Ok(()) => code::NONE,
+                // Clients wait and retry on COORDINATOR_NOT_AVAILABLE while we load.
+                Err(code::COORDINATOR_LOAD_IN_PROGRESS) => code::COORDINATOR_NOT_AVAILABLE,
+                Err(e) => e,
             };
             let mut c = Coordinator::default();
             c.key = str_bytes(key);

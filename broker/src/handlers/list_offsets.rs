@@ -19,6 +19,8 @@ const DECOMPRESSED_BYTES_MAX: usize = 64 << 20;
 
 pub(super) async fn handle(ctx: &Ctx, req: Request<ListOffsetsRequest>) -> Option<ListOffsetsResponse> {
     let version = req.version();
+    // read_committed (v2+) consumers start at the last stable offset, not the log end.
+    let read_committed = version >= 2 && req.body.isolation_level == 1;
     let mut resp = ListOffsetsResponse::default();
     for t in req.body.topics {
         let topic = ctx.broker.topic(&t.name.0);
@@ -39,7 +41,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ListOffsetsRequest>) -> Optio
                         code::FENCED_LEADER_EPOCH
                     };
                 }
-                Some(part) => match lookup(&part, p.timestamp) {
+                Some(part) => match lookup(&part, p.timestamp, read_committed) {
                     Ok(Some((offset, ts, epoch))) => {
                         pr.offset = offset;
                         pr.timestamp = ts;
@@ -61,11 +63,13 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ListOffsetsRequest>) -> Optio
 }
 
 /// `(offset, timestamp, leader epoch)` for a ListOffsets query, or `None` when nothing matches.
-fn lookup(p: &Partition, query: i64) -> Result<Option<(i64, i64, i32)>, String> {
+fn lookup(p: &Partition, query: i64, read_committed: bool) -> Result<Option<(i64, i64, i32)>, String> {
     let log = p.log.lock();
     let epoch = log.latest_epoch().unwrap_or(p.leader_epoch);
+    let end = log.log_end_offset();
     match query {
-        LATEST => Ok(Some((log.log_end_offset() as i64, -1, epoch))),
+        LATEST if read_committed => Ok(Some((log.last_stable_offset(end) as i64, -1, epoch))),
+        LATEST => Ok(Some((end as i64, -1, epoch))),
         EARLIEST | EARLIEST_LOCAL => Ok(Some((log.log_start_offset() as i64, -1, epoch))),
         // Nothing is tiered yet, so there is no latest tiered offset.
         LATEST_TIERED => Ok(None),

@@ -11,7 +11,10 @@ use kafka_protocol::messages::ApiKey;
 use crate::flusher::Flusher;
 use crate::group::coordinator::GroupCoordinator;
 use crate::state::Broker;
+use crate::txn::coordinator::TxnCoordinator;
 
+mod add_offsets_to_txn;
+mod add_partitions_to_txn;
 mod alter_configs;
 mod api_versions;
 mod consumer_group_describe;
@@ -25,14 +28,19 @@ mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
 mod describe_log_dirs;
+mod describe_producers;
+mod describe_transactions;
+mod end_txn;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
 mod incremental_alter_configs;
+mod init_producer_id;
 mod join_group;
 mod leave_group;
 mod list_groups;
 mod list_offsets;
+mod list_transactions;
 mod metadata;
 mod offset_commit;
 mod offset_delete;
@@ -40,6 +48,7 @@ mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
+mod txn_offset_commit;
 
 pub(crate) use api_versions::unsupported_version_response;
 
@@ -84,6 +93,10 @@ pub(crate) mod code {
     pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
     pub(crate) const INVALID_RECORD: i16 = 87;
     pub(crate) const UNKNOWN_TOPIC_ID: i16 = 100;
+    pub(crate) const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub(crate) const UNKNOWN_PRODUCER_ID: i16 = 59;
+    pub(crate) const TRANSACTION_COORDINATOR_FENCED: i16 = 52;
+    pub(crate) const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 }
 
 /// What a handler can reach.
@@ -92,6 +105,7 @@ pub(crate) struct Ctx {
     pub(crate) broker: Arc<Broker>,
     pub(crate) flusher: Flusher,
     pub(crate) groups: Arc<GroupCoordinator>,
+    pub(crate) txns: Arc<TxnCoordinator>,
 }
 
 /// A decoded request with its header and the frame it was decoded from (Produce reclaims the
@@ -177,6 +191,14 @@ apis! {
     OffsetDelete: 0..=0 => kafka_protocol::messages::OffsetDeleteRequest, offset_delete::handle;
     ConsumerGroupHeartbeat: 0..=1 => kafka_protocol::messages::ConsumerGroupHeartbeatRequest, consumer_group_heartbeat::handle;
     ConsumerGroupDescribe: 0..=1 => kafka_protocol::messages::ConsumerGroupDescribeRequest, consumer_group_describe::handle;
+    InitProducerId: 0..=5 => kafka_protocol::messages::InitProducerIdRequest, init_producer_id::handle;
+    AddPartitionsToTxn: 0..=4 => kafka_protocol::messages::AddPartitionsToTxnRequest, add_partitions_to_txn::handle;
+    AddOffsetsToTxn: 0..=4 => kafka_protocol::messages::AddOffsetsToTxnRequest, add_offsets_to_txn::handle;
+    EndTxn: 0..=4 => kafka_protocol::messages::EndTxnRequest, end_txn::handle;
+    TxnOffsetCommit: 0..=4 => kafka_protocol::messages::TxnOffsetCommitRequest, txn_offset_commit::handle;
+    DescribeProducers: 0..=0 => kafka_protocol::messages::DescribeProducersRequest, describe_producers::handle;
+    DescribeTransactions: 0..=0 => kafka_protocol::messages::DescribeTransactionsRequest, describe_transactions::handle;
+    ListTransactions: 0..=2 => kafka_protocol::messages::ListTransactionsRequest, list_transactions::handle;
 }
 
 /// The versions served for `key`, if it is implemented.

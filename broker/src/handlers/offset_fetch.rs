@@ -1,6 +1,6 @@
 //! OffsetFetch: committed offsets with their metadata and leader epoch, for one group (v1-7) or
-//! a batch of groups (v8+). There are no pending transactional offsets, so `require_stable` is
-//! always satisfied.
+//! a batch of groups (v8+). With `require_stable` (v7+, KIP-447), a partition whose offset is
+//! pending in an open transaction answers UNSTABLE_OFFSET_COMMIT, and the client retries.
 
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
@@ -20,6 +20,8 @@ fn fetch(ctx: &Ctx, group: &str, wanted: Option<Vec<(String, Vec<i32>)>>) -> Res
 pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetFetchRequest>) -> Option<OffsetFetchResponse> {
     let version = req.version();
     let b = req.body;
+    let stable = version >= 7 && b.require_stable;
+    let unstable = |group: &str, topic: &str, p: i32| stable && ctx.groups.has_pending_txn_offset(group, topic, p);
     let mut resp = OffsetFetchResponse::default();
     if version >= 8 {
         for g in b.groups {
@@ -35,7 +37,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetFetchRequest>) -> Optio
                         .into_iter()
                         .map(|(name, parts)| {
                             let mut t = OffsetFetchResponseTopics::default();
-                            t.name = TopicName(str_bytes(name));
+                            t.name = TopicName(str_bytes(name.clone()));
                             t.partitions = parts
                                 .into_iter()
                                 .map(|(p, c)| {
@@ -50,6 +52,10 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetFetchRequest>) -> Optio
                                     rp.committed_offset = c.offset;
                                     rp.committed_leader_epoch = c.leader_epoch;
                                     rp.metadata = Some(str_bytes(c.metadata));
+                                    if unstable(&group, &name, p) {
+                                        rp.error_code = code::UNSTABLE_OFFSET_COMMIT;
+                                        rp.committed_offset = -1;
+                                    }
                                     rp
                                 })
                                 .collect();
@@ -85,7 +91,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetFetchRequest>) -> Optio
         .into_iter()
         .map(|(name, parts)| {
             let mut t = OffsetFetchResponseTopic::default();
-            t.name = TopicName(str_bytes(name));
+            t.name = TopicName(str_bytes(name.clone()));
             t.partitions = parts
                 .into_iter()
                 .map(|(p, c)| {
@@ -99,6 +105,10 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetFetchRequest>) -> Optio
                     }
                     rp.metadata = Some(str_bytes(c.metadata));
                     rp.error_code = part_error;
+                    if part_error == code::NONE && unstable(&group, &name, p) {
+                        rp.error_code = code::UNSTABLE_OFFSET_COMMIT;
+                        rp.committed_offset = -1;
+                    }
                     rp
                 })
                 .collect();

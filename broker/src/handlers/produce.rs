@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use creek_protocol::batch::{self, BatchError, BatchView};
 use creek_protocol::records::DecodedBatch;
+use creek_storage::{ProducerError, StorageError};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
@@ -86,7 +87,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ProduceRequest>) -> Option<Pr
                 r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
                 continue;
             };
-            if t.name == crate::group::store::OFFSETS_TOPIC {
+            if t.name == crate::group::store::OFFSETS_TOPIC || t.name == crate::txn::store::TXN_TOPIC {
                 // Only the group coordinator writes its internal topic, as in Kafka.
                 r.error_code = code::INVALID_TOPIC_EXCEPTION;
                 continue;
@@ -105,7 +106,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ProduceRequest>) -> Option<Pr
             };
             match append(&partition, records, version) {
                 Ok(info) => {
-                    appended_any = true;
+                    appended_any |= !info.duplicate;
                     r.base_offset = info.base_offset as i64;
                     if version >= 5 {
                         r.log_start_offset = info.log_start_offset as i64;
@@ -218,6 +219,8 @@ struct Appended {
     log_start_offset: u64,
     log_append_time: bool,
     append_time_ms: i64,
+    /// A producer's retry of a batch already written: the original offsets, nothing appended.
+    duplicate: bool,
 }
 
 /// Validates every batch in `records` and appends them, or refuses them all with an error code.
@@ -249,8 +252,8 @@ fn append(partition: &Arc<Partition>, records: &mut [u8], version: i16) -> Resul
         if view.is_control() {
             return Err((code::INVALID_RECORD, "clients may not produce control batches".into()));
         }
-        if view.is_transactional() {
-            return Err((code::INVALID_RECORD, "transactions are not supported yet".into()));
+        if view.producer_id() >= 0 && view.base_sequence() < 0 {
+            return Err((code::INVALID_RECORD, "a batch with a producer id needs a base sequence".into()));
         }
         if compacted {
             // Compaction keeps the latest record per key, so a record without one is refused.
@@ -270,13 +273,29 @@ fn append(partition: &Arc<Partition>, records: &mut [u8], version: i16) -> Resul
         }
     }
     let mut log = partition.log.lock();
-    let info =
-        log.append(records, partition.leader_epoch, now).map_err(|e| (code::KAFKA_STORAGE_ERROR, e.to_string()))?;
+    let info = log.append(records, partition.leader_epoch, now).map_err(|e| (storage_code(&e), e.to_string()))?;
     Ok(Appended {
         base_offset: info.base_offset,
         last_offset: info.last_offset,
         log_start_offset: log.log_start_offset(),
-        log_append_time,
+        log_append_time: log_append_time && !info.duplicate,
         append_time_ms: now,
+        duplicate: info.duplicate,
     })
+}
+
+/// The Kafka error code for a refused append.
+fn storage_code(e: &StorageError) -> i16 {
+    match e {
+        StorageError::Producer(p) => match p {
+            ProducerError::InvalidEpoch { .. } => crate::txn::state::INVALID_PRODUCER_EPOCH,
+            ProducerError::OutOfOrder { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+            ProducerError::UnknownProducer { .. } => code::UNKNOWN_PRODUCER_ID,
+            ProducerError::InvalidTxnState { .. } => crate::txn::state::INVALID_TXN_STATE,
+            ProducerError::CoordinatorFenced { .. } => code::TRANSACTION_COORDINATOR_FENCED,
+            ProducerError::Malformed(_) => code::INVALID_RECORD,
+        },
+        StorageError::InvalidBatch(_) => code::CORRUPT_MESSAGE,
+        _ => code::KAFKA_STORAGE_ERROR,
+    }
 }

@@ -1,7 +1,8 @@
-//! Transactions (KIP-98): the transaction coordinator's pure state machine and its records in
-//! `__transaction_state`. The driver that owns the lock, appends records and writes markers is
-//! not here yet; until it lands, the items below are only used by their tests.
-#![allow(dead_code)] // the driver (handlers, marker writer, ticker) is written next
+//! Transactions (KIP-98): the transaction coordinator's pure state machine (`state`), its
+//! records in `__transaction_state` (`store`), the driver that appends them and writes markers
+//! (`coordinator`), and producer id allocation (`producer_ids`).
 
+pub(crate) mod coordinator;
+pub(crate) mod producer_ids;
 pub(crate) mod state;
 pub(crate) mod store;

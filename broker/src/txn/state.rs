@@ -539,11 +539,6 @@ impl Transactions {
             .map(|(id, m)| Listed { txn_id: id.clone(), producer_id: m.producer_id, state: m.state })
             .collect()
     }
-
-    /// Every id and its metadata, in id order (tests and diagnostics).
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &TxnMetadata)> {
-        self.txns.iter()
-    }
 }
 
 /// The next epoch; callers never bump an exhausted one.

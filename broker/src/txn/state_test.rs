@@ -372,8 +372,8 @@ fn replay_rebuilds_the_same_state_and_lists_in_flight_markers() {
         let (id, value) = store::decode(k, v.as_deref()).unwrap();
         r.replay(&id, value);
     }
-    let original: Vec<_> = t.iter().collect();
-    let replayed: Vec<_> = r.iter().collect();
+    let original: Vec<_> = t.txns.iter().collect();
+    let replayed: Vec<_> = r.txns.iter().collect();
     assert_eq!(original, replayed);
     assert_eq!(r.max_producer_id_seen(), 1004);
     let in_flight = r.in_flight();

@@ -16,9 +16,6 @@ use super::state::{NO_PRODUCER_EPOCH, NO_PRODUCER_ID, TxnMetadata, TxnState};
 
 pub(crate) const TXN_TOPIC: &str = "__transaction_state";
 
-/// `transaction.state.log.num.partitions`'s default.
-pub(crate) const TXN_TOPIC_PARTITIONS: i32 = 50;
-
 const KEY_VERSION: i16 = 0;
 const VALUE_VERSION: i16 = 1;
 /// `PreviousProducerId`, `NextProducerId`, `ClientTransactionVersion` in `TransactionLogValue`.
@@ -400,8 +397,8 @@ mod tests {
     #[test]
     fn partition_matches_kafka_and_replay_reads_batches() {
         // Goal: ids land where Kafka puts them, and records in batches replay in order.
-        assert_eq!(partition_for("abc", TXN_TOPIC_PARTITIONS), 96354 % 50);
-        assert_eq!(partition_for("polygenelubricants", TXN_TOPIC_PARTITIONS), 0);
+        assert_eq!(partition_for("abc", 50), 96354 % 50);
+        assert_eq!(partition_for("polygenelubricants", 50), 0);
         let (k, v1, v2) = (key("t"), value(&sample(TxnState::Ongoing)), value(&sample(TxnState::CompleteCommit)));
         let k2 = key("u");
         let batch = build_batch(

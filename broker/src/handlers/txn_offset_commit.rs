@@ -1,0 +1,80 @@
+//! TxnOffsetCommit: offsets committed inside a transaction. They are written to
+//! `__consumer_offsets` as the producer's transactional batch and become the group's committed
+//! offsets only when the transaction commits (its marker lands in that partition).
+
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{TopicName, TxnOffsetCommitRequest, TxnOffsetCommitResponse};
+
+use super::{Ctx, Request, code, str_bytes};
+use crate::group::coordinator::CommitPart;
+use crate::txn::state::{INVALID_TXN_STATE, TxnState, fenced_code};
+
+pub(super) async fn handle(ctx: &Ctx, req: Request<TxnOffsetCommitRequest>) -> Option<TxnOffsetCommitResponse> {
+    let version = req.version();
+    let b = req.body;
+    let group = b.group_id.0.to_string();
+    let txn_id = b.transactional_id.0.to_string();
+    let metadata_max = ctx.broker.config.read().i64("offset.metadata.max.bytes").max(0) as usize;
+    let (pid, epoch) = (b.producer_id.0, b.producer_epoch);
+    // The producer must be the transaction's current one, with the group's partition added.
+    let offsets_partition = ctx.txns.offsets_partition(&group);
+    let txn_check = ctx.txns.check(&txn_id).and_then(|()| {
+        ctx.txns.with_state(|s| match s.describe(&txn_id) {
+            Err(_) => Err(crate::txn::state::INVALID_PRODUCER_ID_MAPPING),
+            Ok(m) if m.producer_id != pid => Err(crate::txn::state::INVALID_PRODUCER_ID_MAPPING),
+            Ok(m) if m.producer_epoch != epoch => Err(crate::txn::state::PRODUCER_FENCED),
+            Ok(m) if m.state != TxnState::Ongoing || !m.partitions.contains(&offsets_partition) => {
+                Err(INVALID_TXN_STATE)
+            }
+            Ok(_) => Ok(()),
+        })
+    });
+    let top = if group.is_empty() { Err(code::INVALID_GROUP_ID) } else { ctx.groups.check(&group) }
+        .and(txn_check)
+        .map_err(|e| fenced_code(e, version >= 3));
+    let mut parts = Vec::new();
+    for t in &b.topics {
+        let topic = ctx.broker.topic(&t.name.0);
+        for p in &t.partitions {
+            let metadata = p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
+            let error = match top {
+                Err(e) => e,
+                Ok(()) if topic.as_ref().and_then(|t| t.partition(p.partition_index)).is_none() => {
+                    code::UNKNOWN_TOPIC_OR_PARTITION
+                }
+                Ok(()) if metadata.len() > metadata_max => code::OFFSET_METADATA_TOO_LARGE,
+                Ok(()) => code::NONE,
+            };
+            parts.push(CommitPart {
+                topic: t.name.0.to_string(),
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                leader_epoch: if version >= 2 { p.committed_leader_epoch } else { -1 },
+                metadata,
+                error,
+            });
+        }
+    }
+    if top.is_ok() && parts.iter().any(|p| p.error == code::NONE) {
+        // v3+ (KIP-447) carries the consumer's group metadata: fence commits from old members.
+        let (generation, member) =
+            if version >= 3 { (b.generation_id, b.member_id.to_string()) } else { (-1, String::new()) };
+        let instance = b.group_instance_id.as_ref().map(|s| s.to_string());
+        parts = ctx.groups.commit_as(&group, generation, &member, instance.as_deref(), parts, Some((pid, epoch))).await;
+    }
+    let mut resp = TxnOffsetCommitResponse::default();
+    for p in parts {
+        if resp.topics.last().is_none_or(|t: &TxnOffsetCommitResponseTopic| t.name.0.as_str() != p.topic) {
+            let mut t = TxnOffsetCommitResponseTopic::default();
+            t.name = TopicName(str_bytes(p.topic.clone()));
+            resp.topics.push(t);
+        }
+        let mut rp = TxnOffsetCommitResponsePartition::default();
+        rp.partition_index = p.partition;
+        rp.error_code = p.error;
+        resp.topics.last_mut().expect("pushed").partitions.push(rp);
+    }
+    Some(resp)
+}
