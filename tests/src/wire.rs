@@ -173,6 +173,9 @@ pub fn fetch(w: &mut Wire, topic: &str, partition: i32, offset: i64, max_wait_ms
     (pd.error_code, pd.high_watermark, pd.records.clone().unwrap_or_default())
 }
 
+/// One record as `(key, value)`; `None` is null.
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// A v2 batch of `records` stamped with an idempotent producer's id, epoch and base sequence
 /// (and the transactional attribute bit if asked), with its CRC recomputed.
 pub fn producer_batch(
@@ -181,7 +184,7 @@ pub fn producer_batch(
     base_sequence: i32,
     transactional: bool,
     timestamp: i64,
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
+    records: &[KeyValue<'_>],
 ) -> Vec<u8> {
     let mut batch = creek_protocol::batch::build_batch(0, timestamp, records);
     if transactional {
@@ -204,8 +207,11 @@ pub fn api_versions(w: &mut Wire, key: ApiKey) -> Option<(i16, i16)> {
 }
 
 /// InitProducerId (idempotent when `transactional_id` is `None`): (error code, producer id, epoch).
+/// Retries, as clients do, while the answer is retriable (COORDINATOR_LOAD_IN_PROGRESS right
+/// after start, COORDINATOR_NOT_AVAILABLE, CONCURRENT_TRANSACTIONS), for up to 30 s.
 /// Panics, saying so, if the broker does not advertise InitProducerId.
 pub fn init_producer_id(w: &mut Wire, transactional_id: Option<&str>, transaction_timeout_ms: i32) -> (i16, i64, i16) {
+    const RETRIABLE: [i16; 3] = [14, 15, 51];
     let (_, max) = api_versions(w, ApiKey::InitProducerId).expect(
         "the broker does not advertise InitProducerId (api key 22) in ApiVersions: idempotence is not implemented",
     );
@@ -215,8 +221,14 @@ pub fn init_producer_id(w: &mut Wire, transactional_id: Option<&str>, transactio
     req.transaction_timeout_ms = transaction_timeout_ms;
     req.producer_id = ProducerId(-1);
     req.producer_epoch = -1;
-    let resp: InitProducerIdResponse = w.call(ApiKey::InitProducerId, version, &req);
-    (resp.error_code, resp.producer_id.0, resp.producer_epoch)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp: InitProducerIdResponse = w.call(ApiKey::InitProducerId, version, &req);
+        if !RETRIABLE.contains(&resp.error_code) || std::time::Instant::now() > deadline {
+            return (resp.error_code, resp.producer_id.0, resp.producer_epoch);
+        }
+        std::thread::sleep(Duration::from_millis(50)); // a client's retry backoff
+    }
 }
 
 /// One record as stored, with the fields of the batch that holds it.
@@ -303,4 +315,51 @@ pub fn stable_offsets(w: &mut Wire, topic: &str, partition: i32) -> (i16, i64, i
     let resp: FetchResponse = w.call(ApiKey::Fetch, 11, &req);
     let pd = &resp.responses[0].partitions[0];
     (pd.error_code, pd.high_watermark, pd.last_stable_offset)
+}
+
+/// One transaction marker (control batch) as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub offset: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// COMMIT (true) or ABORT (false), from the control record's key.
+    pub commit: bool,
+}
+
+/// Every transaction marker of a partition, in offset order (read_uncommitted Fetches up to the
+/// high watermark). Panics on any error.
+pub fn read_partition_markers(addr: &str, topic: &str, partition: i32) -> Vec<Marker> {
+    use creek_protocol::batch::{BatchView, batch_ranges};
+    use creek_protocol::records::DecodedBatch;
+    let mut w = Wire::connect(addr);
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (err, hw, records) = fetch(&mut w, topic, partition, offset, 0);
+        assert_eq!(err, 0, "fetch {topic}/{partition} at {offset}");
+        if records.is_empty() || offset >= hw {
+            return out;
+        }
+        for r in batch_ranges(&records).unwrap_or_else(|e| panic!("{topic}/{partition} at {offset}: {e}")) {
+            let view = BatchView::new(&records[r]).expect("v2 batch");
+            let next = view.last_offset() + 1;
+            if view.is_control() && view.base_offset() >= offset {
+                let decoded = DecodedBatch::new(view, 1 << 20).expect("decode a control batch");
+                for rec in decoded.iter() {
+                    let rec = rec.expect("well-formed control record");
+                    // Control record key: version i16, type i16 (0 = ABORT, 1 = COMMIT).
+                    let key = rec.key.expect("control records have a key");
+                    assert!(key.len() >= 4, "control record key of {} bytes", key.len());
+                    out.push(Marker {
+                        offset: rec.offset,
+                        producer_id: view.producer_id(),
+                        producer_epoch: view.producer_epoch(),
+                        commit: i16::from_be_bytes([key[2], key[3]]) == 1,
+                    });
+                }
+            }
+            offset = offset.max(next);
+        }
+    }
 }

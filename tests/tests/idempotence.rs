@@ -235,7 +235,7 @@ fn raw_setup(broker: &CreekProcess, prefix: &str) -> (Wire, String, i64, i16) {
 /// A batch of `n` records from (pid, epoch) starting at `seq`.
 fn batch(pid: i64, epoch: i16, seq: i32, n: usize) -> Vec<u8> {
     let values: Vec<String> = (0..n).map(|i| format!("seq-{}", seq as usize + i)).collect();
-    let records: Vec<(Option<&[u8]>, Option<&[u8]>)> = values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
+    let records: Vec<wire::KeyValue<'_>> = values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
     wire::producer_batch(pid, epoch, seq, false, TS, &records)
 }
 

@@ -15,8 +15,8 @@ Modes:
                 "out:"+value (key "<partition>:<offset>" of the input record) to the same partition
                 of --output, send_offsets_to_transaction(position), commit. Exits 0 when the group's
                 committed offsets reach the end of --input. Abortable errors: abort and seek back to
-                the committed offsets. Fenced: prints `FENCED` and exits 3. Other fatal errors: exit 4
-                (the test starts a new process). --hold-after K: in transaction K+1, after producing
+                the committed offsets. Fenced: prints `FENCED` and exits 3. Other fatal errors, or a
+                transaction stuck for TXN_STUCK_S: exit 4 (the test starts a new process). --hold-after K: in transaction K+1, after producing
                 and flushing, prints `HOLDING` and sleeps --hold-s before committing (so the test can
                 SIGSTOP or SIGKILL it inside an open transaction).
   verify        reads --output with --isolation (read_committed by default) from the beginning and
@@ -28,8 +28,12 @@ Usage: txn_pipeline.py MODE --bootstrap HOST:PORT [--topic T | --input I --outpu
 """
 
 import argparse
+import faulthandler
 import json
+import os
+import signal
 import sys
+import threading
 import time
 
 from confluent_kafka import (
@@ -48,6 +52,13 @@ EXIT_FATAL = 4
 TXN_RECORDS = 10
 HANG_RECORDS = 10
 AFTER_RECORDS = 10
+# librdkafka >= 2.10 re-bootstraps when every known broker is down (KIP-899), as during a broker
+# SIGKILL + restart on one node. In librdkafka 2.16 that can leave send_offsets_to_transaction
+# stuck past its own timeout, spinning on a decommissioned broker handle ("Handle is terminating
+# in state TRY_CONNECT") without ever sending TxnOffsetCommit: a client bug, so it is turned off.
+NO_REBOOTSTRAP = {"metadata.recovery.strategy": "none"}
+# A transaction that takes longer than this is reported as stuck and the process exits FATAL.
+TXN_STUCK_S = 90
 FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
@@ -77,7 +88,10 @@ def txn_producer(args, txn_id: str, **extra) -> Producer:
         "transaction.timeout.ms": args.txn_timeout_ms,
         "linger.ms": 5,
         "allow.auto.create.topics": False,
+        **NO_REBOOTSTRAP,
     }
+    if args.debug:
+        conf["debug"] = args.debug
     conf.update(extra)
     producer = Producer(conf)
     retrying("init_transactions", lambda: producer.init_transactions(30))
@@ -271,6 +285,12 @@ def group_done(consumer: Consumer, args, end: dict[int, int]) -> bool:
     return all(tp.offset >= end[tp.partition] for tp in committed)
 
 
+def stuck(txn: int) -> None:
+    say(f"FATAL transaction {txn} stuck for {TXN_STUCK_S} s")
+    faulthandler.dump_traceback(all_threads=False)
+    os._exit(EXIT_FATAL)
+
+
 def mode_pipeline(args) -> None:
     consumer = Consumer(
         {
@@ -284,6 +304,7 @@ def mode_pipeline(args) -> None:
             "heartbeat.interval.ms": 1000,
             "max.poll.interval.ms": 60000,
             "allow.auto.create.topics": False,
+            **NO_REBOOTSTRAP,
         }
     )
     try:
@@ -308,6 +329,10 @@ def mode_pipeline(args) -> None:
             if group_done(consumer, args, end):
                 break
             continue
+        # A watchdog, so that a call stuck past its own timeout ends as FATAL (the test starts a new
+        # process) rather than as a test timeout; the line says which transaction stuck.
+        watchdog = threading.Timer(TXN_STUCK_S, stuck, args=(txns + 1,))
+        watchdog.start()
         try:
             producer.begin_transaction()
             for m in msgs:
@@ -326,12 +351,14 @@ def mode_pipeline(args) -> None:
             positions = consumer.position(consumer.assignment())
             producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
             retrying("commit_transaction", lambda: producer.commit_transaction(30))
+            watchdog.cancel()
             txns += 1
             total += len(msgs)
             say(f"COMMITTED txn={txns} records={len(msgs)} total={total}")
             if args.slow_ms:
                 time.sleep(args.slow_ms / 1000)
         except KafkaException as e:
+            watchdog.cancel()
             err = e.args[0]
             if is_fenced(err):
                 say(f"FENCED {err}")
@@ -394,6 +421,7 @@ def main() -> None:
     p.add_argument("--hold-s", type=float, default=3.0)
     p.add_argument("--slow-ms", type=int, default=0)
     p.add_argument("--wait-s", type=float, default=60.0)
+    p.add_argument("--debug", help="librdkafka debug contexts for the transactional producer (e.g. eos,protocol)")
     p.add_argument("--isolation", default="read_committed", choices=["read_committed", "read_uncommitted"])
     args = p.parse_args()
     {
@@ -407,6 +435,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # `kill -USR1 <pid>` prints where a stuck run is.
+    faulthandler.register(signal.SIGUSR1)
     try:
         main()
     except KafkaException as e:
