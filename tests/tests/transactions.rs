@@ -254,12 +254,16 @@ fn pipeline_clean_run_is_exactly_once() {
 
 #[test]
 fn pipeline_survives_broker_sigkill_exactly_once() {
-    // Goal: the broker is SIGKILLed and restarted mid-run; the pipeline aborts, rewinds or (after
-    // a fatal error) is restarted with the same transactional.id; the committed output is exact.
+    // Goal: the broker is SIGKILLed and restarted inside a transaction; the pipeline commits it,
+    // or aborts and rewinds, or (after a fatal error) is restarted with the same
+    // transactional.id; the committed output is exact.
     let mut broker = start_broker();
     let p = prepare(&broker, "eos-broker-kill");
-    let mut first = RunningClient::spawn("pipeline-1", pipeline_cmd(&broker, &p, &["--slow-ms", "30"]));
-    first.wait_for_line("COMMITTED txn=10 ", Duration::from_secs(120));
+    // The kill lands inside transaction 11: its records are written (flushed), its offsets and
+    // commit are not; the broker must bring the open transaction back from its logs.
+    let hold = ["--slow-ms", "30", "--hold-after", "10", "--hold-s", "2"];
+    let mut first = RunningClient::spawn("pipeline-1", pipeline_cmd(&broker, &p, &hold));
+    first.wait_for_line("HOLDING", Duration::from_secs(120));
     broker.kill();
     // Not synchronisation: the broker stays down a moment, so clients see refused connections.
     std::thread::sleep(Duration::from_millis(500));
