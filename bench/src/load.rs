@@ -67,7 +67,21 @@ pub struct Workload {
     pub batch_bytes: u64,
     /// Produce everything first, then time consumers reading it back (backlog drain).
     pub drain: bool,
+    /// Idempotent producers (`enable.idempotence`); implied by transactions.
+    pub idempotence: bool,
+    /// Commit a transaction every this many messages per producer; 0 = no transactions.
+    pub transaction_messages: u64,
     pub broker_pid: Option<u32>,
+}
+
+/// Commits the producer's transaction. The rdkafka crate's `commit_transaction` flushes first,
+/// and its flush polls in 100 ms slices that each run to the end, so every commit would cost at
+/// least 100 ms of client time; deliveries are driven here in 1 ms slices instead.
+fn commit(producer: &BaseProducer<Ctx>) -> anyhow::Result<()> {
+    while producer.in_flight_count() > 0 {
+        producer.poll(Duration::from_millis(1));
+    }
+    producer.commit_transaction(Duration::from_secs(60)).context("commit_transaction")
 }
 
 struct Acks {
@@ -133,15 +147,21 @@ fn produce(w: &Workload, epoch: Instant, progress: bool) -> anyhow::Result<(Repo
     let per_producer_rate = w.rate as f64 / w.producers as f64;
     let mut threads = Vec::new();
     for id in 0..w.producers {
-        let producer: BaseProducer<Ctx> = client_config(w)
+        let mut producer = client_config(w);
+        producer
             .set("acks", &w.acks)
             .set("compression.type", &w.compression)
             .set("linger.ms", w.linger_ms.to_string())
             .set("batch.size", w.batch_bytes.to_string())
-            .set("enable.idempotence", "false")
-            .set("queue.buffering.max.kbytes", "262144")
-            .create_with_context(Ctx(acks.clone()))
-            .context("producer")?;
+            .set("enable.idempotence", (w.idempotence || w.transaction_messages > 0).to_string())
+            .set("queue.buffering.max.kbytes", "262144");
+        if w.transaction_messages > 0 {
+            producer.set("transactional.id", format!("creek-bench-{}-{id}", w.name));
+        }
+        let producer: BaseProducer<Ctx> = producer.create_with_context(Ctx(acks.clone())).context("producer")?;
+        if w.transaction_messages > 0 {
+            producer.init_transactions(Duration::from_secs(30)).context("init_transactions")?;
+        }
         let (w, acks) = (w.clone(), acks.clone());
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let mut payload = vec![b'x'; w.message_bytes.max(8)];
@@ -149,9 +169,13 @@ fn produce(w: &Workload, epoch: Instant, progress: bool) -> anyhow::Result<(Repo
             let mut key = Vec::with_capacity(24);
             let began = Instant::now();
             let mut i = 0u64;
+            let txn = w.transaction_messages;
             loop {
                 if deadline.map_or(i >= per_producer, |d| Instant::now() >= d) {
                     break;
+                }
+                if txn > 0 && i % txn == 0 {
+                    producer.begin_transaction().context("begin_transaction")?;
                 }
                 if per_producer_rate > 0.0 {
                     let due = began + Duration::from_secs_f64(i as f64 / per_producer_rate);
@@ -196,6 +220,12 @@ fn produce(w: &Workload, epoch: Instant, progress: bool) -> anyhow::Result<(Repo
                 }
                 producer.poll(Duration::ZERO);
                 i += 1;
+                if txn > 0 && i % txn == 0 {
+                    commit(&producer)?;
+                }
+            }
+            if txn > 0 && i % txn != 0 {
+                commit(&producer)?;
             }
             producer.flush(Duration::from_secs(60)).context("flush")?;
             let _ = acks;

@@ -84,6 +84,12 @@ struct RunArgs {
     linger_ms: Option<u64>,
     #[arg(long)]
     batch_bytes: Option<u64>,
+    /// true or false: idempotent producers.
+    #[arg(long)]
+    idempotence: Option<bool>,
+    /// Commit a transaction every N messages per producer (0 = none).
+    #[arg(long)]
+    transaction_messages: Option<u64>,
     /// The broker's process id, for CPU-seconds per GB and peak RSS.
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -111,7 +117,9 @@ fn workload(a: &RunArgs) -> anyhow::Result<Workload> {
         keys,
         rate,
         linger_ms,
-        batch_bytes
+        batch_bytes,
+        idempotence,
+        transaction_messages
     );
     w.duration = a.duration_s.map(Duration::from_secs);
     w.broker_pid = a.broker_pid;

@@ -6,6 +6,8 @@ use crate::load::{Keys, Workload};
 pub const PRESETS: &[(&str, &str)] = &[
     ("acks1-16p", "1 topic, 16 partitions, 1 KiB, acks=1, 1 producer: throughput and broker CPU/GB"),
     ("acks-all-16p", "as acks1-16p with acks=all (every ack after fsync)"),
+    ("idempotent-16p", "as acks-all-16p with an idempotent producer"),
+    ("txn-16p", "as idempotent-16p inside transactions of 1,000 messages (transaction cost)"),
     ("p100", "100 partitions, 1 KiB, acks=1"),
     ("p1000-keyed", "1,000 partitions, 1 KiB, round-robin over 10,000 keys, acks=1"),
     ("keyed-small", "16 partitions, 100 B records round-robin over 1,000 keys, linger 0 (small batches)"),
@@ -35,11 +37,21 @@ pub fn preset(name: &str, bootstrap: &str) -> Option<Workload> {
         linger_ms: 5,
         batch_bytes: 1 << 20,
         drain: false,
+        idempotence: false,
+        transaction_messages: 0,
         broker_pid: None,
     };
     match name {
         "acks1-16p" => {}
         "acks-all-16p" => w.acks = "all".into(),
+        "idempotent-16p" => {
+            w.acks = "all".into();
+            w.idempotence = true;
+        }
+        "txn-16p" => {
+            w.acks = "all".into();
+            w.transaction_messages = 1000;
+        }
         "p100" => w.partitions = 100,
         "p1000-keyed" => {
             w.partitions = 1000;

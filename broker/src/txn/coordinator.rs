@@ -239,14 +239,22 @@ impl TxnCoordinator {
         Ok((partition, info.last_offset + 1))
     }
 
+    /// Waits until every `(partition, end offset)` is durable; the waits are queued together so
+    /// one group-commit round covers them all.
     async fn wait_all(&self, waits: Vec<(Arc<Partition>, u64)>) -> Result<(), i16> {
+        let mut set = tokio::task::JoinSet::new();
         for (p, end) in waits {
-            self.flusher.wait_durable(p, end).await.map_err(|e| {
-                tracing::error!(error = %e, "transaction record not durable");
-                code::COORDINATOR_NOT_AVAILABLE
-            })?;
+            let flusher = self.flusher.clone();
+            set.spawn(async move { flusher.wait_durable(p, end).await });
         }
-        Ok(())
+        let mut result = Ok(());
+        while let Some(r) = set.join_next().await {
+            if let Err(e) = r.map_err(|e| e.to_string()).and_then(|r| r) {
+                tracing::error!(error = %e, "transaction record or marker not durable");
+                result = Err(code::COORDINATOR_NOT_AVAILABLE);
+            }
+        }
+        result
     }
 
     /// Waits for `waits`, then writes each set of markers and completes its transaction.
