@@ -40,7 +40,10 @@ pub(crate) struct TxnCoordinator {
     flusher: Flusher,
     groups: Arc<GroupCoordinator>,
     partitions: AtomicI32,
-    /// Transactional ids whose markers are being written now.
+    /// Transactional ids whose markers some task owns: claimed under the state lock when the
+    /// state machine asks for markers (or the ticker picks up an in-flight transaction), released
+    /// after `markers_written` or a failed write. At most one task writes a transaction's markers,
+    /// and never before its `Prepare*` record is durable. Lock order: `inner`, then `writing`.
     writing: Mutex<HashSet<String>>,
 }
 
@@ -146,8 +149,9 @@ impl TxnCoordinator {
             }
             // Markers the state machine still waits for (after a restart, or a failed write).
             let pending: Vec<Markers> = {
-                let writing = self.writing.lock();
-                self.inner.lock().in_flight().into_iter().filter(|m| !writing.contains(&m.txn_id)).collect()
+                let inner = self.inner.lock();
+                let mut writing = self.writing.lock();
+                inner.in_flight().into_iter().filter(|m| writing.insert(m.txn_id.clone())).collect()
             };
             if !pending.is_empty() {
                 let this = self.clone();
@@ -218,9 +222,19 @@ impl TxnCoordinator {
                 Effect::Persist { txn_id, value } => {
                     let key = store::key(&txn_id);
                     let value = value.as_ref().map(store::value);
-                    waits.push(self.append_record(&txn_id, &key, value.as_deref())?);
+                    match self.append_record(&txn_id, &key, value.as_deref()) {
+                        Ok(w) => waits.push(w),
+                        Err(e) => {
+                            self.release(&markers);
+                            return Err(e);
+                        }
+                    }
                 }
-                Effect::WriteMarkers(m) => markers.push(m),
+                Effect::WriteMarkers(m) => {
+                    // Claimed here, under the state lock, so the ticker cannot write them too.
+                    self.writing.lock().insert(m.txn_id.clone());
+                    markers.push(m);
+                }
             }
         }
         Ok((waits, markers))
@@ -237,6 +251,15 @@ impl TxnCoordinator {
             code::COORDINATOR_NOT_AVAILABLE
         })?;
         Ok((partition, info.last_offset + 1))
+    }
+
+    /// Gives up the claims on `markers` (their writes failed or never started); the ticker
+    /// picks the transactions up again.
+    fn release(&self, markers: &[Markers]) {
+        let mut writing = self.writing.lock();
+        for m in markers {
+            writing.remove(&m.txn_id);
+        }
     }
 
     /// Waits until every `(partition, end offset)` is durable; the waits are queued together so
@@ -264,23 +287,34 @@ impl TxnCoordinator {
         markers: Vec<Markers>,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), i16>> + Send + '_>> {
         Box::pin(async move {
-            self.wait_all(waits).await?;
-            for m in markers {
-                if !self.writing.lock().insert(m.txn_id.clone()) {
-                    continue; // another task is writing these markers
+            if let Err(e) = self.wait_all(waits).await {
+                self.release(&markers);
+                return Err(e);
+            }
+            // This task owns every entry of `markers` (claimed when produced): each is released
+            // after `markers_written`, or with the rest when a step fails.
+            for (i, m) in markers.iter().enumerate() {
+                if let Err(e) = self.write_markers(m).await {
+                    self.release(&markers[i..]);
+                    return Err(e);
                 }
-                let result = self.write_markers(&m).await;
-                self.writing.lock().remove(&m.txn_id);
-                result?;
-                let (waits, more) = {
+                let persisted = {
                     let mut inner = self.inner.lock();
                     let reply = inner.markers_written(&m.txn_id, m.producer_id, m.producer_epoch, now_ms());
+                    self.writing.lock().remove(&m.txn_id);
                     if let Err(e) = reply.answer {
                         tracing::warn!(txn = %m.txn_id, code = e, "completing a transaction after its markers");
                     }
-                    self.persist_now(reply.effects)?
+                    self.persist_now(reply.effects)
                 };
-                self.finish(waits, more).await?;
+                let result = match persisted {
+                    Ok((waits, more)) => self.finish(waits, more).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    self.release(&markers[i + 1..]);
+                    return Err(e);
+                }
             }
             Ok(())
         })
