@@ -1,4 +1,4 @@
-//! The crate's only `unsafe`: read-only file maps and `fallocate`, each behind a safe function.
+//! The crate's only `unsafe`: read-only file maps, `fallocate` and `syncfs`, each behind a safe function.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -43,4 +43,15 @@ pub(crate) fn fallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
             return Err(err);
         }
     }
+}
+
+/// `syncfs(2)` on the filesystem holding `path`: writes back every dirty page of that
+/// filesystem, waits for it, and flushes the device cache.
+pub(crate) fn sync_filesystem(path: &std::path::Path) -> std::io::Result<()> {
+    let d = File::open(path)?;
+    // SAFETY: `d` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
