@@ -11,11 +11,16 @@ use super::describe_configs::fixture;
 use super::{Outcome, code, supported};
 use crate::server::handle_frame;
 
-fn s(v: &str) -> StrBytes {
+pub(super) fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-async fn call<Req: Encodable, Resp: Decodable>(ctx: &super::Ctx, key: ApiKey, version: i16, body: &Req) -> Resp {
+pub(super) async fn call<Req: Encodable, Resp: Decodable>(
+    ctx: &super::Ctx,
+    key: ApiKey,
+    version: i16,
+    body: &Req,
+) -> Resp {
     let mut header = RequestHeader::default();
     header.request_api_key = key as i16;
     header.request_api_version = version;
@@ -32,7 +37,7 @@ async fn call<Req: Encodable, Resp: Decodable>(ctx: &super::Ctx, key: ApiKey, ve
     Resp::decode(&mut b, version).unwrap_or_else(|e| panic!("{key:?} v{version} response: {e}"))
 }
 
-fn versions(key: ApiKey) -> std::ops::RangeInclusive<i16> {
+pub(super) fn versions(key: ApiKey) -> std::ops::RangeInclusive<i16> {
     let (min, max) = supported(key).unwrap();
     min..=max
 }

@@ -233,3 +233,5 @@ mod wire_versions_test;
 
 #[cfg(test)]
 mod group_wire_test;
+#[cfg(test)]
+mod txn_wire_test;
