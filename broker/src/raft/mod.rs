@@ -27,6 +27,12 @@
 //!   signals openraft's `IOFlushed`. The vote is a state file written durably before
 //!   `save_vote` returns; truncation and purge are durable before they return.
 
+//!
+//! Not built yet: the per-segment sidecar index; bounding retention and compaction by the Raft
+//! log start; and installing a snapshot, which must also move the Kafka log end to the
+//! snapshot's next offset (Kafka's "truncate fully and start at"), since the next entry after a
+//! snapshot carries that offset and `append` refuses any other.
+
 // Nothing calls this yet: increment 2 of issue 5 (internal RPC, a Raft instance per partition)
 // wires it into the broker.
 #![allow(dead_code)]

@@ -374,3 +374,42 @@ fn membership_values_round_trip_and_corrupt_ones_are_errors() {
     huge.extend_from_slice(&u32::MAX.to_be_bytes());
     assert!(decode_membership(&huge).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_entry_is_cut_on_recovery_and_the_raft_log_ends_before_it() {
+    // Goal: after a crash that damaged the last entry on disk, recovery cuts it and the Raft
+    // log (index, last log id, reads) agrees with what is left; appends continue after it.
+    let dir = tempfile::tempdir().unwrap();
+    let entries = history();
+    {
+        let mut store = LogStore::open(dir.path(), LogConfig::default()).unwrap();
+        append(&mut store, entries.clone()).await;
+    }
+    // Flip one byte inside the records of the last entry (its CRC no longer matches).
+    let log_file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
+    let mut bytes = std::fs::read(&log_file).unwrap();
+    let needle = b"entry-9-record-1";
+    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("last entry on disk");
+    bytes[at] ^= 0x20;
+    std::fs::write(&log_file, &bytes).unwrap();
+
+    let mut store = LogStore::open(dir.path(), LogConfig::default()).unwrap();
+    assert!(same(&all_entries(&mut store).await, &entries[..9]));
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(2, 8)));
+    // A corrupt batch offered for append is refused, a good one at the same index accepted.
+    let EntryPayload::Normal(KafkaBatch(good)) = entries[9].payload.clone() else { unreachable!() };
+    let mut bad = good.to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let (tx, _rx) = TypeConfig::oneshot();
+    let bad_entry = Entry::new_normal(log_id(2, 9), KafkaBatch(Bytes::from(bad)));
+    let err = store.append(vec![bad_entry], IOFlushed::signal(tx)).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    append(&mut store, vec![entries[9].clone()]).await;
+    assert!(same(&all_entries(&mut store).await, &entries));
+}
