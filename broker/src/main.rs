@@ -5,6 +5,7 @@ mod config;
 mod flusher;
 mod group;
 mod handlers;
+mod raft;
 mod server;
 mod state;
 mod txn;

@@ -359,6 +359,72 @@ pub fn build_control_batch(
     b
 }
 
+/// Builds a non-transactional control batch (producer id -1) holding one control record whose key
+/// is (version 0, `control_type`) and whose value is `value`. Storage treats it as a plain batch
+/// (no producer state); consumers skip control batches. Internal writers use it for their own
+/// control record types; Kafka's are 0 (abort) and 1 (commit), and KRaft's 2..=6.
+pub fn build_plain_control_batch(control_type: i16, value: &[u8], timestamp: i64) -> Vec<u8> {
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&control_type.to_be_bytes());
+    let mut b = build_batch(0, timestamp, &[(Some(&key), Some(value))]);
+    let attrs = i16::from_be_bytes([b[21], b[22]]) | ATTR_CONTROL;
+    b[21..23].copy_from_slice(&attrs.to_be_bytes());
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// The single control record of an uncompressed control batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlRecord<'a> {
+    /// Key version (0 for every type Kafka defines).
+    pub version: i16,
+    /// Control record type: 0 abort, 1 commit, others by their writer.
+    pub control_type: i16,
+    /// The record's value (empty when null).
+    pub value: &'a [u8],
+}
+
+/// Reads the first record of a control batch as a [`ControlRecord`]. Errors (never panics) when
+/// the batch is not a control batch, is compressed, or its first record is malformed.
+pub fn control_record<'a>(view: &BatchView<'a>) -> Result<ControlRecord<'a>, BatchError> {
+    let bad = BatchError::Inconsistent;
+    if !view.is_control() {
+        return Err(bad("not a control batch"));
+    }
+    if view.compression() != Compression::None {
+        return Err(bad("compressed control batch"));
+    }
+    let b = view.records();
+    let mut at = 0usize;
+    let varint = |at: &mut usize| -> Result<i64, BatchError> {
+        let (v, n) = read_varint(b.get(*at..).unwrap_or(&[])).ok_or(bad("truncated control record"))?;
+        *at += n;
+        Ok(v)
+    };
+    let _len = varint(&mut at)?;
+    at += 1; // record attributes
+    let _timestamp_delta = varint(&mut at)?;
+    let _offset_delta = varint(&mut at)?;
+    let key_len = varint(&mut at)?;
+    if !(4..=i64::from(i32::MAX)).contains(&key_len) {
+        return Err(bad("control key shorter than 4 bytes"));
+    }
+    let key = b.get(at..at.saturating_add(key_len as usize)).ok_or(bad("truncated control key"))?;
+    at += key_len as usize;
+    let value_len = varint(&mut at)?;
+    let value = if value_len < 0 {
+        &[][..]
+    } else {
+        b.get(at..at.saturating_add(value_len as usize)).ok_or(bad("truncated control value"))?
+    };
+    Ok(ControlRecord {
+        version: i16::from_be_bytes([key[0], key[1]]),
+        control_type: i16::from_be_bytes([key[2], key[3]]),
+        value,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +460,29 @@ mod tests {
         assert!(matches!(BatchView::new(&b).unwrap().verify_crc(), Err(BatchError::CrcMismatch { .. })));
         b[16] = 1;
         assert_eq!(BatchView::new(&b).unwrap_err(), BatchError::UnsupportedMagic(1));
+    }
+
+    #[test]
+    fn plain_control_batch_round_trips_and_refuses_garbage() {
+        let b = build_plain_control_batch(100, b"payload", 5);
+        let v = BatchView::new(&b).unwrap();
+        v.verify_crc().unwrap();
+        v.validate_for_produce().unwrap();
+        assert!(v.is_control() && !v.is_transactional());
+        assert_eq!((v.producer_id(), v.records_count()), (-1, 1));
+        let r = control_record(&v).unwrap();
+        assert_eq!(r, ControlRecord { version: 0, control_type: 100, value: b"payload" });
+        let marker = build_control_batch(7, 0, true, 3, 5);
+        let r = control_record(&BatchView::new(&marker).unwrap()).unwrap();
+        assert_eq!((r.version, r.control_type, r.value.len()), (0, 1, 6));
+        let plain = build_batch(0, 0, &[(Some(b"k"), Some(b"v"))]);
+        assert!(control_record(&BatchView::new(&plain).unwrap()).is_err());
+        let mut cut = b.clone();
+        let total = cut.len();
+        cut.truncate(total - 4);
+        let n = (cut.len() - LOG_OVERHEAD) as i32;
+        cut[8..12].copy_from_slice(&n.to_be_bytes());
+        assert!(control_record(&BatchView::new(&cut).unwrap()).is_err());
     }
 
     #[test]

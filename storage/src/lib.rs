@@ -23,7 +23,8 @@
 //! On disk, per partition directory: `{base_offset:020}.log` (batches), `.index` (sparse
 //! relative offset → position), `.timeindex` (sparse max timestamp → relative offset), and the
 //! checkpoints `recovery-point`, `log-start-offset`, `leader-epoch-checkpoint`,
-//! `cleaner-checkpoint` (compaction progress), plus `clean-shutdown` while closed cleanly. A
+//! `cleaner-checkpoint` (compaction progress), plus `clean-shutdown` while closed cleanly, and the
+//! caller's opaque `{name}.state` files ([`PartitionLog::write_state_file`]). A
 //! compaction in flight leaves `*.cleaned` files and, between its commit point and its end,
 //! `cleaner-swap`; recovery finishes or discards them.
 //!
@@ -939,10 +940,43 @@ impl PartitionLog {
         sync_dir(&self.dir)
     }
 
+    /// Replaces the caller-owned state file `name` (stored as `{name}.state` in the log
+    /// directory) with `contents`, durably: written to a temporary file, fsynced, renamed and the
+    /// directory fsynced before it returns, so after a crash it holds the old or the new contents,
+    /// never a mix. For small, rarely written state that belongs with the log (a replication
+    /// layer's vote, say); storage never interprets it. `name` is lowercase ASCII letters, digits
+    /// and `-`, at most 64 bytes.
+    pub fn write_state_file(&self, name: &str, contents: &[u8]) -> Result<(), StorageError> {
+        checkpoint::write_file_atomic(&self.dir, &state_file_name(name), contents)?;
+        sync_dir(&self.dir)
+    }
+
+    /// The contents of the state file `name` (see [`PartitionLog::write_state_file`]); `None` if
+    /// it was never written.
+    pub fn read_state_file(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let path = self.dir.join(state_file_name(name));
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
     /// Removes the directory and all its files. Bytes already handed out stay readable.
     pub fn delete(self) -> Result<(), StorageError> {
         let dir = self.dir.clone();
         drop(self);
         std::fs::remove_dir_all(&dir).map_err(io_err(&dir))
     }
+}
+
+/// The file name of a caller-owned state file; a bad name is a caller bug, not an operating error.
+fn state_file_name(name: &str) -> String {
+    assert!(
+        !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+        "bad state file name {name:?}"
+    );
+    format!("{name}.state")
 }

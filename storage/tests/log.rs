@@ -337,3 +337,31 @@ fn new_epochs_survive_a_crash_without_an_fsync_on_the_append_path() {
         assert_eq!(log.end_offset_for_epoch(3), Some((3, log.log_end_offset())));
     }
 }
+
+#[test]
+fn state_files_survive_reopen_and_a_crash_and_are_replaced_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small(), 0).unwrap();
+    assert_eq!(log.read_state_file("vote").unwrap(), None);
+    log.write_state_file("vote", b"first").unwrap();
+    log.write_state_file("vote", b"second").unwrap();
+    log.write_state_file("other-1", b"x").unwrap();
+    fill(&mut log, 3);
+    drop(log); // crash: no close
+    let log = PartitionLog::open(dir.path(), small(), 0).unwrap();
+    assert_eq!(log.read_state_file("vote").unwrap().as_deref(), Some(&b"second"[..]));
+    assert_eq!(log.read_state_file("other-1").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(log.log_end_offset(), 9, "state files do not disturb recovery");
+    assert!(files(dir.path(), "tmp").is_empty());
+    log.close().unwrap();
+    let log = PartitionLog::open(dir.path(), small(), 0).unwrap();
+    assert_eq!(log.read_state_file("vote").unwrap().as_deref(), Some(&b"second"[..]));
+}
+
+#[test]
+#[should_panic(expected = "bad state file name")]
+fn state_file_names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), small(), 0).unwrap();
+    let _ = log.write_state_file("../escape", b"x");
+}

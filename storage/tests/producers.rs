@@ -100,7 +100,7 @@ fn aborted_transactions_are_indexed_and_bound_the_stable_offset_across_reopens()
         Err(StorageError::Producer(ProducerError::InvalidEpoch { .. }))
     ));
     drop(log); // crash
-    let mut log = PartitionLog::open(dir.path(), small(), T0).unwrap();
+    let log = PartitionLog::open(dir.path(), small(), T0).unwrap();
     assert_eq!(log.aborted_transactions(0, log.log_end_offset()), all);
     assert_eq!(log.aborted_transactions(f2, a2), all[1..]);
     log.close().unwrap();

@@ -1,0 +1,78 @@
+//! Raft for partitions (issue 5): openraft's type configuration and its log storage on the segment store.
+//!
+//! Decision 2 of DESIGN.md: one Raft group per partition, and the partition log *is* the Raft
+//! log. This module is the only place that names openraft; everything else in the broker will
+//! talk to it through the types here.
+//!
+//! How a Raft log maps onto a Kafka partition log ([`log_store`] holds the details):
+//! - **One entry is one record batch.** A normal entry's payload is the batch ([`KafkaBatch`]),
+//!   with the `baseOffset` the leader assigned already in it; the store refuses a batch whose
+//!   offset is not the log end, so leader and followers hold the same offsets with no
+//!   translation layer. openraft's blank and membership entries are control batches (producer
+//!   id -1, not transactional) with Creek's control record types [`log_store::CONTROL_TYPE_BLANK`]
+//!   and [`log_store::CONTROL_TYPE_MEMBERSHIP`]; like a transaction marker each takes one offset and
+//!   consumers skip it.
+//! - **Term = `partitionLeaderEpoch`.** The leader id is openraft's `leader_id_std` (a committed
+//!   leader is just its term), so a batch header carries the whole log id but the index.
+//! - **Index = ordinal.** Raft index `first_index + k` is the `k`-th batch at or after the Kafka
+//!   offset where the Raft log starts (`raft-log-start.state`, rewritten durably on purge). An
+//!   in-memory index (base offset and term per entry) is rebuilt on open by reading the batch
+//!   headers from there; a per-segment sidecar replaces that scan in a later increment.
+//! - **Purge moves only the Raft log start.** The batches stay readable by Kafka consumers until
+//!   retention deletes them. Compaction and retention must stay below the Raft log start (the
+//!   purged point): entries there are never needed by openraft again. Opening a log whose Kafka
+//!   log start has passed the Raft log start is refused.
+//! - **Durability (decision 5).** `append` writes the batches and returns; a per-store flusher
+//!   task fsyncs (one fsync for every append queued behind it: group commit) and only then
+//!   signals openraft's `IOFlushed`. The vote is a state file written durably before
+//!   `save_vote` returns; truncation and purge are durable before they return.
+
+//!
+//! Not built yet: the per-segment sidecar index; bounding retention and compaction by the Raft
+//! log start; and installing a snapshot, which must also move the Kafka log end to the
+//! snapshot's next offset (Kafka's "truncate fully and start at"), since the next entry after a
+//! snapshot carries that offset and `append` refuses any other.
+
+// Nothing calls this yet: increment 2 of issue 5 (internal RPC, a Raft instance per partition)
+// wires it into the broker.
+#![allow(dead_code)]
+
+pub(crate) mod log_store;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use bytes::Bytes;
+use creek_protocol::batch::BatchView;
+
+openraft::declare_raft_types!(
+    /// Creek's openraft configuration: node ids are broker ids, terms are leader epochs.
+    pub(crate) TypeConfig:
+        D = KafkaBatch,
+        R = (),
+        NodeId = u64,
+        Node = openraft::impls::BasicNode,
+        Term = u64,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
+);
+
+/// A normal Raft entry's payload: one whole RecordBatch v2, `baseOffset` already stamped by the
+/// leader. Cloning is cheap (shared bytes, zero-copy from the segment map when read back).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct KafkaBatch(pub(crate) Bytes);
+
+impl fmt::Debug for KafkaBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for KafkaBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match BatchView::new(&self.0) {
+            Ok(v) => write!(f, "batch(offsets {}..={}, {} bytes)", v.base_offset(), v.last_offset(), self.0.len()),
+            Err(_) => write!(f, "batch(invalid, {} bytes)", self.0.len()),
+        }
+    }
+}
