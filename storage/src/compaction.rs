@@ -22,9 +22,17 @@
 //! rebuilt from the data. Dropped batches leave offset gaps; a
 //! read at an offset in a gap returns the next batch, as in Kafka. Gaps can only lie below the
 //! persisted `gap_limit`, so recovery still refuses misnumbered batches everywhere else.
-//! Kept as-is, never decoded for removal: control batches, transactional batches (transactions
-//! come later), keyless records, and any batch that cannot be decoded within
-//! `compaction_decompressed_bytes_max` (never drop data we cannot reason about).
+//! Kept as-is, never decoded for removal: control batches (transaction markers), keyless
+//! records, and any batch that cannot be decoded within `compaction_decompressed_bytes_max`
+//! (never drop data we cannot reason about).
+//!
+//! Transactions. Only segments wholly below the first unstable offset are cleaned, so every
+//! transactional batch the cleaner sees has ended. A batch of a committed transaction is cleaned
+//! like any other (its records count in the offset map and can be superseded); a batch of an
+//! aborted transaction (its producer id and offset inside an entry of the aborted index) loses
+//! all its records, and its keys never enter the map, so aborted records can never shadow
+//! committed ones. Markers stay, so `read_committed` readers and producer-state replay still
+//! see every transaction end.
 //!
 //! Codecs: gzip, snappy and lz4 batches are re-compressed with their own codec; zstd batches are
 //! written uncompressed (we only decode zstd; `ruzstd`'s encoder is young), which is legal since
@@ -251,6 +259,8 @@ pub struct CompactionJob {
     state: CleanerState,
     dirty_start: u64,
     segments: Vec<SegmentSnapshot>,
+    /// Aborted transactions overlapping the snapshot (their batches are removed).
+    aborted: Vec<crate::AbortedTxn>,
     guard: BusyGuard,
 }
 
@@ -332,10 +342,18 @@ impl CompactionJob {
     }
 
     fn decode<'a>(&self, v: BatchView<'a>) -> Option<DecodedBatch<'a>> {
-        if v.is_control() || v.is_transactional() {
+        if v.is_control() || self.is_aborted(&v) {
             return None;
         }
         DecodedBatch::new(v, self.config.compaction_decompressed_bytes_max).ok()
+    }
+
+    /// A data batch of a transaction that ended with an abort.
+    fn is_aborted(&self, v: &BatchView<'_>) -> bool {
+        let (pid, base) = (v.producer_id(), v.base_offset() as u64);
+        v.is_transactional()
+            && !v.is_control()
+            && self.aborted.iter().any(|a| a.producer_id == pid && a.first_offset <= base && base < a.last_offset)
     }
 
     /// Key → latest offset over the dirty region, within the memory cap. Returns the map and the
@@ -394,6 +412,10 @@ impl CompactionJob {
         stats: &mut CompactionStats,
         due: &mut Option<i64>,
     ) -> Filtered {
+        if self.is_aborted(v) {
+            stats.records_removed += v.records_count().max(0) as u64;
+            return Filtered::Empty;
+        }
         let Some(d) = self.decode(*v) else {
             return Filtered::Keep;
         };
@@ -629,8 +651,11 @@ impl PartitionLog {
             return Ok(None);
         }
         let sealed = &self.segments[..self.segments.len() - 1];
+        // Open transactions are not cleaned: only segments wholly below the first unstable offset.
+        let stable_end = self.first_unstable_offset().unwrap_or(u64::MAX);
         let lag_ok = |s: &Segment| {
-            c.min_compaction_lag_ms <= 0 || s.max_timestamp <= now_ms.saturating_sub(c.min_compaction_lag_ms)
+            s.next_offset <= stable_end
+                && (c.min_compaction_lag_ms <= 0 || s.max_timestamp <= now_ms.saturating_sub(c.min_compaction_lag_ms))
         };
         let n = sealed.iter().take_while(|s| lag_ok(s)).count();
         if n == 0 {
@@ -672,6 +697,7 @@ impl PartitionLog {
                     file: s.file.clone(),
                 })
                 .collect(),
+            aborted: self.aborted_transactions(segs[0].base_offset, dirty_end),
             guard: BusyGuard(self.cleaner_busy.clone()),
         }))
     }
