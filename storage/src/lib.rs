@@ -114,6 +114,9 @@ pub struct LogConfig {
     /// `producer.id.expiration.ms`: producer state idle this long (by batch timestamps) is
     /// dropped, unless it has a transaction open.
     pub producer_id_expiration_ms: i64,
+    /// Most producers whose state one partition keeps; beyond it the longest idle are forgotten
+    /// (see `ProducerState::bound`), so invented producer ids cannot exhaust memory.
+    pub producer_state_max_entries: usize,
 }
 
 impl Default for LogConfig {
@@ -135,6 +138,7 @@ impl Default for LogConfig {
             compaction_map_bytes_max: 64 << 20,
             compaction_decompressed_bytes_max: 64 << 20,
             producer_id_expiration_ms: 24 * 60 * 60 * 1000,
+            producer_state_max_entries: 10_000,
         }
     }
 }
@@ -386,6 +390,7 @@ impl PartitionLog {
                 let v = BatchView::new(&batches[info.pos as usize..(info.pos + info.len) as usize])?;
                 self.producers.apply(&v, info.base, info.last, segment_base);
             }
+            self.producers.bound(self.config.producer_state_max_entries);
         }
         Ok(AppendInfo {
             base_offset: base,

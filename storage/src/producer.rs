@@ -333,6 +333,29 @@ impl ProducerState {
         self.aborted = self.aborted.split_off(&first_segment_base);
     }
 
+    /// Keeps at most `max` producers: beyond it, the tenth of them idle longest (by batch
+    /// timestamps, never one with an open transaction) is forgotten at once, so a client
+    /// inventing producer ids cannot grow this without bound, at an amortised O(log n) per new
+    /// producer. A forgotten producer's next batch is refused as unknown unless it starts again
+    /// at sequence 0, as after expiry.
+    pub(crate) fn bound(&mut self, max: usize) -> usize {
+        if self.producers.len() <= max {
+            return 0;
+        }
+        let mut idle: Vec<(i64, i64)> = self
+            .producers
+            .iter()
+            .filter(|(_, e)| e.txn_first_offset.is_none())
+            .map(|(&p, e)| (e.last_timestamp, p))
+            .collect();
+        idle.sort_unstable();
+        let n = (self.producers.len() - max + max / 10).min(idle.len());
+        for &(_, pid) in &idle[..n] {
+            self.producers.remove(&pid);
+        }
+        n
+    }
+
     /// Removes producers idle longer than `expiration_ms` (by their batches' timestamps) that
     /// have no open transaction. Their next batch gets `UnknownProducer` unless it starts a new
     /// sequence at 0.
@@ -640,6 +663,23 @@ mod tests {
         let idx = vec![AbortedTxn { producer_id: 1, first_offset: 2, last_offset: 3 }];
         assert_eq!(decode_txn_index(&encode_txn_index(&idx)).unwrap(), idx);
         assert!(decode_txn_index(&encode_txn_index(&idx)[1..]).is_none());
+    }
+
+    #[test]
+    fn the_number_of_producers_is_bounded_oldest_idle_first() {
+        let mut s = ProducerState::default();
+        for pid in 0..100 {
+            let mut b = batch(pid, 0, 0, 1, pid == 0);
+            b[35..43].copy_from_slice(&(1_000 + pid).to_be_bytes()); // maxTimestamp grows with pid
+            let crc = creek_protocol::batch::crc32c(&b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            apply(&mut s, &b, pid as u64);
+        }
+        assert_eq!(s.bound(100), 0);
+        assert_eq!(s.bound(50), 55, "down to the cap minus a tenth of it");
+        assert_eq!(s.producers.len(), 45);
+        assert!(s.producers.contains_key(&0), "an open transaction is never forgotten");
+        assert!(!s.producers.contains_key(&1) && s.producers.contains_key(&99), "the oldest idle go first");
     }
 
     #[test]
