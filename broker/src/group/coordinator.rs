@@ -591,6 +591,12 @@ impl GroupCoordinator {
         response
     }
 
+    /// Whether `group` is a KIP-848 consumer group (DescribeGroups answers GROUP_ID_NOT_FOUND
+    /// for those, as Kafka does, so admin clients fall back to ConsumerGroupDescribe).
+    pub(crate) fn is_consumer_group(&self, group: &str) -> bool {
+        self.inner.lock().consumer.state(group).is_some()
+    }
+
     /// ConsumerGroupDescribe, one result per id.
     pub(crate) fn consumer_describe(&self, ids: &[String]) -> Vec<DescribeResult> {
         let ids_ref: Vec<&str> = ids.iter().map(String::as_str).collect();

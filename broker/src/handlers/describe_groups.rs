@@ -1,5 +1,7 @@
 //! DescribeGroups: state, protocol and members (with metadata and assignment once Stable).
-//! An unknown group is reported as Dead, as Kafka does.
+//! An unknown group is reported as Dead, as Kafka does; a KIP-848 consumer group is Dead with
+//! GROUP_ID_NOT_FOUND, as Kafka 4 answers, which tells admin clients to use
+//! ConsumerGroupDescribe for it.
 
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse, GroupId};
@@ -19,6 +21,10 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DescribeGroupsRequest>) -> Op
         match ctx.groups.check(&group) {
             Err(e) => {
                 g.error_code = e;
+                g.group_state = str_bytes("Dead");
+            }
+            Ok(()) if ctx.groups.is_consumer_group(&group) => {
+                g.error_code = super::code::GROUP_ID_NOT_FOUND;
                 g.group_state = str_bytes("Dead");
             }
             Ok(()) => {

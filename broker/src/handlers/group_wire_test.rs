@@ -308,3 +308,31 @@ async fn offsets_expire_after_retention_and_survive_a_reload() {
     assert_eq!((c.offset, c.leader_epoch, c.metadata.as_str()), (9, 2, "m"));
     drop(dir);
 }
+
+#[tokio::test]
+async fn describe_groups_sends_consumer_groups_to_consumer_group_describe() {
+    // Goal: as Kafka 4 does, DescribeGroups answers a KIP-848 group with GROUP_ID_NOT_FOUND (so
+    // admin clients retry with ConsumerGroupDescribe), and ConsumerGroupDescribe describes it.
+    let (ctx, _dir) = fixture::broker(&[]);
+    ctx.groups.start().unwrap();
+    ctx.broker.create_topic("t", 2, BTreeMap::new()).unwrap();
+    let mut hb = ConsumerGroupHeartbeatRequest::default();
+    hb.group_id = GroupId(s("kip848"));
+    hb.member_id = s("m1");
+    hb.member_epoch = 0;
+    hb.rebalance_timeout_ms = 30_000;
+    hb.subscribed_topic_names = Some(vec![TopicName(s("t"))]);
+    hb.topic_partitions = Some(Vec::new());
+    let r: ConsumerGroupHeartbeatResponse = call(&ctx, ApiKey::ConsumerGroupHeartbeat, 0, &hb).await;
+    assert_eq!(r.error_code, 0);
+    for v in versions(ApiKey::DescribeGroups) {
+        let mut req = DescribeGroupsRequest::default();
+        req.groups = vec![GroupId(s("kip848"))];
+        let r: DescribeGroupsResponse = call(&ctx, ApiKey::DescribeGroups, v, &req).await;
+        assert_eq!((r.groups[0].error_code, r.groups[0].group_state.as_str()), (code::GROUP_ID_NOT_FOUND, "Dead"));
+    }
+    let mut req = ConsumerGroupDescribeRequest::default();
+    req.group_ids = vec![GroupId(s("kip848"))];
+    let r: ConsumerGroupDescribeResponse = call(&ctx, ApiKey::ConsumerGroupDescribe, 0, &req).await;
+    assert_eq!((r.groups[0].error_code, r.groups[0].members.len()), (0, 1));
+}
