@@ -1229,7 +1229,6 @@ impl ConsumerGroups {
 
     /// OffsetFetch with a member (KIP-848 `require_stable` fetches): epoch -1 means no member
     /// check.
-    #[cfg_attr(not(test), allow(dead_code))] // OffsetFetch v9 member checks are not wired yet
     pub(crate) fn validate_offset_fetch(
         &self,
         group_id: &str,

@@ -591,6 +591,16 @@ impl GroupCoordinator {
         response
     }
 
+    /// OffsetFetch v9+ with a member of a KIP-848 group: the member must exist at that epoch
+    /// (UNKNOWN_MEMBER_ID / STALE_MEMBER_EPOCH otherwise). Other groups are not checked.
+    pub(crate) fn check_fetch_member(&self, group: &str, member_id: &str, member_epoch: i32) -> Result<(), i16> {
+        let inner = self.inner.lock();
+        if inner.consumer.state(group).is_none() {
+            return Ok(());
+        }
+        inner.consumer.validate_offset_fetch(group, member_id, member_epoch).map_err(|(code, _)| code)
+    }
+
     /// Whether `group` is a KIP-848 consumer group (DescribeGroups answers GROUP_ID_NOT_FOUND
     /// for those, as Kafka does, so admin clients fall back to ConsumerGroupDescribe).
     pub(crate) fn is_consumer_group(&self, group: &str) -> bool {

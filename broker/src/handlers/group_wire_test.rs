@@ -335,4 +335,21 @@ async fn describe_groups_sends_consumer_groups_to_consumer_group_describe() {
     req.group_ids = vec![GroupId(s("kip848"))];
     let r: ConsumerGroupDescribeResponse = call(&ctx, ApiKey::ConsumerGroupDescribe, 0, &req).await;
     assert_eq!((r.groups[0].error_code, r.groups[0].members.len()), (0, 1));
+    let epoch = r.groups[0].members[0].member_epoch;
+
+    // OffsetFetch v9 checks the fetching member's id and epoch.
+    for (member, member_epoch, want) in [
+        ("m1", epoch, code::NONE),
+        ("m1", epoch + 1, crate::group::consumer::codes::STALE_MEMBER_EPOCH),
+        ("ghost", epoch, code::UNKNOWN_MEMBER_ID),
+    ] {
+        let mut g = offset_fetch_request::OffsetFetchRequestGroup::default();
+        g.group_id = GroupId(s("kip848"));
+        g.member_id = Some(s(member));
+        g.member_epoch = member_epoch;
+        let mut req = OffsetFetchRequest::default();
+        req.groups = vec![g];
+        let r: OffsetFetchResponse = call(&ctx, ApiKey::OffsetFetch, 9, &req).await;
+        assert_eq!(r.groups[0].error_code, want, "{member} at epoch {member_epoch}");
+    }
 }

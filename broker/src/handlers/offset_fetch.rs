@@ -30,7 +30,12 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetFetchRequest>) -> Optio
                 g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
             let mut rg = OffsetFetchResponseGroup::default();
             rg.group_id = GroupId(str_bytes(group.clone()));
-            match fetch(ctx, &group, wanted) {
+            // v9 (KIP-848): a consumer group member fetches with its id and epoch.
+            let member = match &g.member_id {
+                Some(m) if version >= 9 => ctx.groups.check_fetch_member(&group, m, g.member_epoch),
+                _ => Ok(()),
+            };
+            match member.and_then(|()| fetch(ctx, &group, wanted)) {
                 Err(e) => rg.error_code = e,
                 Ok(topics) => {
                     rg.topics = topics
