@@ -129,7 +129,7 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     let flusher = flusher::Flusher::start();
     let groups = group::coordinator::GroupCoordinator::new(broker.clone(), flusher.clone());
     let txns = txn::coordinator::TxnCoordinator::new(broker.clone(), flusher.clone(), groups.clone());
-    let ctx = handlers::Ctx { broker: broker.clone(), flusher, groups: groups.clone(), txns: txns.clone() };
+    let ctx = handlers::Ctx { broker: broker.clone(), flusher, groups: groups.clone(), txns: txns.clone(), peer: None };
     let bg = tokio::spawn(flusher::background(broker.clone(), stop_rx.clone()));
     // Group requests get COORDINATOR_LOAD_IN_PROGRESS until __consumer_offsets is replayed.
     let (loading, loading_txns) = (groups.clone(), txns.clone());

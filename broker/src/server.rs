@@ -62,6 +62,7 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
     budget: Arc<FrameBudget>,
 ) -> std::io::Result<()> {
+    let ctx = Ctx { peer: Some(peer), ..ctx };
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     // A read-only setting, fixed for the broker's lifetime.

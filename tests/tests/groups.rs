@@ -133,3 +133,39 @@ fn kafkajs_group_shares_partitions_and_commits() {
     let line = tools::run_client_ok("kafkajs-group", cmd, CLIENT_LIMIT);
     assert!(line.contains("delivered="), "{line}");
 }
+
+#[test]
+fn describe_groups_shows_each_member_s_client_host() {
+    use creek_tests::wire::Wire;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let broker = CreekProcess::start(BROKER);
+    let mut w = Wire::connect(broker.bootstrap());
+    let mut join = JoinGroupRequest::default();
+    join.group_id = GroupId(StrBytes::from_static_str("hosts"));
+    join.session_timeout_ms = 10_000;
+    join.rebalance_timeout_ms = 10_000;
+    join.protocol_type = StrBytes::from_static_str("consumer");
+    let mut p = JoinGroupRequestProtocol::default();
+    p.name = StrBytes::from_static_str("range");
+    join.protocols = vec![p];
+    // The coordinator may still be loading right after start: retry like clients do.
+    let mut r: JoinGroupResponse = w.call(ApiKey::JoinGroup, 5, &join);
+    for _ in 0..50 {
+        if r.error_code != 14 && r.error_code != 15 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        r = w.call(ApiKey::JoinGroup, 5, &join);
+    }
+    assert_eq!(r.error_code, 79, "v4+ first asks for a member id");
+    join.member_id = r.member_id.clone();
+    let r: JoinGroupResponse = w.call(ApiKey::JoinGroup, 5, &join);
+    assert_eq!(r.error_code, 0);
+    let mut req = DescribeGroupsRequest::default();
+    req.groups = vec![GroupId(StrBytes::from_static_str("hosts"))];
+    let d: DescribeGroupsResponse = w.call(ApiKey::DescribeGroups, 5, &req);
+    let hosts: Vec<&str> = d.groups[0].members.iter().map(|m| m.client_host.as_str()).collect();
+    assert_eq!(hosts, vec!["/127.0.0.1"]);
+}

@@ -26,7 +26,7 @@ pub(super) async fn handle(
         server_assignor: b.server_assignor.map(|s| s.to_string()),
         owned_partitions: b.topic_partitions.map(|v| v.into_iter().map(|tp| (tp.topic_id, tp.partitions)).collect()),
         client_id: req.header.client_id.clone().unwrap_or_default(),
-        client_host: String::new(),
+        client_host: ctx.client_host(),
     };
     let r = ctx.groups.consumer_heartbeat(hb).await;
     let mut resp = ConsumerGroupHeartbeatResponse::default();

@@ -197,7 +197,7 @@ pub(super) mod fixture {
         // Group tests call `ctx.groups.start()`; others see no `__consumer_offsets`.
         let groups = crate::group::coordinator::GroupCoordinator::new(broker.clone(), flusher.clone());
         let txns = crate::txn::coordinator::TxnCoordinator::new(broker.clone(), flusher.clone(), groups.clone());
-        (Ctx { broker, flusher, groups, txns }, dir)
+        (Ctx { broker, flusher, groups, txns, peer: None }, dir)
     }
 
     pub(in crate::handlers) fn request<T>(key: ApiKey, version: i16, body: T) -> Request<T> {

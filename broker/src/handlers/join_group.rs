@@ -22,8 +22,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<JoinGroupRequest>) -> Option<
             member_id: b.member_id.to_string(),
             instance_id: b.group_instance_id.as_ref().map(|s| s.to_string()),
             client_id,
-            // The connection's peer address does not reach handlers yet.
-            client_host: String::new(),
+            client_host: ctx.client_host(),
             session_timeout_ms: b.session_timeout_ms,
             // v0 has no rebalance timeout: Kafka uses the session timeout.
             rebalance_timeout_ms: if version == 0 { b.session_timeout_ms } else { b.rebalance_timeout_ms },

@@ -106,6 +106,15 @@ pub(crate) struct Ctx {
     pub(crate) flusher: Flusher,
     pub(crate) groups: Arc<GroupCoordinator>,
     pub(crate) txns: Arc<TxnCoordinator>,
+    /// The client's address, set per connection (`None` outside a connection, in tests).
+    pub(crate) peer: Option<std::net::SocketAddr>,
+}
+
+impl Ctx {
+    /// The client host as Kafka shows it in group descriptions: `/` and the peer's IP.
+    pub(crate) fn client_host(&self) -> String {
+        self.peer.map(|p| format!("/{}", p.ip())).unwrap_or_default()
+    }
 }
 
 /// A decoded request with its header and the frame it was decoded from (Produce reclaims the
