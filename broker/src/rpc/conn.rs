@@ -181,7 +181,9 @@ async fn writer(inner: &Inner, peer: &Peer, generation: u64, wake: &Notify, mut 
             continue;
         }
         let chunks = wire::encode_batch(&batch);
-        let written = write_chunks(&mut wr, &chunks).await?;
+        let written = tokio::time::timeout(inner.limits.write_timeout, write_chunks(&mut wr, &chunks))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "writing a batch frame timed out"))??;
         let s = &inner.stats;
         s.messages_sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
         s.frames_written.fetch_add(1, Ordering::Relaxed);

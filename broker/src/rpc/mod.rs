@@ -18,7 +18,8 @@
 //! - **Bounds.** The queue is capped in messages and bytes, calls awaiting an answer in number;
 //!   a full queue fails fast with [`RpcError::QueueFull`] (Raft retries). Frames are capped at
 //!   [`Limits::frame_bytes_max`]; a connection holds at most [`Limits::receive_bytes_max`] of
-//!   received frames and [`Limits::handlers_max`] running handlers, then stops reading.
+//!   received frames and [`Limits::handlers_max`] running handlers, then stops reading. A frame
+//!   not written within [`Limits::write_timeout`] closes the connection.
 //! - **Down peers.** With no connection to a peer, `send` and `call` fail at once with
 //!   [`RpcError::PeerUnavailable`]; nothing is queued for later. When a connection drops, its
 //!   queued messages are dropped and its calls fail with [`RpcError::ConnectionLost`].
@@ -129,6 +130,9 @@ pub(crate) struct Limits {
     pub(crate) handshakes_max: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    /// A batch frame not written within this closes the connection (a peer that stopped reading,
+    /// or a half-open connection), failing its calls.
+    pub(crate) write_timeout: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
 }
@@ -146,6 +150,7 @@ impl Default for Limits {
             handshakes_max: 64,
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
         }

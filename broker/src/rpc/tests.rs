@@ -120,6 +120,7 @@ async fn three_nodes_answer_20000_concurrent_calls_across_200_groups_in_batches(
         frames += s.frames_written;
     }
     assert_eq!(messages, 40_000, "every request and every response was sent once");
+    eprintln!("{messages} messages in {frames} frames");
     assert!(frames < messages / 2, "{messages} messages went out in {frames} frames: batching did not happen");
     for n in &nodes {
         n.shutdown().await;
@@ -177,6 +178,45 @@ async fn a_restarted_peer_is_reconnected_without_intervention() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_fail_when_the_connection_drops() {
+    let addrs = free_addrs(2);
+    let (a, _) = start_node(1, &addrs, Limits::default()).await;
+    let (b, _) = start_node(2, &addrs, Limits::default()).await;
+    wait_connected(&[&a, &b]).await;
+    let started = Instant::now();
+    let call = tokio::spawn({
+        let a = a.clone();
+        async move { a.call(2, GroupId(1), KIND_SLOW, Bytes::new(), Duration::from_secs(20)).await }
+    });
+    wait_until("the request reached b", || b.stats().messages_received == 1).await;
+    b.shutdown().await;
+    assert_eq!(call.await.unwrap(), Err(RpcError::ConnectionLost(2)));
+    assert!(started.elapsed() < Duration::from_secs(10), "failed by the drop, not by the timeout");
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stalled_peer_is_cut_off_by_the_write_timeout() {
+    let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addrs = vec![free_addrs(1)[0], fake.local_addr().unwrap()];
+    let limits = Limits { write_timeout: Duration::from_millis(300), ..Limits::default() };
+    let (a, _) = start_node(1, &addrs, limits).await;
+    let _stalled = stalled_peer(fake, 2).await;
+    wait_until("connected to the stalled peer", || a.is_connected(2)).await;
+    let payload = Bytes::from(vec![1u8; 1 << 20]);
+    // Enough to fill the socket buffers, so a write blocks.
+    for _ in 0..40 {
+        if a.send(2, GroupId(1), MessageKind(1), payload.clone()).is_err() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    wait_until("the stalled connection is dropped", || !a.is_connected(2)).await;
+    assert_eq!(a.queued_bytes(2), 0, "its queue was dropped with it");
+    a.shutdown().await;
+}
+
 /// A peer that completes the handshake as node `id` and then never reads.
 async fn stalled_peer(listener: TcpListener, id: NodeId) -> TcpStream {
     let (mut s, _) = listener.accept().await.unwrap();
@@ -232,10 +272,23 @@ async fn assert_closed(mut s: TcpStream, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bytes_on_the_listener_close_the_connection_and_good_peers_still_connect() {
     let addrs = free_addrs(2);
-    let limits = Limits { handshake_timeout: Duration::from_millis(300), ..Limits::default() };
+    let limits = Limits { handshake_timeout: Duration::from_millis(1000), handshakes_max: 4, ..Limits::default() };
     let (n2, _) = start_node(2, &addrs, limits).await;
     let target = addrs[1];
     let connect = || TcpStream::connect(target);
+
+    // Silent connections hold handshake slots until the timeout; past the limit they are closed
+    // at once.
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(connect().await.unwrap());
+    }
+    let started = Instant::now();
+    assert_closed(connect().await.unwrap(), "a connection past the handshake limit").await;
+    assert!(started.elapsed() < Duration::from_millis(500), "closed at accept, not by the timeout");
+    for s in silent {
+        assert_closed(s, "a silent connection (handshake timeout)").await;
+    }
 
     let mut s = connect().await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: creek\r\n\r\n").await.unwrap();
