@@ -23,6 +23,7 @@
 //! - **Down peers.** With no connection to a peer, `send` and `call` fail at once with
 //!   [`RpcError::PeerUnavailable`]; nothing is queued for later. When a connection drops, its
 //!   queued messages are dropped and its calls fail with [`RpcError::ConnectionLost`].
+//!   A response that finds the queue full is dropped; its caller times out.
 //! - **Reconnect.** The dialer retries with exponential backoff and full jitter, from
 //!   [`Limits::backoff_min`] (50 ms) to [`Limits::backoff_max`] (2 s), reset by a handshake.
 //!
