@@ -65,6 +65,18 @@ pub(crate) const BROKER_CONFIGS: &[ConfigDef] = &[
         "Address clients are told to connect to; defaults to the listener.",
     ),
     read_only("log.dirs", Kind::String, "./creek-data", "Directory holding all data."),
+    read_only(
+        "internal.listener",
+        Kind::String,
+        "",
+        "Address the internal (broker-to-broker) RPC listener binds; defaults to this node's entry in internal.peers.",
+    ),
+    read_only(
+        "internal.peers",
+        Kind::List,
+        "",
+        "Every node of the cluster as id@host:port, comma-separated, the same on every node; empty runs a single node.",
+    ),
     def(
         "auto.create.topics.enable",
         Kind::Boolean,

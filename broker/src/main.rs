@@ -6,6 +6,7 @@ mod flusher;
 mod group;
 mod handlers;
 mod raft;
+mod rpc;
 mod server;
 mod state;
 mod txn;
@@ -124,7 +125,21 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     let (node, addr) = (config.node_id, config.listen);
     let advertised = format!("{}:{}", config.advertised_host, config.advertised_port);
     let data_dir = config.data_dir.clone();
+    let internal = internal_rpc_config(&config)?;
     let broker = tokio::task::spawn_blocking(move || state::Broker::open(config)).await??;
+    // The internal RPC runs only when other nodes are configured: a single node is unchanged.
+    let rpc = match internal {
+        Some(mut internal) => {
+            internal.cluster_id = broker.cluster_id.clone();
+            let listen = internal.listen;
+            let rpc = rpc::Rpc::start(internal, std::sync::Arc::new(rpc::DeclineAll))
+                .await
+                .with_context(|| format!("binding the internal listener on {listen}"))?;
+            tracing::info!(addr = %rpc.local_addr(), "internal RPC listening");
+            Some(rpc)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let flusher = flusher::Flusher::start();
     let groups = group::coordinator::GroupCoordinator::new(broker.clone(), flusher.clone());
@@ -152,6 +167,9 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if let Some(rpc) = &rpc {
+        rpc.shutdown().await;
+    }
     let _ = bg.await;
     let _ = ticker.await;
     let _ = txn_ticker.await;
@@ -160,6 +178,28 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || broker.close()).await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The internal RPC's settings from `internal.listener` and `internal.peers`, or `None` when no
+/// other node is configured. The cluster id is filled in once the data directory is open.
+fn internal_rpc_config(config: &config::BrokerConfig) -> anyhow::Result<Option<rpc::RpcConfig>> {
+    let peers = rpc::parse_peers(config.get("internal.peers")).map_err(anyhow::Error::msg).context("internal.peers")?;
+    let node_id = rpc::NodeId::try_from(config.node_id).context("node.id must not be negative with internal.peers")?;
+    if peers.iter().all(|(id, _)| *id == node_id) {
+        return Ok(None);
+    }
+    let listen = match config.get("internal.listener") {
+        "" => match peers.iter().find(|(id, _)| *id == node_id) {
+            Some((_, addr)) => addr.clone(),
+            None => anyhow::bail!("internal.peers has no entry for node {node_id} and internal.listener is not set"),
+        },
+        addr => addr.to_string(),
+    };
+    let listen = std::net::ToSocketAddrs::to_socket_addrs(listen.as_str())
+        .with_context(|| format!("internal.listener `{listen}`"))?
+        .next()
+        .with_context(|| format!("internal.listener `{listen}` resolves to no address"))?;
+    Ok(Some(rpc::RpcConfig { node_id, cluster_id: String::new(), listen, peers, limits: rpc::Limits::default() }))
 }
 
 async fn shutdown_signal() {
