@@ -262,32 +262,61 @@ impl GroupCoordinator {
         Ok((partition, info.last_offset + 1))
     }
 
-    fn persist_group(&self, g: &ClassicGroup) {
+    /// Appends the group's metadata record; returns what to wait for to make it durable.
+    fn persist_group(&self, g: &ClassicGroup) -> Option<(Arc<Partition>, u64)> {
         let record = (store::group_key(&g.id), Some(store::group_value(&g.stored())));
-        if let Err(e) = self.append(&g.id, &[record]) {
-            tracing::warn!(group = %g.id, error = %e, "could not store group metadata");
+        match self.append(&g.id, &[record]) {
+            Ok(wait) => Some(wait),
+            Err(e) => {
+                tracing::warn!(group = %g.id, error = %e, "could not store group metadata");
+                None
+            }
         }
     }
 
+    /// Carries out a state machine's outputs. The group's record is appended first; answers
+    /// produced by the same step are sent only once it is durable, so a member never acts on a
+    /// generation or assignment a crash could take back (as Kafka answers SyncGroup after its
+    /// group write).
     fn apply(&self, inner: &mut Inner, group: &str, outputs: Vec<Output>) {
+        let mut wait = None;
+        if outputs.iter().any(|o| matches!(o, Output::Persist))
+            && let Some(g) = inner.groups.get(group)
+        {
+            wait = self.persist_group(g);
+        }
+        let mut answers: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         for o in outputs {
             match o {
                 Output::Join(req, r) => {
                     if let Some(tx) = inner.joins.remove(&req) {
-                        let _ = tx.send(r);
+                        answers.push(Box::new(move || {
+                            let _ = tx.send(r);
+                        }));
                     }
                 }
                 Output::Sync(req, r) => {
                     if let Some(tx) = inner.syncs.remove(&req) {
-                        let _ = tx.send(r);
+                        answers.push(Box::new(move || {
+                            let _ = tx.send(r);
+                        }));
                     }
                 }
-                Output::Persist => {
-                    if let Some(g) = inner.groups.get(group) {
-                        self.persist_group(g);
-                    }
-                }
+                Output::Persist => {}
             }
+        }
+        match wait {
+            Some((partition, end)) if !answers.is_empty() => {
+                let flusher = self.flusher.clone();
+                let group = group.to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = flusher.wait_durable(partition, end).await {
+                        tracing::warn!(group, error = %e, "group metadata not durable");
+                    }
+                    answers.into_iter().for_each(|answer| answer());
+                });
+            }
+            _ => answers.into_iter().for_each(|answer| answer()),
         }
     }
 

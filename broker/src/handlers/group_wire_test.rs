@@ -353,3 +353,34 @@ async fn describe_groups_sends_consumer_groups_to_consumer_group_describe() {
         assert_eq!(r.groups[0].error_code, want, "{member} at epoch {member_epoch}");
     }
 }
+
+#[tokio::test]
+async fn join_and_sync_answers_wait_for_the_group_record_to_be_durable() {
+    // Goal: a member never acts on a generation or assignment a crash could take back.
+    let (ctx, _dir) = fixture::broker(&[("group.initial.rebalance.delay.ms", "0")]);
+    ctx.groups.start().unwrap();
+    let mut join = JoinGroupRequest::default();
+    join.group_id = GroupId(s("durable"));
+    join.session_timeout_ms = 10_000;
+    join.rebalance_timeout_ms = 10_000;
+    join.member_id = s("");
+    join.protocol_type = s("consumer");
+    join.protocols = protocols();
+    let r: JoinGroupResponse = call(&ctx, ApiKey::JoinGroup, 3, &join).await;
+    assert_eq!(r.error_code, 0);
+    let mut sync = SyncGroupRequest::default();
+    sync.group_id = GroupId(s("durable"));
+    sync.generation_id = r.generation_id;
+    sync.member_id = r.member_id.clone();
+    let mut a = sync_group_request::SyncGroupRequestAssignment::default();
+    a.member_id = r.member_id.clone();
+    a.assignment = Bytes::from_static(b"assignment");
+    sync.assignments = vec![a];
+    let r: SyncGroupResponse = call(&ctx, ApiKey::SyncGroup, 3, &sync).await;
+    assert_eq!((r.error_code, &r.assignment[..]), (0, &b"assignment"[..]));
+    let offsets = ctx.broker.topic(crate::group::store::OFFSETS_TOPIC).unwrap();
+    let partition = offsets.partition(ctx.groups.partition_of("durable")).unwrap();
+    let log = partition.log.lock();
+    assert!(log.log_end_offset() > 0, "the group's records were written");
+    assert_eq!(log.flushed_offset(), log.log_end_offset(), "and fsynced before the answers");
+}
