@@ -211,10 +211,11 @@ impl Broker {
                 std::fs::remove_dir_all(&dir).map_err(|e| CreateError::Storage(e.to_string()))?;
             }
             parts.push(
-                open_partition(&self.data_dir, name, p, &tc, now)
-                    .map_err(|e| CreateError::Storage(format!("{e:#}")))?,
+                new_partition(&self.data_dir, name, p, &tc, now).map_err(|e| CreateError::Storage(format!("{e:#}")))?,
             );
         }
+        // One sync for every new directory and segment file, before the metadata names them.
+        creek_storage::sync_filesystem(&self.data_dir).map_err(|e| CreateError::Storage(e.to_string()))?;
         let topic = Arc::new(Topic {
             name: name.to_string(),
             id: Uuid::new_v4(),
@@ -276,8 +277,9 @@ impl Broker {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
             }
-            added.push(open_partition(&self.data_dir, &topic.name, p, &tc, now)?);
+            added.push(new_partition(&self.data_dir, &topic.name, p, &tc, now)?);
         }
+        creek_storage::sync_filesystem(&self.data_dir)?;
         topic.partitions.write().extend(added);
         self.persist_meta()
     }
@@ -367,6 +369,20 @@ impl Broker {
     }
 }
 
+/// A new, empty partition (its directory must not exist); not yet durable: the caller syncs the
+/// filesystem once for all the partitions it creates.
+fn new_partition(
+    data_dir: &Path,
+    topic: &str,
+    index: i32,
+    tc: &TopicConfig,
+    now: i64,
+) -> anyhow::Result<Arc<Partition>> {
+    let dir = partition_dir(data_dir, topic, index);
+    let log = PartitionLog::create(&dir, tc.log.clone()).with_context(|| format!("creating log {}", dir.display()))?;
+    Ok(partition(topic, index, log, tc, now))
+}
+
 fn open_partition(
     data_dir: &Path,
     topic: &str,
@@ -377,7 +393,11 @@ fn open_partition(
     let dir = partition_dir(data_dir, topic, index);
     let log =
         PartitionLog::open(&dir, tc.log.clone(), now).with_context(|| format!("opening log {}", dir.display()))?;
-    Ok(Arc::new(Partition {
+    Ok(partition(topic, index, log, tc, now))
+}
+
+fn partition(topic: &str, index: i32, log: PartitionLog, tc: &TopicConfig, now: i64) -> Arc<Partition> {
+    Arc::new(Partition {
         topic: topic.to_string(),
         index,
         log: Mutex::new(log),
@@ -385,7 +405,7 @@ fn open_partition(
         leader_epoch: 0,
         flush_lock: tokio::sync::Mutex::new(()),
         last_flush_ms: Mutex::new(now),
-    }))
+    })
 }
 
 /// Removes partition directories whose topic no longer exists (a deletion interrupted by a crash).

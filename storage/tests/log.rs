@@ -365,3 +365,23 @@ fn state_file_names_are_checked() {
     let log = PartitionLog::open(dir.path(), small(), 0).unwrap();
     let _ = log.write_state_file("../escape", b"x");
 }
+
+#[test]
+fn a_created_log_needs_no_checkpoint_to_survive_a_crash() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("t-0");
+    let mut log = PartitionLog::create(&dir, small()).unwrap();
+    assert!(PartitionLog::create(&dir, small()).is_err(), "an existing directory is refused");
+    let mut b = batch(3, 1_000);
+    log.append(&mut b, 0, 1_000).unwrap();
+    let expected = read_all(&log);
+    drop(log); // crash: no checkpoint was ever written
+    let log = PartitionLog::open(&dir, small(), 2_000).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 3));
+    assert_eq!(read_all(&log), expected);
+    drop(log);
+    // A crash that left only the directory recovers as an empty log.
+    let bare = parent.path().join("t-1");
+    std::fs::create_dir(&bare).unwrap();
+    assert_eq!(PartitionLog::open(&bare, small(), 1_000).unwrap().log_end_offset(), 0);
+}
