@@ -6,8 +6,9 @@
 //!
 //! Requests are answered only once their records are durable. EndTxn (and an InitProducerId that
 //! had to abort a zombie's transaction) is answered after the markers are durable in every
-//! partition and the transaction's `Complete*` record is durable, so on one node a client never
-//! sees the in-between state. Markers that could not be written stay `in_flight` in the state
+//! partition and the transaction's `Complete*` record is appended (not waited for: the markers
+//! decide the outcome, and recovery rewrites them if the record is lost), so on one node a
+//! client never sees the in-between state. Markers that could not be written stay `in_flight` in the state
 //! machine; the ticker writes them again.
 
 use std::collections::{BTreeMap, HashSet};
@@ -308,6 +309,10 @@ impl TxnCoordinator {
                     self.persist_now(reply.effects)
                 };
                 let result = match persisted {
+                    // The `Complete*` record is not waited for: once the markers are durable the
+                    // outcome is decided, and a crash that loses the record leaves `Prepare*`,
+                    // whose markers recovery writes again (a repeated marker ends nothing).
+                    Ok((_, more)) if more.is_empty() => Ok(()),
                     Ok((waits, more)) => self.finish(waits, more).await,
                     Err(e) => Err(e),
                 };
