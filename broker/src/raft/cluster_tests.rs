@@ -217,14 +217,17 @@ async fn three_replicas_elect_replicate_fail_over_and_catch_up() {
         propose(live[leader], seq).await;
     }
     assert_replicas_identical(&live, live[leader], 600).await;
+    let (new_leader_id, term) = (live[leader].id, live[leader].raft.metrics().borrow_watched().current_term);
 
-    // The old leader restarts on its data directory and catches up.
+    // The old leader restarts on its data directory and catches up, without deposing the new
+    // one (Pre-Vote).
     let restarted = start_node(leader_id, &addrs, &paths[old_index]).await;
     nodes[old_index] = Some(restarted);
     let live: Vec<&Node> = nodes.iter().flatten().collect();
     let leader = wait_leader(&live, Duration::from_secs(10)).await;
     propose(live[leader], 600).await;
     assert_replicas_identical(&live, live[leader], 601).await;
+    assert_eq!((live[leader].id, live[leader].raft.metrics().borrow_watched().current_term), (new_leader_id, term));
 
     println!(
         "replicated 500 batches at {replicated_at:?}; new leader {failover:?} after the kill (election timeout \

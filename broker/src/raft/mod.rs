@@ -80,8 +80,8 @@ pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 100;
 /// losing a heartbeat or two does not depose a live leader.
 pub(crate) const ELECTION_TIMEOUT_MS: (u64, u64) = (500, 1000);
 
-/// openraft's configuration of a partition group: the timing above, no snapshots (the log is the
-/// data, see [`state_machine`]), and at most 64 entries (batches) per AppendEntries so that a
+/// openraft's configuration of a partition group: the timing above, Pre-Vote, no snapshots (the
+/// log is the data, see [`state_machine`]), and at most 64 entries (batches) per AppendEntries so that a
 /// message stays far below the transport's 16 MiB frame limit for ordinary batch sizes.
 pub(crate) fn partition_config() -> Arc<openraft::Config> {
     let config = openraft::Config {
@@ -91,6 +91,9 @@ pub(crate) fn partition_config() -> Arc<openraft::Config> {
         election_timeout_max: ELECTION_TIMEOUT_MS.1,
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::Never,
+        // A node that was cut off or restarted asks before it campaigns, so it cannot depose a
+        // live leader by bumping the term.
+        enable_pre_vote: Some(true),
         ..openraft::Config::default()
     };
     Arc::new(config.validate().expect("the partition Raft configuration is valid"))
