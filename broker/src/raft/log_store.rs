@@ -567,6 +567,32 @@ fn parse_vote(lines: &[String]) -> io::Result<Vote> {
     Ok(Vote::from_leader_id(leader_id, committed))
 }
 
+impl LogStore {
+    /// A reader of the partition log as Kafka sees it, for the leader's offset assignment and
+    /// for tests. Like every [`LogReader`], it must be dropped before [`LogStore::close`].
+    pub(crate) fn reader(&self) -> LogReader {
+        LogReader { shared: self.shared.clone() }
+    }
+}
+
+impl LogReader {
+    /// The next Kafka offset the log will assign (the log end offset).
+    pub(crate) fn log_end_offset(&self) -> u64 {
+        self.shared.lock().log.log_end_offset()
+    }
+
+    /// Whether this reader is the last holder of the log (the store and openraft's readers are
+    /// gone), so the directory may be opened again.
+    pub(crate) fn is_sole_owner(&self) -> bool {
+        Arc::strong_count(&self.shared) == 1
+    }
+
+    /// Whole batches from `offset`, at most about `max_bytes` (see `PartitionLog::read`).
+    pub(crate) fn read(&self, offset: u64, max_bytes: usize) -> io::Result<creek_storage::ReadResult> {
+        self.shared.lock().log.read(offset, max_bytes).map_err(storage_err)
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,

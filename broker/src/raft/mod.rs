@@ -28,20 +28,32 @@
 //!   `save_vote` returns; truncation and purge are durable before they return.
 
 //!
+//! A partition group runs over the internal RPC ([`network`]): one [`crate::rpc::GroupId`] per
+//! group, one [`crate::rpc::MessageKind`] per RPC type, messages in Creek's own binary encoding
+//! ([`codec`]), and a [`network::RaftRouter`] that routes incoming messages to the local instance
+//! of their group. The state machine ([`state_machine`]) only records the applied log id and the
+//! membership: the log is the data. Timing is [`partition_config`].
+//!
 //! Not built yet: the per-segment sidecar index; bounding retention and compaction by the Raft
 //! log start; and installing a snapshot, which must also move the Kafka log end to the
 //! snapshot's next offset (Kafka's "truncate fully and start at"), since the next entry after a
 //! snapshot carries that offset and `append` refuses any other.
 
-// Nothing calls this yet: increment 2 of issue 5 (internal RPC, a Raft instance per partition)
-// wires it into the broker.
+// Only tests run Raft groups yet: the next increment of issue 5 wires Produce and Fetch to a
+// partition's group and starts the metadata group from main.rs.
 #![allow(dead_code)]
 
+#[cfg(test)]
+mod cluster_tests;
+pub(crate) mod codec;
 pub(crate) mod log_store;
+pub(crate) mod network;
+pub(crate) mod state_machine;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use creek_protocol::batch::BatchView;
@@ -56,6 +68,36 @@ openraft::declare_raft_types!(
         Term = u64,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
+
+pub(crate) type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub(crate) type RaftLogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub(crate) type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+
+/// Heartbeat (an empty AppendEntries from the leader to each follower) every this many ms.
+pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// A follower that hears no leader for a random time in this range (ms) starts an election.
+/// Five to ten heartbeats: a leader's loss is noticed within about 1 s, and a busy 2-core machine
+/// losing a heartbeat or two does not depose a live leader.
+pub(crate) const ELECTION_TIMEOUT_MS: (u64, u64) = (500, 1000);
+
+/// openraft's configuration of a partition group: the timing above, Pre-Vote, no snapshots (the
+/// log is the data, see [`state_machine`]), and at most 64 entries (batches) per AppendEntries so that a
+/// message stays far below the transport's 16 MiB frame limit for ordinary batch sizes.
+pub(crate) fn partition_config() -> Arc<openraft::Config> {
+    let config = openraft::Config {
+        cluster_name: "creek-partition".to_string(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MS.0,
+        election_timeout_max: ELECTION_TIMEOUT_MS.1,
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // A node that was cut off or restarted asks before it campaigns, so it cannot depose a
+        // live leader by bumping the term.
+        enable_pre_vote: Some(true),
+        ..openraft::Config::default()
+    };
+    Arc::new(config.validate().expect("the partition Raft configuration is valid"))
+}
 
 /// A normal Raft entry's payload: one whole RecordBatch v2, `baseOffset` already stamped by the
 /// leader. Cloning is cheap (shared bytes, zero-copy from the segment map when read back).

@@ -32,8 +32,9 @@
 //! let answer = rpc.call(2, GroupId(7), MessageKind(1), payload, Duration::from_secs(1)).await?;
 //! ```
 
-// Nothing calls this yet beyond an idle listener: increment 3 of issue 5 carries openraft's
-// messages over it.
+// Outside tests only an idle listener with `DeclineAll`: `raft::network` carries openraft's
+// messages over it, and the next increment of issue 5 (Produce/Fetch on Raft, the metadata
+// group) registers the broker's groups with `main.rs`'s transport.
 #![allow(dead_code)]
 
 mod conn;
@@ -99,7 +100,8 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn handle(&self, from: NodeId, group: GroupId, kind: MessageKind, payload: Bytes) -> HandlerFuture;
 }
 
-/// Declines every request: the handler until Raft is wired in (increment 3 of issue 5).
+/// Declines every request: `main.rs`'s handler until the broker runs Raft groups (the next
+/// increment of issue 5 replaces it with `raft::network::RaftRouter`).
 pub(crate) struct DeclineAll;
 
 impl Handler for DeclineAll {
