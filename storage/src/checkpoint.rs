@@ -14,6 +14,8 @@ pub(crate) const RECOVERY_POINT: &str = "recovery-point";
 pub(crate) const LOG_START_OFFSET: &str = "log-start-offset";
 pub(crate) const LEADER_EPOCH: &str = "leader-epoch-checkpoint";
 pub(crate) const CLEAN_SHUTDOWN: &str = "clean-shutdown";
+/// Present while a [`crate::PartitionLog::reset_to`] is under way: the commit point of a reset.
+pub(crate) const LOG_RESET: &str = "log-reset";
 pub(crate) const VERSION: &str = "0";
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {

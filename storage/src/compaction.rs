@@ -162,7 +162,7 @@ fn create_rw(path: &Path) -> Result<File, StorageError> {
     fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(io_err(path))
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
         _ => Ok(()),
@@ -652,7 +652,8 @@ impl PartitionLog {
         }
         let sealed = &self.segments[..self.segments.len() - 1];
         // Open transactions are not cleaned: only segments wholly below the first unstable offset.
-        let stable_end = self.first_unstable_offset().unwrap_or(u64::MAX);
+        // Nor at or above the retention floor: only segments ending at or below it.
+        let stable_end = self.first_unstable_offset().unwrap_or(u64::MAX).min(self.retention_floor);
         let lag_ok = |s: &Segment| {
             s.next_offset <= stable_end
                 && (c.min_compaction_lag_ms <= 0 || s.max_timestamp <= now_ms.saturating_sub(c.min_compaction_lag_ms))

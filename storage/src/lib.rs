@@ -5,8 +5,11 @@
 //! [`bytes::Bytes`] sliced from read-only memory maps, and made durable by fsync in a group-commit
 //! friendly way ([`PartitionLog::flush_target`] syncs outside the caller's lock). Segments roll by
 //! size, time and index size; retention deletes whole segments by time and size; DeleteRecords
-//! moves the log start; truncation cuts the tail at a batch boundary. Opening a directory recovers
-//! it: a torn or corrupt tail after a crash is cut off, missing or bad indexes are rebuilt.
+//! moves the log start; truncation cuts the tail at a batch boundary; [`PartitionLog::reset_to`]
+//! starts over, empty, at any offset; a caller-set retention floor
+//! ([`PartitionLog::set_retention_floor`]) bounds retention, DeleteRecords and compaction.
+//! Opening a directory recovers it: a torn or corrupt tail after a crash is cut off, missing or
+//! bad indexes are rebuilt.
 //! Compaction (`cleanup.policy=compact`, see [`CompactionJob`]) keeps the latest record per key
 //! in sealed segments, in three steps so the caller's lock is held only for the cheap ones:
 //! [`PartitionLog::compaction_job`] (lock), [`CompactionJob::run`] (no lock),
@@ -26,7 +29,8 @@
 //! `cleaner-checkpoint` (compaction progress), plus `clean-shutdown` while closed cleanly, and the
 //! caller's opaque `{name}.state` files ([`PartitionLog::write_state_file`]). A
 //! compaction in flight leaves `*.cleaned` files and, between its commit point and its end,
-//! `cleaner-swap`; recovery finishes or discards them.
+//! `cleaner-swap`; recovery finishes or discards them. A reset in flight leaves `log-reset`
+//! (its commit point); recovery finishes the reset.
 //!
 //! Offsets in a segment are dense except where compaction removed whole batches (only below
 //! the cleaner's persisted gap limit); a read at a removed offset returns the next batch.
@@ -222,6 +226,8 @@ pub enum StorageError {
     StaleLeaderEpoch { epoch: i32, latest: i32 },
     #[error("corrupt segment {path} at position {position}: {reason}")]
     Corrupt { path: PathBuf, position: u64, reason: String },
+    #[error("cannot delete records below {offset}: the retention floor is {floor}")]
+    AboveRetentionFloor { offset: u64, floor: u64 },
     #[error(transparent)]
     Producer(#[from] ProducerError),
 }
@@ -253,6 +259,8 @@ pub struct PartitionLog {
     cleaner_failed: bool,
     /// Idempotent and transactional producers, open transactions, the aborted index.
     producers: ProducerState,
+    /// The caller's retention floor (see [`PartitionLog::set_retention_floor`]); not persisted.
+    retention_floor: u64,
 }
 
 impl PartitionLog {
@@ -274,6 +282,7 @@ impl PartitionLog {
             cleaner_busy: Arc::new(AtomicBool::new(false)),
             cleaner_failed: false,
             producers: ProducerState::default(),
+            retention_floor: u64::MAX,
         };
         log.rebuild_producer_state(true)?;
         log.check_invariants();
@@ -302,6 +311,7 @@ impl PartitionLog {
             cleaner_busy: Arc::new(AtomicBool::new(false)),
             cleaner_failed: false,
             producers: ProducerState::default(),
+            retention_floor: u64::MAX,
         };
         log.check_invariants();
         Ok(log)
@@ -684,6 +694,65 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Discards every batch and starts over as an empty log whose log start and log end are
+    /// `offset`, which may be anywhere (below, inside or past the current log): what a replica
+    /// needs when it installs a snapshot or learns that the leader's log starts later. Producer
+    /// state, aborted indexes, leader epochs and compaction progress are discarded with the
+    /// batches; the retention floor and caller-owned state files are kept. Durable before it
+    /// returns.
+    ///
+    /// Crash safety: the durable `log-reset` checkpoint holding `offset` is the commit point.
+    /// A crash before it leaves the old log untouched; from it on, recovery finds the marker
+    /// and finishes the reset (deleting whatever files remain, writing the checkpoints of the
+    /// empty log, creating the segment `offset`) before it looks at any segment, and the marker
+    /// is removed only after all that is durable. So a reopen sees the old log or the new empty
+    /// one, never a mix. On an error the log must be dropped and reopened (recovery finishes the
+    /// reset). Bytes already handed out stay readable; flush targets taken before are ignored.
+    pub fn reset_to(&mut self, offset: u64) -> Result<(), StorageError> {
+        self.reset_to_inner(offset, false)
+    }
+
+    /// Fault injection for crash tests: a [`PartitionLog::reset_to`] that stops right after its
+    /// commit point, as a crash would. The log must then be dropped and reopened.
+    #[doc(hidden)]
+    pub fn reset_to_interrupted(&mut self, offset: u64) -> Result<(), StorageError> {
+        self.reset_to_inner(offset, true)
+    }
+
+    fn reset_to_inner(&mut self, offset: u64, crash_after_commit: bool) -> Result<(), StorageError> {
+        assert!(offset <= i64::MAX as u64, "offset {offset} beyond Kafka's offset range");
+        checkpoint::write_u64(&self.dir, checkpoint::LOG_RESET, offset)?;
+        if crash_after_commit {
+            return Ok(());
+        }
+        let segment = recovery::finish_reset(&self.dir, offset)?;
+        self.generation += 1;
+        self.segments = vec![segment];
+        self.log_start = offset;
+        self.flushed = offset;
+        self.recovery_point_written = offset;
+        self.epochs = EpochCache::default();
+        self.epochs_dirty = false;
+        self.cleaner = CleanerState::default();
+        self.cleaner_failed = false;
+        self.producers = ProducerState::default();
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Never deletes (by retention or DeleteRecords) or compacts data at or above `offset`: a
+    /// segment goes or is cleaned only if it ends at or below the floor. Default `u64::MAX` (no
+    /// floor). A replication layer sets it to the first offset it may still need (its log start).
+    /// In memory only: the caller sets it again after every open, before any housekeeping.
+    /// Lowering it does not bring anything back; a compaction job taken before the call may
+    /// still install.
+    pub fn set_retention_floor(&mut self, offset: u64) {
+        self.retention_floor = offset;
+    }
+    pub fn retention_floor(&self) -> u64 {
+        self.retention_floor
+    }
+
     /// Snapshot files in the directory, by offset.
     fn producer_snapshots(&self) -> Result<Vec<u64>, StorageError> {
         let mut out = Vec::new();
@@ -820,9 +889,14 @@ impl PartitionLog {
 
     /// DeleteRecords: moves the log start up to `offset` (durably, in `log-start-offset`) and
     /// deletes segments entirely below it. Offsets never move. Returns the new log start.
+    /// An offset above the retention floor is refused (`AboveRetentionFloor`), not clamped: the
+    /// user asked for more than may be deleted yet, as Kafka refuses one past the high watermark.
     pub fn delete_records_before(&mut self, offset: u64) -> Result<u64, StorageError> {
         if offset > self.log_end_offset() {
             return Err(self.out_of_range(offset));
+        }
+        if offset > self.retention_floor {
+            return Err(StorageError::AboveRetentionFloor { offset, floor: self.retention_floor });
         }
         if offset <= self.log_start {
             return Ok(self.log_start);
@@ -875,7 +949,8 @@ impl PartitionLog {
     }
 
     /// Periodic work: roll by `segment.ms`, delete segments past `retention.ms` (largest timestamp
-    /// older) and `retention.bytes` (oldest first) when `cleanup.policy` includes `delete`, and
+    /// older) and `retention.bytes` (oldest first) when `cleanup.policy` includes `delete`, never
+    /// past the retention floor (see [`PartitionLog::set_retention_floor`]), and
     /// checkpoint the recovery point. Compaction is separate (`compaction_job`), so the caller
     /// can run its heavy part without the lock. The active
     /// segment is deleted by time only after rolling it, when everything before it is gone too.
@@ -887,8 +962,12 @@ impl PartitionLog {
             self.roll()?;
         }
         let mut deleted = 0;
+        // Only segments ending at or below the retention floor may go.
+        let floor = self.retention_floor;
         if c.cleanup_delete && c.retention_ms >= 0 {
-            let expired = |s: &Segment| !s.is_empty() && now_ms.saturating_sub(s.max_timestamp) > c.retention_ms;
+            let expired = |s: &Segment| {
+                !s.is_empty() && now_ms.saturating_sub(s.max_timestamp) > c.retention_ms && s.next_offset <= floor
+            };
             let n = self.segments.iter().take_while(|s| expired(s)).count();
             if n == self.segments.len() {
                 self.roll()?; // the active segment expired too: seal it so it can go
@@ -901,7 +980,7 @@ impl PartitionLog {
             let mut excess = self.size_bytes().saturating_sub(c.retention_bytes as u64);
             let mut n = 0;
             for seg in &self.segments[..self.segments.len() - 1] {
-                if seg.valid_len > excess {
+                if seg.valid_len > excess || seg.next_offset > floor {
                     break;
                 }
                 excess -= seg.valid_len;

@@ -132,7 +132,12 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, now_ms: i64) -> Result<Rec
         sync_dir(dir)?; // a crash from now on must be seen as unclean
     }
 
-    // Finish or discard a compaction the crash interrupted, before looking at segments.
+    // Finish a reset the crash interrupted (it discards everything, so it goes first), then
+    // finish or discard a compaction, before looking at segments.
+    if let Some(offset) = checkpoint::read_u64(dir, checkpoint::LOG_RESET) {
+        tracing::warn!(dir = %dir.display(), offset, "finishing an interrupted log reset");
+        drop(finish_reset(dir, offset)?);
+    }
     compaction::recover_swap(dir)?;
     let mut cleaner = compaction::read_state(dir);
     let gap_limit = cleaner.gap_limit;
@@ -260,6 +265,35 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, now_ms: i64) -> Result<Rec
     checkpoint::write_u64(dir, checkpoint::LOG_START_OFFSET, log_start)?;
     checkpoint::write_u64(dir, checkpoint::RECOVERY_POINT, log_end)?;
     Ok(Recovered { segments, log_start, epochs, cleaner })
+}
+
+/// Carries out a reset whose commit point (`log-reset` holding `offset`, durable) is passed:
+/// removes every segment, index, aborted index, producer snapshot and compaction file, writes
+/// the checkpoints of an empty log at `offset` (no epochs, log start and recovery point
+/// `offset`), creates the empty segment `offset` and removes the marker last. Idempotent, so a
+/// crash at any point is finished by running it again; until the marker is gone, recovery runs
+/// it again whatever else it finds.
+pub(crate) fn finish_reset(dir: &Path, offset: u64) -> Result<Segment, StorageError> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // Every `{offset}.{ext}` file is the log's, except caller-owned `{name}.state` files.
+        let log_file =
+            parse_name(name).is_some_and(|(_, ext)| !ext.starts_with("state")) || name.ends_with(CLEANED_SUFFIX);
+        if log_file || name == compaction::CLEANER_SWAP || name == compaction::CLEANER_CHECKPOINT {
+            compaction::remove_if_exists(&entry.path())?;
+        }
+    }
+    sync_dir(dir)?;
+    checkpoint::write_epochs(dir, &[])?;
+    checkpoint::write_u64(dir, checkpoint::LOG_START_OFFSET, offset)?;
+    checkpoint::write_u64(dir, checkpoint::RECOVERY_POINT, offset)?;
+    let segment = Segment::create(dir, offset)?;
+    sync_dir(dir)?;
+    compaction::remove_if_exists(&dir.join(checkpoint::LOG_RESET))?;
+    sync_dir(dir)?;
+    Ok(segment)
 }
 
 /// Recovery's lenient form of `EpochCache::assign`: a batch of a newer epoch starts a new entry;

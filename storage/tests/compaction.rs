@@ -608,3 +608,25 @@ fn aborted_transactions_are_removed_committed_ones_compacted_and_open_ones_left_
     let log = PartitionLog::open(dir.path(), compact_config(), T0).unwrap();
     assert_eq!(log.first_unstable_offset(), Some(open));
 }
+
+#[test]
+fn compaction_never_cleans_at_or_above_the_retention_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), compact_config(), T0).unwrap();
+    produce(&mut log, 20_000, 100, 10, T0);
+    let all = read_records(&log, 0);
+    log.set_retention_floor(0);
+    assert_eq!(log.compact(T0).unwrap(), None, "nothing ends at or below a floor of 0");
+    log.set_retention_floor(5_000);
+    let stats = log.compact(T0).unwrap().expect("the segments below the floor are due");
+    let ck = log.cleaner_checkpoint();
+    assert!(stats.cleaned_to == ck && ck > 0 && ck <= 5_000, "cleaned to {ck}");
+    let got = read_records(&log, 0);
+    assert_eq!(got, expected(&all, ck, false));
+    let above: Vec<&Rec> = all.iter().filter(|r| r.offset >= 5_000).collect();
+    assert_eq!(got.iter().filter(|r| r.offset >= 5_000).collect::<Vec<_>>(), above, "untouched above the floor");
+    // Without a floor, compaction goes on past it.
+    log.set_retention_floor(u64::MAX);
+    log.compact(T0).unwrap().unwrap();
+    assert!(log.cleaner_checkpoint() > 5_000);
+}

@@ -59,7 +59,12 @@ fn delete_before(part: &Partition, offset: i64) -> Result<i64, i16> {
     };
     match log.delete_records_before(target) {
         Ok(start) => Ok(start as i64),
-        Err(creek_storage::StorageError::OffsetOutOfRange { .. }) => Err(code::OFFSET_OUT_OF_RANGE),
+        // Past the retention floor (the replicas' Raft log start) is, like past the high
+        // watermark, more than may be deleted yet.
+        Err(
+            creek_storage::StorageError::OffsetOutOfRange { .. }
+            | creek_storage::StorageError::AboveRetentionFloor { .. },
+        ) => Err(code::OFFSET_OUT_OF_RANGE),
         Err(e) => {
             tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "delete records failed");
             Err(code::KAFKA_STORAGE_ERROR)

@@ -132,6 +132,12 @@ impl LogStore {
         Ok(LogStore { shared, flushes, flusher })
     }
 
+    /// Runs `f` on the partition log under the store's lock (tests: retention, DeleteRecords).
+    #[cfg(test)]
+    pub(crate) fn with_log<R>(&self, f: impl FnOnce(&mut PartitionLog) -> R) -> R {
+        f(&mut self.shared.lock().log)
+    }
+
     /// Waits for queued flushes, records the committed log id and closes the partition log
     /// cleanly. Fails if a [`LogReader`] is still alive.
     pub(crate) async fn close(self) -> io::Result<()> {
@@ -218,7 +224,15 @@ impl State {
             }
             assert_eq!(offset, read.next_offset, "read returns whole batches");
         }
-        Ok(State { log, first_index, start_offset, purged, slots, vote, committed })
+        let mut state = State { log, first_index, start_offset, purged, slots, vote, committed };
+        state.set_retention_floor();
+        Ok(state)
+    }
+
+    /// Keeps storage's retention, DeleteRecords and compaction below the Raft log start (the
+    /// floor is in memory only: set on every open and whenever the start moves).
+    fn set_retention_floor(&mut self) {
+        self.log.set_retention_floor(self.start_offset);
     }
 
     fn close(self) -> io::Result<()> {
@@ -238,6 +252,7 @@ impl State {
         if let Some(p) = &self.purged {
             assert!(p.index() < self.first_index, "entries start after the purged one");
         }
+        assert_eq!(self.log.retention_floor(), self.start_offset, "storage keeps what Raft may still need");
     }
 
     /// The index the next appended entry must have.
@@ -339,6 +354,7 @@ impl State {
         }
         if self.slots.is_empty() {
             self.start_offset = first.base_offset;
+            self.set_retention_floor();
         }
         self.slots.extend(run_slots.drain(..));
         run.clear();
@@ -378,6 +394,7 @@ impl State {
         }
         self.purged = Some(id);
         self.write_start()?;
+        self.set_retention_floor(); // only after the new start is durable
         self.check();
         Ok(())
     }

@@ -19,9 +19,10 @@
 //!   in-memory index (base offset and term per entry) is rebuilt on open by reading the batch
 //!   headers from there; a per-segment sidecar replaces that scan in a later increment.
 //! - **Purge moves only the Raft log start.** The batches stay readable by Kafka consumers until
-//!   retention deletes them. Compaction and retention must stay below the Raft log start (the
-//!   purged point): entries there are never needed by openraft again. Opening a log whose Kafka
-//!   log start has passed the Raft log start is refused.
+//!   retention deletes them. Compaction, retention and DeleteRecords stay below the Raft log
+//!   start (the purged point; storage's retention floor, set by the log store): entries below it
+//!   are never needed by openraft again. Opening a log whose Kafka log start has passed the Raft
+//!   log start is refused.
 //! - **Durability (decision 5).** `append` writes the batches and returns; a per-store flusher
 //!   task fsyncs (one fsync for every append queued behind it: group commit) and only then
 //!   signals openraft's `IOFlushed`. The vote is a state file written durably before
@@ -34,10 +35,11 @@
 //! of their group. The state machine ([`state_machine`]) only records the applied log id and the
 //! membership: the log is the data. Timing is [`partition_config`].
 //!
-//! Not built yet: the per-segment sidecar index; bounding retention and compaction by the Raft
-//! log start; and installing a snapshot, which must also move the Kafka log end to the
-//! snapshot's next offset (Kafka's "truncate fully and start at"), since the next entry after a
-//! snapshot carries that offset and `append` refuses any other.
+//! Not built yet: the per-segment sidecar index; and installing a snapshot, which must also move
+//! the Kafka log end to the snapshot's next offset (storage's `PartitionLog::reset_to`, Kafka's
+//! "truncate fully and start at"), since the next entry after a snapshot carries that offset and
+//! `append` refuses any other. That needs the snapshot meta to carry the offset (the state
+//! machine is metadata-only and snapshots are off), so the store does not call it yet.
 
 // Only tests run Raft groups yet: the next increment of issue 5 wires Produce and Fetch to a
 // partition's group and starts the metadata group from main.rs.

@@ -413,3 +413,38 @@ async fn a_torn_last_entry_is_cut_on_recovery_and_the_raft_log_ends_before_it() 
     append(&mut store, vec![entries[9].clone()]).await;
     assert!(same(&all_entries(&mut store).await, &entries));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_delete_records_never_remove_entries_raft_has_not_purged() {
+    // Goal: with every batch expired, retention and DeleteRecords stop at the Raft log start,
+    // before and after a purge and across a reopen, so the log always opens again.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { retention_ms: 1, ..small_segments() };
+    let mut store = LogStore::open(dir.path(), config.clone()).unwrap();
+    let mut entries = vec![blank(1, 0)];
+    for index in 1..40 {
+        entries.push(data(1, index, 1 + (index - 1) * 2, 2));
+    }
+    for chunk in entries.chunks(4) {
+        append(&mut store, chunk.to_vec()).await;
+    }
+    let late = i64::MAX / 2;
+    assert_eq!(store.with_log(|log| log.housekeeping(late).unwrap()), 0, "nothing purged: nothing deleted");
+    assert!(store.with_log(|log| log.delete_records_before(1).is_err()));
+
+    store.purge(log_id(1, 25)).await.unwrap();
+    let raft_start = 1 + 25 * 2; // the offset of entry 26
+    assert!(store.with_log(|log| log.housekeeping(late).unwrap()) > 0);
+    let kafka_start = store.with_log(|log| log.log_start_offset());
+    assert!(kafka_start > 0 && kafka_start <= raft_start, "Kafka log start {kafka_start}");
+    assert!(store.with_log(|log| log.delete_records_before(raft_start + 1).is_err()));
+    assert_eq!(store.with_log(|log| log.delete_records_before(raft_start).unwrap()), raft_start);
+    assert!(same(&all_entries(&mut store).await, &entries[26..]));
+    drop(store); // crash
+
+    let mut store = LogStore::open(dir.path(), config).unwrap();
+    store.with_log(|log| log.housekeeping(late).unwrap());
+    assert_eq!(store.with_log(|log| log.log_start_offset()), raft_start);
+    assert!(same(&all_entries(&mut store).await, &entries[26..]));
+    store.close().await.unwrap();
+}
