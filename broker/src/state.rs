@@ -52,6 +52,32 @@ impl Topic {
     pub(crate) fn partition_count(&self) -> usize {
         self.partitions.read().len()
     }
+
+    /// Startup replay of an internal topic: hands `apply` every partition's batches from its log
+    /// start to its current end, 1 MiB at a time. A chunk `apply` cannot read is logged and
+    /// skipped, so one bad record does not stop the load.
+    pub(crate) fn replay(
+        &self,
+        mut apply: impl FnMut(&Partition, &[u8]) -> Result<(), String>,
+    ) -> Result<(), creek_storage::StorageError> {
+        for p in self.partitions.read().iter() {
+            let (mut at, end) = {
+                let log = p.log.lock();
+                (log.log_start_offset(), log.log_end_offset())
+            };
+            while at < end {
+                let read = p.log.lock().read(at, 1 << 20)?;
+                if read.next_offset <= at {
+                    break;
+                }
+                if let Err(e) = apply(p, &read.bytes) {
+                    tracing::warn!(topic = %self.name, partition = p.index, offset = at, error = %e, "skipping unreadable batches");
+                }
+                at = read.next_offset;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize, Default)]

@@ -349,12 +349,9 @@ pub fn build_control_batch(
     coordinator_epoch: i32,
     timestamp: i64,
 ) -> Vec<u8> {
-    let key = [0, 0, 0, u8::from(commit)];
     let mut value = vec![0, 0];
     value.extend_from_slice(&coordinator_epoch.to_be_bytes());
-    let mut b = build_batch(0, timestamp, &[(Some(&key), Some(&value))]);
-    let attrs = i16::from_be_bytes([b[21], b[22]]) | ATTR_CONTROL;
-    b[21..23].copy_from_slice(&attrs.to_be_bytes());
+    let mut b = build_plain_control_batch(i16::from(commit), &value, timestamp);
     set_producer(&mut b, producer_id, epoch, -1, true);
     b
 }

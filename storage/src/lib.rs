@@ -355,23 +355,18 @@ impl PartitionLog {
         {
             return Err(StorageError::StaleLeaderEpoch { epoch: leader_epoch, latest });
         }
-        let mut records: u64 = 0;
+        // One pass over the headers: the offsets each batch will take, and producer state: a
+        // retried batch is answered with its original offsets; out-of-order or fenced batches
+        // refuse the whole append. Batches are checked in order, each against the state the
+        // earlier ones of this append leave.
+        let base = self.log_end_offset();
+        let mut staged: HashMap<i64, ProducerEntry> = HashMap::new();
+        let mut next = base;
         for r in &ranges {
             let v = BatchView::new(&batches[r.clone()])?;
             if v.last_offset_delta() < 0 {
                 return Err(BatchError::Inconsistent("negative lastOffsetDelta").into());
             }
-            records += v.last_offset_delta() as u64 + 1;
-        }
-        let base = self.log_end_offset();
-        assert!(base.checked_add(records).is_some_and(|e| e <= i64::MAX as u64), "offsets exhausted");
-        // Producer state: a retried batch is answered with its original offsets; out-of-order
-        // or fenced batches refuse the whole append. Batches are checked in order, each against
-        // the state the earlier ones of this append leave.
-        let mut staged: HashMap<i64, ProducerEntry> = HashMap::new();
-        let mut next = base;
-        for r in &ranges {
-            let v = BatchView::new(&batches[r.clone()])?;
             let last = next + v.last_offset_delta() as u64;
             match self.producers.check(&v, &staged)? {
                 Check::Plain => {}
@@ -392,6 +387,8 @@ impl PartitionLog {
             }
             next = last + 1;
         }
+        assert!(next <= i64::MAX as u64, "offsets exhausted");
+        let records = next - base;
         if self.should_roll(batches.len() as u64, ranges.len(), records, now_ms) {
             self.roll()?;
         }

@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 
-use creek_protocol::batch::{BatchView, crc32c, read_varint};
+use creek_protocol::batch::{BatchView, control_record, crc32c};
 
 use crate::StorageError;
 use crate::checkpoint::write_file_atomic;
@@ -140,37 +140,16 @@ fn in_sequence(last: i32, next: i32) -> bool {
 /// Reads the control record of a marker batch (uncompressed, one record): key = version i16,
 /// type i16 (0 abort, 1 commit); value = version i16, coordinator epoch i32.
 pub(crate) fn parse_marker(view: &BatchView<'_>) -> Result<Marker, ProducerError> {
-    let bad = |why: &str| ProducerError::Malformed(format!("control batch: {why}"));
-    if view.compression() != creek_protocol::batch::Compression::None {
-        return Err(bad("compressed"));
-    }
-    let b = view.records();
-    let mut at = 0usize;
-    let varint = |at: &mut usize| -> Result<i64, ProducerError> {
-        let (v, n) = read_varint(b.get(*at..).unwrap_or(&[])).ok_or_else(|| bad("truncated record"))?;
-        *at += n;
-        Ok(v)
-    };
-    let _len = varint(&mut at)?;
-    at += 1; // attributes
-    let _ts = varint(&mut at)?;
-    let _od = varint(&mut at)?;
-    let key_len = varint(&mut at)?;
-    if key_len < 4 {
-        return Err(bad("control key shorter than 4 bytes"));
-    }
-    let key = b.get(at..at + key_len as usize).ok_or_else(|| bad("truncated key"))?;
-    at += key_len as usize;
-    let kind = i16::from_be_bytes([key[2], key[3]]);
-    let commit = match kind {
+    let bad = |why: String| ProducerError::Malformed(format!("control batch: {why}"));
+    let record = control_record(view).map_err(|e| bad(e.to_string()))?;
+    let commit = match record.control_type {
         0 => false,
         1 => true,
-        other => return Err(bad(&format!("unknown control type {other}"))),
+        other => return Err(bad(format!("unknown control type {other}"))),
     };
-    let value_len = varint(&mut at)?;
-    let coordinator_epoch = match b.get(at..at + value_len.max(0) as usize) {
-        Some(v) if v.len() >= 6 => i32::from_be_bytes([v[2], v[3], v[4], v[5]]),
-        _ => return Err(bad("control value shorter than 6 bytes")),
+    let coordinator_epoch = match record.value {
+        [_, _, a, b, c, d, ..] => i32::from_be_bytes([*a, *b, *c, *d]),
+        _ => return Err(bad("control value shorter than 6 bytes".into())),
     };
     Ok(Marker { commit, coordinator_epoch })
 }

@@ -153,10 +153,25 @@ pub fn list_offset(w: &mut Wire, topic: &str, partition: i32, timestamp: i64) ->
 
 /// One Fetch of a partition from `offset`: (error, high watermark, records bytes).
 pub fn fetch(w: &mut Wire, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> (i16, i64, Bytes) {
+    let req = fetch_one(topic, partition, offset, max_wait_ms, 8 << 20, 0);
+    let resp: FetchResponse = w.call(ApiKey::Fetch, 11, &req);
+    let pd = &resp.responses[0].partitions[0];
+    (pd.error_code, pd.high_watermark, pd.records.clone().unwrap_or_default())
+}
+
+/// A Fetch v11 of one partition from `offset`, at most `max_bytes` (partition and response).
+fn fetch_one(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+    max_bytes: i32,
+    isolation: i8,
+) -> FetchRequest {
     let mut p = fetch_request::FetchPartition::default();
     p.partition = partition;
     p.fetch_offset = offset;
-    p.partition_max_bytes = 8 << 20;
+    p.partition_max_bytes = max_bytes;
     p.current_leader_epoch = -1;
     p.log_start_offset = -1;
     let mut t = fetch_request::FetchTopic::default();
@@ -166,11 +181,10 @@ pub fn fetch(w: &mut Wire, topic: &str, partition: i32, offset: i64, max_wait_ms
     req.replica_id = BrokerId(-1);
     req.max_wait_ms = max_wait_ms;
     req.min_bytes = 1;
-    req.max_bytes = 16 << 20;
+    req.max_bytes = max_bytes.saturating_mul(2);
+    req.isolation_level = isolation;
     req.topics = vec![t];
-    let resp: FetchResponse = w.call(ApiKey::Fetch, 11, &req);
-    let pd = &resp.responses[0].partitions[0];
-    (pd.error_code, pd.high_watermark, pd.records.clone().unwrap_or_default())
+    req
 }
 
 /// One record as `(key, value)`; `None` is null.
@@ -296,22 +310,7 @@ pub fn read_partition_records(addr: &str, topic: &str, partition: i32) -> Vec<St
 /// A read_committed Fetch of a partition from offset 0: (error, high watermark, last stable
 /// offset). LSO < HW means a transaction is still open on the partition.
 pub fn stable_offsets(w: &mut Wire, topic: &str, partition: i32) -> (i16, i64, i64) {
-    let mut p = fetch_request::FetchPartition::default();
-    p.partition = partition;
-    p.fetch_offset = 0;
-    p.partition_max_bytes = 1024;
-    p.current_leader_epoch = -1;
-    p.log_start_offset = -1;
-    let mut t = fetch_request::FetchTopic::default();
-    t.topic = topic_name(topic);
-    t.partitions = vec![p];
-    let mut req = FetchRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.max_wait_ms = 0;
-    req.min_bytes = 1;
-    req.max_bytes = 1024;
-    req.isolation_level = 1;
-    req.topics = vec![t];
+    let req = fetch_one(topic, partition, 0, 0, 1024, 1);
     let resp: FetchResponse = w.call(ApiKey::Fetch, 11, &req);
     let pd = &resp.responses[0].partitions[0];
     (pd.error_code, pd.high_watermark, pd.last_stable_offset)

@@ -146,22 +146,7 @@ impl GroupCoordinator {
         // An existing topic keeps its partition count, whatever the config says now.
         self.partitions.store(topic.partition_count() as i32, Ordering::Release);
         let mut loaded = Loaded::default();
-        for p in topic.partitions.read().iter() {
-            let (mut at, end) = {
-                let log = p.log.lock();
-                (log.log_start_offset(), log.log_end_offset())
-            };
-            while at < end {
-                let read = p.log.lock().read(at, 1 << 20)?;
-                if read.next_offset <= at {
-                    break;
-                }
-                if let Err(e) = loaded.apply_batches(p.index, &read.bytes) {
-                    tracing::warn!(partition = p.index, offset = at, error = %e, "skipping unreadable batches in {OFFSETS_TOPIC}");
-                }
-                at = read.next_offset;
-            }
-        }
+        topic.replay(|p, bytes| loaded.apply_batches(p.index, bytes))?;
         let now = now_ms();
         let mut inner = self.inner.lock();
         let delay = inner.cfg.initial_rebalance_delay_ms;

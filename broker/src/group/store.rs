@@ -293,10 +293,7 @@ impl Loaded {
             let view = BatchView::new(&bytes[range]).map_err(|e| e.to_string())?;
             let pid = view.producer_id();
             if view.is_control() {
-                let commit = batch_records(&view)?
-                    .first()
-                    .and_then(|(k, _)| k.as_ref().filter(|k| k.len() >= 4).map(|k| k[3] == 1))
-                    .unwrap_or(false);
+                let commit = creek_protocol::batch::control_record(&view).is_ok_and(|r| r.control_type == 1);
                 if let Some(entries) = self.pending_txn.remove(&(partition, pid))
                     && commit
                 {

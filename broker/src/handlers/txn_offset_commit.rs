@@ -7,8 +7,8 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 };
 use kafka_protocol::messages::{TopicName, TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 
+use super::offset_commit::{Wanted, by_topic, commit_parts};
 use super::{Ctx, Request, code, str_bytes};
-use crate::group::coordinator::CommitPart;
 use crate::txn::state::{INVALID_TXN_STATE, TxnState, fenced_code};
 
 pub(super) async fn handle(ctx: &Ctx, req: Request<TxnOffsetCommitRequest>) -> Option<TxnOffsetCommitResponse> {
@@ -16,7 +16,6 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<TxnOffsetCommitRequest>) -> O
     let b = req.body;
     let group = b.group_id.0.to_string();
     let txn_id = b.transactional_id.0.to_string();
-    let metadata_max = ctx.broker.config.read().i64("offset.metadata.max.bytes").max(0) as usize;
     let (pid, epoch) = (b.producer_id.0, b.producer_epoch);
     // The producer must be the transaction's current one, with the group's partition added.
     let offsets_partition = ctx.txns.offsets_partition(&group);
@@ -34,29 +33,16 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<TxnOffsetCommitRequest>) -> O
     let top = if group.is_empty() { Err(code::INVALID_GROUP_ID) } else { ctx.groups.check(&group) }
         .and(txn_check)
         .map_err(|e| fenced_code(e, version >= 3));
-    let mut parts = Vec::new();
-    for t in &b.topics {
-        let topic = ctx.broker.topic(&t.name.0);
-        for p in &t.partitions {
-            let metadata = p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
-            let error = match top {
-                Err(e) => e,
-                Ok(()) if topic.as_ref().and_then(|t| t.partition(p.partition_index)).is_none() => {
-                    code::UNKNOWN_TOPIC_OR_PARTITION
-                }
-                Ok(()) if metadata.len() > metadata_max => code::OFFSET_METADATA_TOO_LARGE,
-                Ok(()) => code::NONE,
-            };
-            parts.push(CommitPart {
-                topic: t.name.0.to_string(),
-                partition: p.partition_index,
-                offset: p.committed_offset,
-                leader_epoch: if version >= 2 { p.committed_leader_epoch } else { -1 },
-                metadata,
-                error,
-            });
-        }
-    }
+    let wanted = b.topics.iter().flat_map(|t| {
+        t.partitions.iter().map(move |p| Wanted {
+            topic: &t.name.0,
+            partition: p.partition_index,
+            offset: p.committed_offset,
+            leader_epoch: if version >= 2 { p.committed_leader_epoch } else { -1 },
+            metadata: p.committed_metadata.as_deref(),
+        })
+    });
+    let mut parts = commit_parts(ctx, top, wanted);
     if top.is_ok() && parts.iter().any(|p| p.error == code::NONE) {
         // v3+ (KIP-447) carries the consumer's group metadata: fence commits from old members.
         let (generation, member) =
@@ -65,16 +51,22 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<TxnOffsetCommitRequest>) -> O
         parts = ctx.groups.commit_as(&group, generation, &member, instance.as_deref(), parts, Some((pid, epoch))).await;
     }
     let mut resp = TxnOffsetCommitResponse::default();
-    for p in parts {
-        if resp.topics.last().is_none_or(|t: &TxnOffsetCommitResponseTopic| t.name.0.as_str() != p.topic) {
+    resp.topics = by_topic(parts)
+        .into_iter()
+        .map(|(name, partitions)| {
             let mut t = TxnOffsetCommitResponseTopic::default();
-            t.name = TopicName(str_bytes(p.topic.clone()));
-            resp.topics.push(t);
-        }
-        let mut rp = TxnOffsetCommitResponsePartition::default();
-        rp.partition_index = p.partition;
-        rp.error_code = p.error;
-        resp.topics.last_mut().expect("pushed").partitions.push(rp);
-    }
+            t.name = TopicName(str_bytes(name));
+            t.partitions = partitions
+                .into_iter()
+                .map(|(index, error)| {
+                    let mut rp = TxnOffsetCommitResponsePartition::default();
+                    rp.partition_index = index;
+                    rp.error_code = error;
+                    rp
+                })
+                .collect();
+            t
+        })
+        .collect();
     Some(resp)
 }

@@ -86,26 +86,12 @@ impl TxnCoordinator {
         self.partitions.store(topic.partition_count() as i32, Ordering::Release);
         let mut txns = Transactions::new(txn_config(&self.broker));
         let mut records = 0usize;
-        for p in topic.partitions.read().iter() {
-            let (mut at, end) = {
-                let log = p.log.lock();
-                (log.log_start_offset(), log.log_end_offset())
-            };
-            while at < end {
-                let read = p.log.lock().read(at, 1 << 20)?;
-                if read.next_offset <= at {
-                    break;
-                }
-                let mut apply = |id: String, value| {
-                    records += 1;
-                    txns.replay(&id, value);
-                };
-                if let Err(e) = store::replay_batches(&read.bytes, &mut apply) {
-                    tracing::warn!(partition = p.index, offset = at, error = %e, "skipping unreadable batches in {TXN_TOPIC}");
-                }
-                at = read.next_offset;
-            }
-        }
+        topic.replay(|_, bytes| {
+            store::replay_batches(bytes, &mut |id, value| {
+                records += 1;
+                txns.replay(&id, value);
+            })
+        })?;
         let ids = ProducerIds::open(&self.broker.data_dir().join("meta"), txns.max_producer_id_seen())?;
         let in_flight = txns.in_flight().len();
         *self.ids.lock() = Some(ids);
