@@ -246,7 +246,7 @@ mod tests {
     async fn one_syncfs_marks_every_dirty_partition_flushed() {
         let dir = tempfile::tempdir().unwrap();
         let settings = [("log.dirs".to_string(), dir.path().display().to_string())];
-        let broker = Broker::open(BrokerConfig::from_settings(&settings).unwrap()).unwrap();
+        let broker = Broker::open(BrokerConfig::from_settings(&settings).unwrap(), None).unwrap();
         broker.create_topic("many", SYNCFS_MIN_PARTITIONS as u32 + 4, BTreeMap::new()).unwrap();
         let partitions = broker.partitions();
         for p in &partitions {

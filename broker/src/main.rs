@@ -1,6 +1,7 @@
 //! `creek`: a Kafka-compatible broker. This file is the composition root: CLI and config,
 //! logging, the listener, background tasks and clean shutdown.
 
+mod cluster;
 mod config;
 mod flusher;
 mod group;
@@ -81,8 +82,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(format: &str) {
+    // openraft warns about every heartbeat a down peer misses, which is normal in a cluster.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -126,21 +128,19 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     let advertised = format!("{}:{}", config.advertised_host, config.advertised_port);
     let data_dir = config.data_dir.clone();
     let internal = internal_rpc_config(&config)?;
-    let broker = tokio::task::spawn_blocking(move || state::Broker::open(config)).await??;
-    // The internal RPC runs only when other nodes are configured: a single node is unchanged.
-    let rpc = match internal {
+    let advertised_addr = (config.advertised_host.clone(), config.advertised_port);
+    // With other nodes configured this node is part of a replicated cluster, whose id every node
+    // derives from the peer list; a single node is unchanged.
+    let cluster_id = internal.as_ref().map(|i| cluster::cluster_id(&i.peers));
+    let broker = tokio::task::spawn_blocking(move || state::Broker::open(config, cluster_id)).await??;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let cluster = match internal {
         Some(mut internal) => {
             internal.cluster_id = broker.cluster_id.clone();
-            let listen = internal.listen;
-            let rpc = rpc::Rpc::start(internal, std::sync::Arc::new(rpc::DeclineAll))
-                .await
-                .with_context(|| format!("binding the internal listener on {listen}"))?;
-            tracing::info!(addr = %rpc.local_addr(), "internal RPC listening");
-            Some(rpc)
+            Some(cluster::Cluster::start(broker.clone(), internal, advertised_addr, stop_rx.clone()).await?)
         }
         None => None,
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
     let flusher = flusher::Flusher::start();
     let groups = group::coordinator::GroupCoordinator::new(broker.clone(), flusher.clone());
     let txns = txn::coordinator::TxnCoordinator::new(broker.clone(), flusher.clone(), groups.clone());
@@ -167,8 +167,8 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = server.await;
-    if let Some(rpc) = &rpc {
-        rpc.shutdown().await;
+    if let Some(cluster) = &cluster {
+        cluster.shutdown().await;
     }
     let _ = bg.await;
     let _ = ticker.await;

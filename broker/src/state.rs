@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -17,6 +17,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::{BrokerConfig, TopicConfig};
+use crate::raft::log_store::SharedLog;
+use crate::raft::replica::Replica;
 
 /// Milliseconds since the Unix epoch, the broker's clock. Only the broker reads the clock;
 /// storage and protocol code are given `now`.
@@ -28,14 +30,42 @@ pub(crate) fn now_ms() -> i64 {
 pub(crate) struct Partition {
     pub(crate) topic: String,
     pub(crate) index: i32,
-    pub(crate) log: Mutex<PartitionLog>,
+    /// Shared with the partition's Raft log store when it is replicated.
+    pub(crate) log: SharedLog,
     pub(crate) config: RwLock<TopicConfig>,
-    /// The leader epoch stamped into appended batches. A single node is always epoch 0 until
-    /// Raft terms take over.
+    /// The leader epoch stamped into appended batches of an unreplicated partition (a single
+    /// node, internal topics): always 0. A replicated one's is its Raft term ([`Partition::epoch`]).
     pub(crate) leader_epoch: i32,
+    /// This node's replica of the partition's Raft group, once started (cluster mode).
+    pub(crate) replica: OnceLock<Arc<Replica>>,
     /// Serialises fsyncs of this partition so two flushers never race on `mark_flushed`.
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     pub(crate) last_flush_ms: Mutex<i64>,
+}
+
+impl Partition {
+    /// The current leader epoch.
+    pub(crate) fn epoch(&self) -> i32 {
+        self.replica.get().map_or(self.leader_epoch, |r| r.epoch())
+    }
+
+    /// The high watermark: the committed end of a replicated partition, else the log end.
+    pub(crate) fn high_watermark(&self, log: &PartitionLog) -> u64 {
+        match self.replica.get() {
+            Some(r) => r.high_watermark().min(log.log_end_offset()),
+            None => log.log_end_offset(),
+        }
+    }
+
+    /// Whether this node may serve Kafka reads and writes of the partition: always when it is not
+    /// replicated; when it is, only its leader, else `NOT_LEADER_OR_FOLLOWER` (6).
+    pub(crate) fn check_leader(&self, clustered: bool) -> Result<(), i16> {
+        match self.replica.get() {
+            Some(r) if r.is_leader() => Ok(()),
+            None if !clustered => Ok(()),
+            _ => Err(crate::handlers::code::NOT_LEADER_OR_FOLLOWER),
+        }
+    }
 }
 
 pub(crate) struct Topic {
@@ -106,6 +136,8 @@ pub(crate) struct Broker {
     /// Bumped after every append; long-polling fetches wait on it.
     pub(crate) appended: watch::Sender<u64>,
     data_dir: PathBuf,
+    /// Set once at startup when this node is part of a replicated cluster.
+    pub(crate) cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// Why a topic could not be created; each maps to a Kafka error code.
@@ -141,7 +173,9 @@ fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
 
 impl Broker {
     /// Opens the data directory: reads topic metadata and recovers every partition log.
-    pub(crate) fn open(config: BrokerConfig) -> anyhow::Result<Arc<Broker>> {
+    /// `cluster_id` is the replicated cluster's id (every node derives the same one); a data
+    /// directory holding topics of another cluster is refused.
+    pub(crate) fn open(config: BrokerConfig, cluster_id: Option<String>) -> anyhow::Result<Arc<Broker>> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(data_dir.join("meta"))
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
@@ -153,6 +187,18 @@ impl Broker {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", meta_path.display())),
         };
+        let mut meta = meta;
+        if let Some(id) = cluster_id
+            && id != meta.cluster_id
+        {
+            anyhow::ensure!(
+                meta.topics.is_empty(),
+                "{} holds topics of cluster {}, but internal.peers makes this cluster {id}; use an empty data directory",
+                data_dir.display(),
+                meta.cluster_id
+            );
+            meta.cluster_id = id;
+        }
         let now = now_ms();
         let mut topics = BTreeMap::new();
         for rec in &meta.topics {
@@ -182,6 +228,7 @@ impl Broker {
             meta_lock: Mutex::new(()),
             appended,
             data_dir,
+            cluster: OnceLock::new(),
         });
         broker.persist_meta()?;
         Ok(broker)
@@ -225,6 +272,17 @@ impl Broker {
         partitions: u32,
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, CreateError> {
+        self.create_topic_with_id(name, Uuid::new_v4(), partitions, configs)
+    }
+
+    /// [`create_topic`](Self::create_topic) with the id the cluster metadata gave the topic.
+    pub(crate) fn create_topic_with_id(
+        &self,
+        name: &str,
+        id: Uuid,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, CreateError> {
         let _guard = self.meta_lock.lock();
         self.check_create(name)?;
         let tc = TopicConfig::resolve(&configs, &self.config.read());
@@ -244,7 +302,7 @@ impl Broker {
         creek_storage::sync_filesystem(&self.data_dir).map_err(|e| CreateError::Storage(e.to_string()))?;
         let topic = Arc::new(Topic {
             name: name.to_string(),
-            id: Uuid::new_v4(),
+            id,
             overrides: RwLock::new(configs),
             partitions: RwLock::new(parts),
         });
@@ -379,7 +437,17 @@ impl Broker {
             for p in parts {
                 match Arc::try_unwrap(p) {
                     Ok(p) => {
-                        if let Err(e) = p.log.into_inner().close() {
+                        let log = match Arc::try_unwrap(p.log) {
+                            Ok(log) => log.into_inner(),
+                            Err(shared) => {
+                                // A Raft store still holds it: flush at least.
+                                if let Err(e) = shared.lock().flush() {
+                                    tracing::error!(topic = %t.name, error = %e, "flush failed");
+                                }
+                                continue;
+                            }
+                        };
+                        if let Err(e) = log.close() {
                             tracing::error!(topic = %t.name, error = %e, "closing log failed");
                         }
                     }
@@ -426,9 +494,10 @@ fn partition(topic: &str, index: i32, log: PartitionLog, tc: &TopicConfig, now: 
     Arc::new(Partition {
         topic: topic.to_string(),
         index,
-        log: Mutex::new(log),
+        log: Arc::new(Mutex::new(log)),
         config: RwLock::new(tc.clone()),
         leader_epoch: 0,
+        replica: OnceLock::new(),
         flush_lock: tokio::sync::Mutex::new(()),
         last_flush_ms: Mutex::new(now),
     })

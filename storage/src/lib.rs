@@ -345,6 +345,29 @@ impl PartitionLog {
     /// stamps dense offsets and `leader_epoch` in place, rolls first if needed, writes them with
     /// one positioned write and updates the indexes.
     pub fn append(&mut self, batches: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo, StorageError> {
+        self.append_inner(batches, leader_epoch, now_ms, true)
+    }
+
+    /// Appends batches a leader already accepted (a Raft follower, or a leader replaying its own
+    /// entries): offsets and epoch are stamped as in [`append`](Self::append) and producer state
+    /// is updated, but producers are not checked. A follower must take exactly what its leader
+    /// took, whatever its own clock says about producer expiry.
+    pub fn append_replica(
+        &mut self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        self.append_inner(batches, leader_epoch, now_ms, false)
+    }
+
+    fn append_inner(
+        &mut self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+        check_producers: bool,
+    ) -> Result<AppendInfo, StorageError> {
         let ranges = batch_ranges(batches)?;
         if ranges.is_empty() {
             return Err(BatchError::Truncated { have: 0, need: HEADER_LEN }.into());
@@ -368,7 +391,14 @@ impl PartitionLog {
                 return Err(BatchError::Inconsistent("negative lastOffsetDelta").into());
             }
             let last = next + v.last_offset_delta() as u64;
-            match self.producers.check(&v, &staged)? {
+            let check = if check_producers {
+                self.producers.check(&v, &staged)?
+            } else if v.producer_id() >= 0 {
+                Check::Append
+            } else {
+                Check::Plain
+            };
+            match check {
                 Check::Plain => {}
                 Check::Append => {
                     let mut entry = self.producers.staged(v.producer_id(), &staged);

@@ -210,7 +210,9 @@ impl GroupCoordinator {
     /// Whether this node leads `__consumer_offsets` partition `partition`. A single node leads
     /// every partition; partition leadership (Raft) decides this later.
     fn leads(&self, _partition: i32) -> bool {
-        true
+        // In a cluster, one node coordinates every group until coordinators follow partition
+        // leadership (issue 5, item 6).
+        self.broker.cluster.get().is_none_or(|c| c.coordinator() == c.node)
     }
 
     fn offsets_partition(&self, group: &str) -> Option<Arc<Partition>> {

@@ -27,7 +27,11 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<AlterConfigsRequest>) -> Opti
             Some(Ok(())) => {
                 let configs: Vec<(String, Option<String>)> =
                     res.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect();
-                alter(ctx, res.resource_type, &res.resource_name, &configs, body.validate_only)
+                match res.resource_type {
+                    RESOURCE_TOPIC => super::refuse_in_cluster(ctx, "Changing topic configs"),
+                    _ => Ok(()),
+                }
+                .and_then(|()| alter(ctx, res.resource_type, &res.resource_name, &configs, body.validate_only))
             }
         };
         resp.responses.push(response(res.resource_type, res.resource_name, outcome));

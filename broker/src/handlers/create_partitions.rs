@@ -30,7 +30,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreatePartitionsRequest>) -> 
             }
             Err((code::INVALID_REQUEST, "Duplicate topic name.".to_string()))
         } else {
-            grow(ctx, &name, t.count, t.assignments.as_deref(), node_id, body.validate_only)
+            super::refuse_in_cluster(ctx, "Adding partitions")
+                .and_then(|()| grow(ctx, &name, t.count, t.assignments.as_deref(), node_id, body.validate_only))
         };
         let mut r = CreatePartitionsTopicResult::default();
         r.name = t.name;

@@ -20,6 +20,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreateTopicsRequest>) -> Opti
         let c = broker.config.read();
         (c.node_id, c.i64("num.partitions") as i32, c.i64("default.replication.factor") as i16)
     };
+    let cluster = broker.cluster.get().map(|c| c.as_ref());
     let mut resp = CreateTopicsResponse::default();
     let mut seen = std::collections::HashSet::new();
     for t in req.body.topics {
@@ -74,13 +75,22 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreateTopicsRequest>) -> Opti
                 }
             }
         };
-        let rf = if t.replication_factor == -1 { default_rf } else { t.replication_factor };
-        if rf != 1 {
-            resp.topics.push(fail(
-                r,
-                code::INVALID_REPLICATION_FACTOR,
-                format!("Replication factor: {rf} larger than available brokers: 1."),
-            ));
+        // A cluster replicates every partition to every node (for now): its factor is the node count.
+        let nodes = cluster.map_or(1, |c| c.nodes.len() as i16);
+        let rf = match t.replication_factor {
+            -1 if cluster.is_some() => nodes,
+            -1 => default_rf,
+            rf => rf,
+        };
+        if rf != nodes {
+            let msg = if cluster.is_some() {
+                format!(
+                    "Replication factor: {rf}; this cluster replicates every partition to all {nodes} nodes (use -1 or {nodes})."
+                )
+            } else {
+                format!("Replication factor: {rf} larger than available brokers: 1.")
+            };
+            resp.topics.push(fail(r, code::INVALID_REPLICATION_FACTOR, msg));
             continue;
         }
         // Configs: known names, valid values.
@@ -104,9 +114,17 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreateTopicsRequest>) -> Opti
             continue;
         }
         let outcome = if req.body.validate_only {
-            broker.check_create(&name).map(|()| None)
+            broker.check_create(&name).map(|()| None).map_err(|e| create_error(&name, e))
+        } else if let Some(c) = cluster {
+            match c.create_topic(broker, &name, partitions as u32, rf, overrides.clone()).await {
+                Ok(()) => Ok(broker.topic(&name)),
+                Err(e) => Err(e),
+            }
         } else {
-            broker.create_topic(&name, partitions as u32, overrides.clone()).map(Some)
+            broker
+                .create_topic(&name, partitions as u32, overrides.clone())
+                .map(Some)
+                .map_err(|e| create_error(&name, e))
         };
         match outcome {
             Ok(created) => {
@@ -133,13 +151,18 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreateTopicsRequest>) -> Opti
                     );
                 }
             }
-            Err(CreateError::Exists) => {
-                r = fail(r, code::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists."));
-            }
-            Err(CreateError::InvalidName(msg)) => r = fail(r, code::INVALID_TOPIC_EXCEPTION, msg),
-            Err(CreateError::Storage(msg)) => r = fail(r, code::KAFKA_STORAGE_ERROR, msg),
+            Err((code, msg)) => r = fail(r, code, msg),
         }
         resp.topics.push(r);
     }
     Some(resp)
+}
+
+/// The Kafka error for a topic this node could not create.
+fn create_error(name: &str, e: CreateError) -> (i16, String) {
+    match e {
+        CreateError::Exists => (code::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists.")),
+        CreateError::InvalidName(msg) => (code::INVALID_TOPIC_EXCEPTION, msg),
+        CreateError::Storage(msg) => (code::KAFKA_STORAGE_ERROR, msg),
+    }
 }

@@ -30,7 +30,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DeleteRecordsRequest>) -> Opt
             pr.partition_index = p.partition_index;
             let outcome = match topic.as_ref().and_then(|topic| topic.partition(p.partition_index)) {
                 None => Err(code::UNKNOWN_TOPIC_OR_PARTITION),
-                Some(_) if !deletable => Err(code::POLICY_VIOLATION),
+                // Not replicated yet: each node would move its own log start.
+                Some(_) if !deletable || ctx.broker.cluster.get().is_some() => Err(code::POLICY_VIOLATION),
                 Some(part) => delete_before(&part, p.offset),
             };
             match outcome {

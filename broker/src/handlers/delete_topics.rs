@@ -56,6 +56,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DeleteTopicsRequest>) -> Opti
             // Before v3 there was no TOPIC_DELETION_DISABLED.
             let code = if version < 3 { code::INVALID_REQUEST } else { code::TOPIC_DELETION_DISABLED };
             Err((code, "Topic deletion is disabled.".to_string()))
+        } else if let Err(refusal) = super::refuse_in_cluster(ctx, "Deleting topics") {
+            Err(refusal)
         } else {
             match &target {
                 Target::Both(..) => {

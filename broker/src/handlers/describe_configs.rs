@@ -192,7 +192,7 @@ pub(super) mod fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut all = vec![("log.dirs".to_string(), dir.path().display().to_string())];
         all.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let broker = Broker::open(BrokerConfig::from_settings(&all).unwrap()).unwrap();
+        let broker = Broker::open(BrokerConfig::from_settings(&all).unwrap(), None).unwrap();
         let flusher = Flusher::start();
         // Group tests call `ctx.groups.start()`; others see no `__consumer_offsets`.
         let groups = crate::group::coordinator::GroupCoordinator::new(broker.clone(), flusher.clone());

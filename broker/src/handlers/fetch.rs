@@ -76,7 +76,9 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FetchRequest>) -> Option<Fetc
     let mut appended = ctx.broker.appended.subscribe();
     let results = loop {
         appended.borrow_and_update();
-        let (results, bytes, any_error) = read_once(&wants, response_max, unknown_code, version, read_committed);
+        let clustered = ctx.broker.cluster.get().is_some();
+        let (results, bytes, any_error) =
+            read_once(&wants, response_max, unknown_code, version, read_committed, clustered);
         if bytes >= min_bytes || any_error || Instant::now() >= deadline {
             break results;
         }
@@ -104,6 +106,7 @@ fn read_once(
     unknown_code: i16,
     version: i16,
     read_committed: bool,
+    clustered: bool,
 ) -> (Vec<PartitionData>, usize, bool) {
     let mut out = Vec::with_capacity(wants.len());
     let mut total = 0usize;
@@ -121,20 +124,24 @@ fn read_once(
             out.push(pd);
             continue;
         };
-        if w.current_leader_epoch >= 0 && w.current_leader_epoch != p.leader_epoch {
-            pd.error_code = if w.current_leader_epoch > p.leader_epoch {
-                code::UNKNOWN_LEADER_EPOCH
-            } else {
-                code::FENCED_LEADER_EPOCH
-            };
+        let epoch = p.epoch();
+        if let Err(c) = p.check_leader(clustered) {
+            pd.error_code = c;
+            any_error = true;
+            out.push(pd);
+            continue;
+        }
+        if w.current_leader_epoch >= 0 && w.current_leader_epoch != epoch {
+            pd.error_code =
+                if w.current_leader_epoch > epoch { code::UNKNOWN_LEADER_EPOCH } else { code::FENCED_LEADER_EPOCH };
             any_error = true;
             out.push(pd);
             continue;
         }
         let log = p.log.lock();
-        let (start, end) = (log.log_start_offset(), log.log_end_offset());
-        let lso = log.last_stable_offset(end);
-        pd.high_watermark = end as i64;
+        let (start, hw) = (log.log_start_offset(), p.high_watermark(&log));
+        let lso = log.last_stable_offset(hw);
+        pd.high_watermark = hw as i64;
         pd.last_stable_offset = lso as i64;
         // log_start_offset exists from v5.
         pd.log_start_offset = if version >= 5 { start as i64 } else { -1 };
@@ -152,7 +159,7 @@ fn read_once(
             out.push(pd);
             continue;
         }
-        let upto = if read_committed { lso } else { u64::MAX };
+        let upto = if read_committed { lso } else { hw };
         match log.read_below(w.fetch_offset as u64, limit, upto) {
             Ok(read) => {
                 let fits = read.bytes.len() <= limit || total == 0;

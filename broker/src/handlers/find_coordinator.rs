@@ -16,6 +16,14 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> O
         let c = ctx.broker.config.read();
         (c.node_id, c.advertised_host.clone(), i32::from(c.advertised_port))
     };
+    // In a cluster one node coordinates everything (see `cluster.rs`); the others point to it.
+    let (node_id, host, port, remote) = match ctx.broker.cluster.get() {
+        Some(c) if c.coordinator() != c.node => match c.broker_address(c.coordinator()) {
+            Some((h, p)) => (c.coordinator() as i32, h, i32::from(p), Some(true)),
+            None => (-1, String::new(), -1, Some(false)),
+        },
+        _ => (node_id, host, port, None),
+    };
     let key_type = req.body.key_type;
     let keys: Vec<String> = if version >= 4 {
         req.body.coordinator_keys.iter().map(|k| k.to_string()).collect()
@@ -25,9 +33,11 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> O
     let answers: Vec<Coordinator> = keys
         .into_iter()
         .map(|key| {
-            let checked = match key_type {
-                KEY_TYPE_GROUP => ctx.groups.check(&key),
-                KEY_TYPE_TRANSACTION => ctx.txns.check(&key),
+            let checked = match (key_type, remote) {
+                (KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION, Some(true)) => Ok(()),
+                (KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION, Some(false)) => Err(code::COORDINATOR_NOT_AVAILABLE),
+                (KEY_TYPE_GROUP, None) => ctx.groups.check(&key),
+                (KEY_TYPE_TRANSACTION, None) => ctx.txns.check(&key),
                 _ => Err(code::INVALID_REQUEST),
             };
             let error = match checked {

@@ -10,7 +10,7 @@ use super::alter_configs::{
     RepeatGate, check_resource_type, check_topic_config, check_unique_keys, list_items, refuse_broker_change,
     storage_refusal,
 };
-use super::describe_configs::{RESOURCE_BROKER, Refusal, find_topic};
+use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC, Refusal, find_topic};
 use super::{Ctx, Request, code, str_bytes};
 use crate::config::{BrokerConfig, Kind, topic_def, topic_value};
 
@@ -58,7 +58,11 @@ pub(super) async fn handle(
                     .iter()
                     .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
                     .collect();
-                alter(ctx, res.resource_type, &res.resource_name, &ops, body.validate_only)
+                match res.resource_type {
+                    RESOURCE_TOPIC => super::refuse_in_cluster(ctx, "Changing topic configs"),
+                    _ => Ok(()),
+                }
+                .and_then(|()| alter(ctx, res.resource_type, &res.resource_name, &ops, body.validate_only))
             }
         };
         let mut r = AlterConfigsResourceResponse::default();
@@ -219,7 +223,6 @@ mod handler_tests {
     use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
 
     use super::*;
-    use crate::handlers::describe_configs::RESOURCE_TOPIC;
     use crate::handlers::describe_configs::fixture::{broker, encodes_at_every_version, request};
 
     fn resource(ty: i8, name: &str, ops: &[(&str, i8, Option<&str>)]) -> AlterConfigsResource {

@@ -21,6 +21,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ListOffsetsRequest>) -> Optio
     let version = req.version();
     // read_committed (v2+) consumers start at the last stable offset, not the log end.
     let read_committed = version >= 2 && req.body.isolation_level == 1;
+    let clustered = ctx.broker.cluster.get().is_some();
     let mut resp = ListOffsetsResponse::default();
     for t in req.body.topics {
         let topic = ctx.broker.topic(&t.name.0);
@@ -34,8 +35,9 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ListOffsetsRequest>) -> Optio
             pr.leader_epoch = -1;
             match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
                 None => pr.error_code = code::UNKNOWN_TOPIC_OR_PARTITION,
-                Some(part) if p.current_leader_epoch >= 0 && p.current_leader_epoch != part.leader_epoch => {
-                    pr.error_code = if p.current_leader_epoch > part.leader_epoch {
+                Some(part) if part.check_leader(clustered).is_err() => pr.error_code = code::NOT_LEADER_OR_FOLLOWER,
+                Some(part) if p.current_leader_epoch >= 0 && p.current_leader_epoch != part.epoch() => {
+                    pr.error_code = if p.current_leader_epoch > part.epoch() {
                         code::UNKNOWN_LEADER_EPOCH
                     } else {
                         code::FENCED_LEADER_EPOCH
@@ -65,8 +67,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ListOffsetsRequest>) -> Optio
 /// `(offset, timestamp, leader epoch)` for a ListOffsets query, or `None` when nothing matches.
 fn lookup(p: &Partition, query: i64, read_committed: bool) -> Result<Option<(i64, i64, i32)>, String> {
     let log = p.log.lock();
-    let epoch = log.latest_epoch().unwrap_or(p.leader_epoch);
-    let end = log.log_end_offset();
+    let epoch = log.latest_epoch().unwrap_or(p.epoch());
+    let end = p.high_watermark(&log);
     match query {
         LATEST if read_committed => Ok(Some((log.last_stable_offset(end) as i64, -1, epoch))),
         LATEST => Ok(Some((end as i64, -1, epoch))),

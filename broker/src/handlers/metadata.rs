@@ -9,6 +9,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use uuid::Uuid;
 
 use super::{Ctx, Request, code, str_bytes};
+use crate::cluster::Cluster;
 use crate::state::{CreateError, Topic, check_topic_name};
 
 pub(super) async fn handle(ctx: &Ctx, req: Request<MetadataRequest>) -> Option<MetadataResponse> {
@@ -32,6 +33,23 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<MetadataRequest>) -> Option<M
     resp.brokers = vec![b];
     resp.cluster_id = Some(str_bytes(broker.cluster_id.clone()));
     resp.controller_id = BrokerId(node_id);
+    let cluster = broker.cluster.get().map(|c| c.as_ref());
+    if let Some(c) = cluster {
+        // Every registered broker (this one too, even before its registration applies).
+        c.meta.read(|m| {
+            for (&id, (host, port)) in &m.brokers {
+                if id as i32 != node_id {
+                    let mut b = MetadataResponseBroker::default();
+                    b.node_id = BrokerId(id as i32);
+                    b.host = str_bytes(host.clone());
+                    b.port = i32::from(*port);
+                    resp.brokers.push(b);
+                }
+            }
+        });
+        resp.brokers.sort_by_key(|b| b.node_id.0);
+        resp.controller_id = BrokerId(c.meta.leader().map_or(-1, |l| l as i32));
+    }
     resp.cluster_authorized_operations = i32::MIN;
 
     // v0: an empty list means all topics; v1+: null means all.
@@ -44,7 +62,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<MetadataRequest>) -> Option<M
     match requested {
         None => {
             for t in broker.topics() {
-                resp.topics.push(describe(&t, node_id, version));
+                resp.topics.push(describe(&t, node_id, version, cluster));
             }
         }
         Some(list) => {
@@ -55,13 +73,30 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<MetadataRequest>) -> Option<M
                     None => broker.topic_by_id(rt.topic_id),
                 };
                 let entry = match (topic, name) {
-                    (Some(t), _) => describe(&t, node_id, version),
+                    (Some(t), _) => describe(&t, node_id, version, cluster),
+                    (None, Some(n)) if allow_auto && check_topic_name(&n).is_ok() && cluster.is_some() => {
+                        let c = cluster.expect("checked");
+                        match c.create_topic(broker, &n, partitions_default, -1, BTreeMap::new()).await {
+                            Ok(()) => match broker.topic(&n) {
+                                Some(t) => describe(&t, node_id, version, cluster),
+                                None => error_topic(Some(n), rt.topic_id, code::LEADER_NOT_AVAILABLE),
+                            },
+                            Err((code::TOPIC_ALREADY_EXISTS, _)) => match broker.topic(&n) {
+                                Some(t) => describe(&t, node_id, version, cluster),
+                                None => error_topic(Some(n), rt.topic_id, code::LEADER_NOT_AVAILABLE),
+                            },
+                            Err((_, e)) => {
+                                tracing::warn!(topic = n, error = %e, "auto-create failed");
+                                error_topic(Some(n), rt.topic_id, code::LEADER_NOT_AVAILABLE)
+                            }
+                        }
+                    }
                     (None, Some(n)) if allow_auto && check_topic_name(&n).is_ok() => {
                         match broker.create_topic(&n, partitions_default, BTreeMap::new()) {
-                            Ok(t) => describe(&t, node_id, version),
+                            Ok(t) => describe(&t, node_id, version, cluster),
                             // Someone else created it between our lookup and the create.
                             Err(CreateError::Exists) => match broker.topic(&n) {
-                                Some(t) => describe(&t, node_id, version),
+                                Some(t) => describe(&t, node_id, version, cluster),
                                 None => error_topic(Some(n), rt.topic_id, code::LEADER_NOT_AVAILABLE),
                             },
                             Err(e) => {
@@ -92,7 +127,7 @@ fn error_topic(name: Option<String>, id: Uuid, error: i16) -> MetadataResponseTo
     t
 }
 
-fn describe(topic: &Topic, node_id: i32, version: i16) -> MetadataResponseTopic {
+fn describe(topic: &Topic, node_id: i32, version: i16, cluster: Option<&Cluster>) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = Some(TopicName(str_bytes(topic.name.clone())));
     t.topic_id = topic.id;
@@ -106,9 +141,39 @@ fn describe(topic: &Topic, node_id: i32, version: i16) -> MetadataResponseTopic 
             let mut mp = MetadataResponsePartition::default();
             mp.partition_index = p.index;
             mp.leader_id = BrokerId(node_id);
-            mp.leader_epoch = if version >= 7 { p.leader_epoch } else { -1 };
+            mp.leader_epoch = if version >= 7 { p.epoch() } else { -1 };
             mp.replica_nodes = vec![BrokerId(node_id)];
             mp.isr_nodes = vec![BrokerId(node_id)];
+            if let Some(c) = cluster {
+                let ids = |nodes: Vec<u64>| nodes.into_iter().map(|n| BrokerId(n as i32)).collect::<Vec<_>>();
+                match p.replica.get() {
+                    Some(r) => {
+                        // The in-sync set is reported as the voters for now: a lagging voter
+                        // is not told apart yet.
+                        mp.replica_nodes = ids(c.replicas_of(&topic.name, p.index));
+                        mp.isr_nodes = ids(r.voters());
+                        match r.leader() {
+                            Some(l) => mp.leader_id = BrokerId(l as i32),
+                            None => {
+                                mp.leader_id = BrokerId(-1);
+                                mp.error_code = code::LEADER_NOT_AVAILABLE;
+                            }
+                        }
+                    }
+                    // Internal topics are kept by the coordinator node, unreplicated.
+                    None if topic.name.starts_with("__") => {
+                        let coordinator = BrokerId(c.coordinator() as i32);
+                        (mp.leader_id, mp.replica_nodes, mp.isr_nodes) =
+                            (coordinator, vec![coordinator], vec![coordinator]);
+                    }
+                    None => {
+                        mp.leader_id = BrokerId(-1);
+                        mp.error_code = code::LEADER_NOT_AVAILABLE;
+                        mp.replica_nodes = ids(c.replicas_of(&topic.name, p.index));
+                        mp.isr_nodes = Vec::new();
+                    }
+                }
+            }
             mp
         })
         .collect();

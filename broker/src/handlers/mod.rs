@@ -75,6 +75,8 @@ pub(crate) mod code {
     pub(crate) const CORRUPT_MESSAGE: i16 = 2;
     pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub(crate) const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub(crate) const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub(crate) const NOT_CONTROLLER: i16 = 41;
     pub(crate) const REQUEST_TIMED_OUT: i16 = 7;
     pub(crate) const MESSAGE_TOO_LARGE: i16 = 10;
     pub(crate) const INVALID_TOPIC_EXCEPTION: i16 = 17;
@@ -244,3 +246,25 @@ mod wire_versions_test;
 mod group_wire_test;
 #[cfg(test)]
 mod txn_wire_test;
+
+/// The Kafka error code a producer gets for a batch its partition's producer state refuses.
+pub(crate) fn producer_error_code(e: &creek_storage::ProducerError) -> i16 {
+    use creek_storage::ProducerError;
+    match e {
+        ProducerError::InvalidEpoch { .. } => crate::txn::state::INVALID_PRODUCER_EPOCH,
+        ProducerError::OutOfOrder { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ProducerError::UnknownProducer { .. } => code::UNKNOWN_PRODUCER_ID,
+        ProducerError::InvalidTxnState { .. } => crate::txn::state::INVALID_TXN_STATE,
+        ProducerError::CoordinatorFenced { .. } => code::TRANSACTION_COORDINATOR_FENCED,
+        ProducerError::Malformed(_) => code::INVALID_RECORD,
+    }
+}
+
+/// Refuses an admin change a replicated cluster cannot yet make on every node alike (it would
+/// change this node's copy only).
+pub(crate) fn refuse_in_cluster(ctx: &Ctx, what: &str) -> Result<(), (i16, String)> {
+    match ctx.broker.cluster.get() {
+        Some(_) => Err((code::POLICY_VIOLATION, format!("{what} is not supported in a replicated cluster yet"))),
+        None => Ok(()),
+    }
+}

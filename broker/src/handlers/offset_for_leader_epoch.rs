@@ -15,6 +15,7 @@ pub(super) async fn handle(
     req: Request<OffsetForLeaderEpochRequest>,
 ) -> Option<OffsetForLeaderEpochResponse> {
     // replica_id (v3+) tells followers from consumers; a single node answers both alike.
+    let clustered = ctx.broker.cluster.get().is_some();
     let mut resp = OffsetForLeaderEpochResponse::default();
     for t in req.body.topics {
         let topic = ctx.broker.topic(&t.topic.0);
@@ -26,10 +27,11 @@ pub(super) async fn handle(
             (pr.leader_epoch, pr.end_offset) = UNDEFINED;
             match topic.as_ref().and_then(|topic| topic.partition(p.partition)) {
                 None => pr.error_code = code::UNKNOWN_TOPIC_OR_PARTITION,
-                Some(part) if p.current_leader_epoch >= 0 && p.current_leader_epoch > part.leader_epoch => {
+                Some(part) if part.check_leader(clustered).is_err() => pr.error_code = code::NOT_LEADER_OR_FOLLOWER,
+                Some(part) if p.current_leader_epoch >= 0 && p.current_leader_epoch > part.epoch() => {
                     pr.error_code = code::UNKNOWN_LEADER_EPOCH;
                 }
-                Some(part) if p.current_leader_epoch >= 0 && p.current_leader_epoch < part.leader_epoch => {
+                Some(part) if p.current_leader_epoch >= 0 && p.current_leader_epoch < part.epoch() => {
                     pr.error_code = code::FENCED_LEADER_EPOCH;
                 }
                 Some(part) => (pr.leader_epoch, pr.end_offset) = end_of_epoch(&part, p.leader_epoch),
@@ -47,7 +49,7 @@ pub(super) async fn handle(
 fn end_of_epoch(part: &Partition, requested: i32) -> (i32, i64) {
     let log = part.log.lock();
     let log_end = log.log_end_offset() as i64;
-    let current = part.leader_epoch;
+    let current = part.epoch();
     if requested < 0 || requested > current {
         // Undefined, or a future epoch this leader has not reached.
         return UNDEFINED;

@@ -8,11 +8,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use creek_protocol::batch::{self, BatchError, BatchView};
 use creek_protocol::records::DecodedBatch;
-use creek_storage::{ProducerError, StorageError};
+use creek_storage::StorageError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
 use super::{Ctx, Request, code, str_bytes};
+use crate::raft::Applied;
+use crate::raft::log_store::PROPOSAL_OFFSET;
+use crate::raft::replica::ProposeError;
 use crate::state::{Partition, now_ms};
 
 /// Where a partition's records are once the decoded message is gone.
@@ -73,6 +76,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ProduceRequest>) -> Option<Pr
         BytesMut::from(&shared[..])
     });
 
+    let clustered = ctx.broker.cluster.get().is_some();
+    let mut proposals = Vec::new();
     let mut durable_waits = Vec::new();
     let mut appended_any = false;
     for t in &mut topics {
@@ -104,6 +109,35 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ProduceRequest>) -> Option<Pr
                     continue;
                 }
             };
+            if let Some(replica) = partition.replica.get() {
+                // Replicated: the leader proposes each batch; it is answered once committed.
+                if !replica.is_leader() {
+                    r.error_code = code::NOT_LEADER_OR_FOLLOWER;
+                    continue;
+                }
+                match prepare(&partition, records, version) {
+                    Ok(prepared) => {
+                        let batches = prepared
+                            .ranges
+                            .iter()
+                            .map(|range| {
+                                let mut b = records[range.clone()].to_vec();
+                                batch::set_base_offset(&mut b, PROPOSAL_OFFSET);
+                                bytes::Bytes::from(b)
+                            })
+                            .collect();
+                        let append_time = prepared.log_append_time.then_some(prepared.now);
+                        proposals.push((t.name.clone(), part.partition, partition.clone(), batches, append_time));
+                    }
+                    Err((code, msg)) => refuse(r, t.name.as_str(), part.partition, code, msg, version),
+                }
+                continue;
+            }
+            if clustered && !t.name.starts_with("__") {
+                // Its Raft replica has not started here yet.
+                r.error_code = code::NOT_LEADER_OR_FOLLOWER;
+                continue;
+            }
             match append(&partition, records, version) {
                 Ok(info) => {
                     appended_any |= !info.duplicate;
@@ -118,18 +152,48 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ProduceRequest>) -> Option<Pr
                         durable_waits.push((partition.clone(), info.last_offset + 1, t.name.clone(), part.partition));
                     }
                 }
-                Err((code, msg)) => {
-                    tracing::debug!(topic = %t.name, partition = part.partition, code, %msg, "produce refused");
-                    r.error_code = code;
-                    if version >= 8 {
-                        r.error_message = Some(str_bytes(msg));
-                    }
-                }
+                Err((code, msg)) => refuse(r, t.name.as_str(), part.partition, code, msg, version),
             }
         }
     }
     if appended_any {
         ctx.broker.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+    if !proposals.is_empty() {
+        let deadline = Duration::from_millis(timeout_ms.max(0) as u64);
+        let outcomes = futures_util::future::join_all(proposals.into_iter().map(
+            |(topic, index, partition, batches, append_time)| async move {
+                let outcome = tokio::time::timeout(deadline, propose(&partition, batches)).await.unwrap_or_else(|_| {
+                    Err((code::REQUEST_TIMED_OUT, "not committed within the request timeout".into()))
+                });
+                let log_start = partition.log.lock().log_start_offset();
+                (topic, index, outcome, append_time, log_start)
+            },
+        ))
+        .await;
+        for (topic, index, outcome, append_time, log_start) in outcomes {
+            let Some(r) = topics
+                .iter_mut()
+                .filter(|t| t.name == topic)
+                .flat_map(|t| t.parts.iter_mut())
+                .find(|p| p.partition == index)
+                .map(|p| &mut p.result)
+            else {
+                continue;
+            };
+            match outcome {
+                Ok((base_offset, duplicate)) => {
+                    r.base_offset = base_offset;
+                    if version >= 5 {
+                        r.log_start_offset = log_start as i64;
+                    }
+                    if let (Some(t), false) = (append_time, duplicate) {
+                        r.log_append_time_ms = t;
+                    }
+                }
+                Err((code, msg)) => refuse(r, &topic, index, code, msg, version),
+            }
+        }
     }
 
     // acks=all: answer once an fsync covers every appended batch (group commit).
@@ -223,8 +287,61 @@ struct Appended {
     duplicate: bool,
 }
 
+fn refuse(r: &mut PartitionProduceResponse, topic: &str, index: i32, code: i16, msg: String, version: i16) {
+    tracing::debug!(topic, partition = index, code, %msg, "produce refused");
+    r.error_code = code;
+    if version >= 8 {
+        r.error_message = Some(str_bytes(msg));
+    }
+}
+
+/// Proposes a partition's batches in order and waits for each to commit: the first batch's
+/// offset and whether it was a retried duplicate, or the error its producer gets.
+async fn propose(partition: &Partition, batches: Vec<bytes::Bytes>) -> Result<(i64, bool), (i16, String)> {
+    let replica = partition.replica.get().expect("only replicated partitions propose");
+    let mut first = None;
+    for b in batches {
+        let answer = match replica.propose(b).await {
+            Ok(Applied::Batch { base_offset, .. }) => (base_offset as i64, false),
+            Ok(Applied::Refused(r)) if r.code == 0 => (r.base_offset, true),
+            Ok(Applied::Refused(r)) => {
+                return Err((r.code, format!("the leader refused the batch (error {})", r.code)));
+            }
+            Ok(other) => return Err((code::KAFKA_STORAGE_ERROR, format!("unexpected apply result {other:?}"))),
+            Err(ProposeError::NotLeader(_) | ProposeError::Unknown(_)) => {
+                return Err((code::NOT_LEADER_OR_FOLLOWER, "leadership moved; retry on the new leader".into()));
+            }
+            Err(ProposeError::Stopped(m)) => return Err((code::NOT_LEADER_OR_FOLLOWER, m)),
+        };
+        first.get_or_insert(answer);
+    }
+    Ok(first.unwrap_or((-1, false)))
+}
+
+/// A partition's batches, checked and ready to append or propose.
+struct Prepared {
+    ranges: Vec<Range<usize>>,
+    log_append_time: bool,
+    now: i64,
+}
+
 /// Validates every batch in `records` and appends them, or refuses them all with an error code.
 fn append(partition: &Arc<Partition>, records: &mut [u8], version: i16) -> Result<Appended, (i16, String)> {
+    let Prepared { log_append_time, now, .. } = prepare(partition, records, version)?;
+    let mut log = partition.log.lock();
+    let info = log.append(records, partition.leader_epoch, now).map_err(|e| (storage_code(&e), e.to_string()))?;
+    Ok(Appended {
+        base_offset: info.base_offset,
+        last_offset: info.last_offset,
+        log_start_offset: log.log_start_offset(),
+        log_append_time: log_append_time && !info.duplicate,
+        append_time_ms: now,
+        duplicate: info.duplicate,
+    })
+}
+
+/// Validates every batch in `records` (and sets LogAppendTime when the topic asks for it).
+fn prepare(partition: &Partition, records: &mut [u8], version: i16) -> Result<Prepared, (i16, String)> {
     let (max_bytes, log_append_time, compacted) = {
         let c = partition.config.read();
         (c.max_message_bytes, c.log_append_time, c.log.cleanup_compact)
@@ -272,29 +389,13 @@ fn append(partition: &Arc<Partition>, records: &mut [u8], version: i16) -> Resul
             b[17..21].copy_from_slice(&crc.to_be_bytes());
         }
     }
-    let mut log = partition.log.lock();
-    let info = log.append(records, partition.leader_epoch, now).map_err(|e| (storage_code(&e), e.to_string()))?;
-    Ok(Appended {
-        base_offset: info.base_offset,
-        last_offset: info.last_offset,
-        log_start_offset: log.log_start_offset(),
-        log_append_time: log_append_time && !info.duplicate,
-        append_time_ms: now,
-        duplicate: info.duplicate,
-    })
+    Ok(Prepared { ranges, log_append_time, now })
 }
 
 /// The Kafka error code for a refused append.
 fn storage_code(e: &StorageError) -> i16 {
     match e {
-        StorageError::Producer(p) => match p {
-            ProducerError::InvalidEpoch { .. } => crate::txn::state::INVALID_PRODUCER_EPOCH,
-            ProducerError::OutOfOrder { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
-            ProducerError::UnknownProducer { .. } => code::UNKNOWN_PRODUCER_ID,
-            ProducerError::InvalidTxnState { .. } => crate::txn::state::INVALID_TXN_STATE,
-            ProducerError::CoordinatorFenced { .. } => code::TRANSACTION_COORDINATOR_FENCED,
-            ProducerError::Malformed(_) => code::INVALID_RECORD,
-        },
+        StorageError::Producer(p) => super::producer_error_code(p),
         StorageError::InvalidBatch(_) => code::CORRUPT_MESSAGE,
         _ => code::KAFKA_STORAGE_ERROR,
     }

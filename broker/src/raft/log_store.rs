@@ -56,6 +56,49 @@ pub(crate) const CONTROL_TYPE_BLANK: i16 = 100;
 /// Control record type of an openraft membership entry.
 pub(crate) const CONTROL_TYPE_MEMBERSHIP: i16 = 101;
 
+/// Control record type of a batch the leader refused (see [`Refusal`]): it takes the Raft index
+/// of the proposal so every replica answers the producer the same way.
+pub(crate) const CONTROL_TYPE_REFUSED: i16 = 102;
+
+/// The `baseOffset` of a batch proposed to a leader's log: not stamped yet. The leader's store
+/// stamps it when it appends the entry (in log order), so concurrent proposals need no lock.
+pub(crate) const PROPOSAL_OFFSET: i64 = -1;
+
+/// Why a proposed batch was not stored, as its producer is answered: `code` 0 is a retried
+/// duplicate (answered with the original offsets), any other a Kafka error code. Encoded as the
+/// value of a [`CONTROL_TYPE_REFUSED`] record: version `00 00`, i16 code, i64 base and last
+/// offset (-1 when there are none), big-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) code: i16,
+    pub(crate) base_offset: i64,
+    pub(crate) last_offset: i64,
+}
+
+impl Refusal {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = vec![0, 0];
+        v.extend_from_slice(&self.code.to_be_bytes());
+        v.extend_from_slice(&self.base_offset.to_be_bytes());
+        v.extend_from_slice(&self.last_offset.to_be_bytes());
+        v
+    }
+
+    /// The refusal a stored batch carries, if it is one.
+    pub(crate) fn of(batch: &[u8]) -> Option<Refusal> {
+        let v = BatchView::new(batch).ok()?;
+        let (kind, value) = raft_control_type(&v)?;
+        if kind != CONTROL_TYPE_REFUSED || value.len() != 20 || value[0..2] != [0, 0] {
+            return None;
+        }
+        Some(Refusal {
+            code: i16::from_be_bytes(value[2..4].try_into().ok()?),
+            base_offset: i64::from_be_bytes(value[4..12].try_into().ok()?),
+            last_offset: i64::from_be_bytes(value[12..20].try_into().ok()?),
+        })
+    }
+}
+
 const VOTE_FILE: &str = "raft-vote";
 const START_FILE: &str = "raft-log-start";
 const COMMITTED_FILE: &str = "raft-committed";
@@ -74,10 +117,14 @@ struct Slot {
     term: u64,
 }
 
+/// A partition log shared by its Raft store and the broker's Kafka handlers (which read it and,
+/// for internal topics, append to it). Lock order: the store's lock before this one.
+pub(crate) type SharedLog = Arc<Mutex<PartitionLog>>;
+
 /// Everything behind the store's lock.
 #[derive(Debug)]
 struct State {
-    log: PartitionLog,
+    log: SharedLog,
     /// Raft index of `slots[0]`, or of the next entry when `slots` is empty.
     first_index: u64,
     /// Kafka offset of `slots[0]`, or the log end when `slots` is empty: every batch from here
@@ -95,6 +142,9 @@ struct State {
 pub(crate) struct LogStore {
     shared: Arc<Mutex<State>>,
     flushes: mpsc::Sender<(FlushTarget, IOFlushed<TypeConfig>)>,
+    // Awaited by `close`; in the broker openraft owns the store and drops it (its flusher then
+    // ends with the channel).
+    #[cfg_attr(not(test), allow(dead_code))]
     flusher: tokio::task::JoinHandle<()>,
 }
 
@@ -125,6 +175,11 @@ impl LogStore {
     /// starts the store's flusher task (so it must run inside a tokio runtime).
     pub(crate) fn open(dir: &Path, config: LogConfig) -> io::Result<LogStore> {
         let log = PartitionLog::open(dir, config, now_ms()).map_err(storage_err)?;
+        LogStore::on(Arc::new(Mutex::new(log)))
+    }
+
+    /// The store of an already open partition log (the broker's), and its flusher task.
+    pub(crate) fn on(log: SharedLog) -> io::Result<LogStore> {
         let state = State::load(log)?;
         let shared = Arc::new(Mutex::new(state));
         let (flushes, rx) = mpsc::channel(PENDING_FLUSHES_MAX);
@@ -135,11 +190,12 @@ impl LogStore {
     /// Runs `f` on the partition log under the store's lock (tests: retention, DeleteRecords).
     #[cfg(test)]
     pub(crate) fn with_log<R>(&self, f: impl FnOnce(&mut PartitionLog) -> R) -> R {
-        f(&mut self.shared.lock().log)
+        f(&mut self.shared.lock().log.lock())
     }
 
     /// Waits for queued flushes, records the committed log id and closes the partition log
     /// cleanly. Fails if a [`LogReader`] is still alive.
+    #[cfg(test)]
     pub(crate) async fn close(self) -> io::Result<()> {
         let LogStore { shared, flushes, flusher } = self;
         drop(flushes);
@@ -167,7 +223,7 @@ async fn run_flusher(shared: Arc<Mutex<State>>, mut rx: mpsc::Receiver<(FlushTar
         let shared2 = shared.clone();
         let synced = tokio::task::spawn_blocking(move || {
             target.sync()?;
-            shared2.lock().log.mark_flushed_target(&target);
+            shared2.lock().log.lock().mark_flushed_target(&target);
             Ok::<(), io::Error>(())
         })
         .await
@@ -185,7 +241,8 @@ async fn run_flusher(shared: Arc<Mutex<State>>, mut rx: mpsc::Receiver<(FlushTar
 
 impl State {
     /// Reads the Raft state files and rebuilds the index from the batch headers.
-    fn load(log: PartitionLog) -> io::Result<State> {
+    fn load(shared_log: SharedLog) -> io::Result<State> {
+        let log = shared_log.lock();
         let vote = read_lines(&log, VOTE_FILE)?.map(|l| parse_vote(&l)).transpose()?;
         let committed = read_lines(&log, COMMITTED_FILE)?.map(|l| parse_log_id(&l, 0)).transpose()?.flatten();
         let (first_index, start_offset, purged) = match read_lines(&log, START_FILE)? {
@@ -224,7 +281,8 @@ impl State {
             }
             assert_eq!(offset, read.next_offset, "read returns whole batches");
         }
-        let mut state = State { log, first_index, start_offset, purged, slots, vote, committed };
+        drop(log);
+        let mut state = State { log: shared_log, first_index, start_offset, purged, slots, vote, committed };
         state.set_retention_floor();
         Ok(state)
     }
@@ -232,27 +290,32 @@ impl State {
     /// Keeps storage's retention, DeleteRecords and compaction below the Raft log start (the
     /// floor is in memory only: set on every open and whenever the start moves).
     fn set_retention_floor(&mut self) {
-        self.log.set_retention_floor(self.start_offset);
+        self.log.lock().set_retention_floor(self.start_offset);
     }
 
+    #[cfg(test)]
     fn close(self) -> io::Result<()> {
         if let Some(c) = &self.committed {
             let text = format!("{FORMAT_VERSION}\n{}\n{}\n", term_of(c), c.index());
-            self.log.write_state_file(COMMITTED_FILE, text.as_bytes()).map_err(storage_err)?;
+            self.log.lock().write_state_file(COMMITTED_FILE, text.as_bytes()).map_err(storage_err)?;
         }
-        self.log.close().map_err(storage_err)
+        // The broker's handlers may share the log; then its owner closes it.
+        match Arc::try_unwrap(self.log) {
+            Ok(log) => log.into_inner().close().map_err(storage_err),
+            Err(shared) => shared.lock().flush().map(|_| ()).map_err(storage_err),
+        }
     }
 
     fn check(&self) {
         if self.slots.is_empty() {
-            assert_eq!(self.start_offset, self.log.log_end_offset(), "an empty Raft log starts at the log end");
+            assert_eq!(self.start_offset, self.log.lock().log_end_offset(), "an empty Raft log starts at the log end");
         } else {
             assert_eq!(self.start_offset, self.slots[0].base_offset);
         }
         if let Some(p) = &self.purged {
             assert!(p.index() < self.first_index, "entries start after the purged one");
         }
-        assert_eq!(self.log.retention_floor(), self.start_offset, "storage keeps what Raft may still need");
+        assert_eq!(self.log.lock().retention_floor(), self.start_offset, "storage keeps what Raft may still need");
     }
 
     /// The index the next appended entry must have.
@@ -273,7 +336,7 @@ impl State {
             None => "-\n-".to_string(),
         };
         let text = format!("{FORMAT_VERSION}\n{}\n{}\n{purged}\n", self.first_index, self.start_offset);
-        self.log.write_state_file(START_FILE, text.as_bytes()).map_err(storage_err)
+        self.log.lock().write_state_file(START_FILE, text.as_bytes()).map_err(storage_err)
     }
 
     /// Writes `entries` to the log (not yet durable) and returns what to fsync.
@@ -281,7 +344,7 @@ impl State {
         // Consecutive entries of one term go to storage in one append (one write).
         let mut run: Vec<u8> = Vec::new();
         let mut run_slots: Vec<Slot> = Vec::new();
-        let mut next_offset = self.log.log_end_offset();
+        let mut next_offset = self.log.lock().log_end_offset();
         for entry in entries {
             let index = entry.log_id.index();
             let term = term_of(&entry.log_id);
@@ -317,6 +380,16 @@ impl State {
                         return Err(invalid(format!("entry {index}: a payload is exactly one batch")));
                     }
                     v.verify_crc().map_err(|e| invalid(format!("entry {index}: {e}")))?;
+                    if v.base_offset() == PROPOSAL_OFFSET {
+                        // This node leads and proposed the batch: it is stamped here, in log
+                        // order, and stored as it will be replicated.
+                        if !run_slots.is_empty() {
+                            self.append_run(&mut run, &mut run_slots, now_ms)?;
+                        }
+                        self.append_proposal(&b, term, now_ms)?;
+                        next_offset = self.log.lock().log_end_offset();
+                        continue;
+                    }
                     if v.base_offset() as u64 != next_offset {
                         return Err(invalid(format!(
                             "entry {index}: batch stamped with offset {}, but the log continues at {next_offset}",
@@ -336,16 +409,15 @@ impl State {
             self.append_run(&mut run, &mut run_slots, now_ms)?;
         }
         self.check();
-        Ok(self.log.flush_target())
+        Ok(self.log.lock().flush_target())
     }
 
     fn append_run(&mut self, run: &mut Vec<u8>, run_slots: &mut Vec<Slot>, now_ms: i64) -> io::Result<()> {
         let first = run_slots[0];
         let epoch = i32::try_from(first.term)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("term {} exceeds i32", first.term)))?;
-        let info = self.log.append(run, epoch, now_ms).map_err(storage_err)?;
-        // The leader checks producers before proposing; here a duplicate or refused batch means
-        // the logs disagree, and nothing may be skipped.
+        // Entries the leader already accepted: producers were checked when it stamped them.
+        let info = self.log.lock().append_replica(run, epoch, now_ms).map_err(storage_err)?;
         if info.duplicate || info.base_offset != first.base_offset {
             return Err(invalid(format!(
                 "storage placed entries at offset {} (duplicate: {}), expected {}",
@@ -361,6 +433,39 @@ impl State {
         Ok(())
     }
 
+    /// Stores a batch this node proposed as leader: storage stamps its offsets and checks its
+    /// producer. A batch storage refuses (a retried duplicate, a sequence gap, a fenced epoch)
+    /// still takes its Raft index, as a refusal control batch ([`CONTROL_TYPE_REFUSED`]) that
+    /// every replica stores and the state machine turns into the producer's answer.
+    fn append_proposal(&mut self, batch: &[u8], term: u64, now_ms: i64) -> io::Result<()> {
+        let epoch = i32::try_from(term)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("term {term} exceeds i32")))?;
+        let mut bytes = batch.to_vec();
+        let mut log = self.log.lock();
+        let base_offset = log.log_end_offset();
+        let refusal = match log.append(&mut bytes, epoch, now_ms) {
+            Ok(info) if !info.duplicate => None,
+            Ok(info) => {
+                Some(Refusal { code: 0, base_offset: info.base_offset as i64, last_offset: info.last_offset as i64 })
+            }
+            Err(StorageError::Producer(e)) => {
+                Some(Refusal { code: crate::handlers::producer_error_code(&e), base_offset: -1, last_offset: -1 })
+            }
+            Err(e) => return Err(storage_err(e)),
+        };
+        if let Some(r) = refusal {
+            let mut control = build_plain_control_batch(CONTROL_TYPE_REFUSED, &r.encode(), now_ms);
+            log.append_replica(&mut control, epoch, now_ms).map_err(storage_err)?;
+        }
+        drop(log);
+        if self.slots.is_empty() {
+            self.start_offset = base_offset;
+            self.set_retention_floor();
+        }
+        self.slots.push_back(Slot { base_offset, term });
+        Ok(())
+    }
+
     /// Removes the entries after `last` (all of them for `None`), durably.
     fn truncate_after(&mut self, last: Option<RaftLogId>) -> io::Result<()> {
         let keep = match &last {
@@ -371,7 +476,7 @@ impl State {
             return Ok(());
         }
         let offset = self.slots[keep].base_offset;
-        self.log.truncate_to(offset).map_err(storage_err)?;
+        self.log.lock().truncate_to(offset).map_err(storage_err)?;
         self.slots.truncate(keep);
         self.check();
         Ok(())
@@ -387,7 +492,7 @@ impl State {
             let drop = ((next - self.first_index).min(self.slots.len() as u64)) as usize;
             self.start_offset = match self.slots.get(drop) {
                 Some(s) => s.base_offset,
-                None => self.log.log_end_offset(),
+                None => self.log.lock().log_end_offset(),
             };
             self.slots.drain(..drop);
             self.first_index = next;
@@ -406,9 +511,21 @@ impl State {
             vote.leader_id.voted_for,
             u8::from(vote.is_committed())
         );
-        self.log.write_state_file(VOTE_FILE, text.as_bytes()).map_err(storage_err)?;
+        self.log.lock().write_state_file(VOTE_FILE, text.as_bytes()).map_err(storage_err)?;
         self.vote = Some(*vote);
         Ok(())
+    }
+
+    /// The Kafka offset after the entry at `index`, if the log holds it.
+    fn end_offset_of(&self, index: u64) -> Option<u64> {
+        let k = usize::try_from(index.checked_sub(self.first_index)?).ok()?;
+        if k >= self.slots.len() {
+            return None;
+        }
+        Some(match self.slots.get(k + 1) {
+            Some(next) => next.base_offset,
+            None => self.log.lock().log_end_offset(),
+        })
     }
 
     /// The entries with indexes in `range` that the log holds.
@@ -430,7 +547,7 @@ impl State {
         for index in start..end {
             let slot = self.slots[(index - self.first_index) as usize];
             if chunk.is_empty() {
-                chunk = self.log.read(slot.base_offset, READ_CHUNK_BYTES).map_err(storage_err)?.bytes;
+                chunk = self.log.lock().read(slot.base_offset, READ_CHUNK_BYTES).map_err(storage_err)?.bytes;
             }
             let len = framed_len(&chunk).map_err(|e| invalid(e.to_string()))?;
             if len > chunk.len() {
@@ -470,7 +587,7 @@ fn raft_control_type<'a>(v: &BatchView<'a>) -> Option<(i16, &'a [u8])> {
         return None;
     }
     let r = control_record(v).ok()?;
-    (r.version == 0 && matches!(r.control_type, CONTROL_TYPE_BLANK | CONTROL_TYPE_MEMBERSHIP))
+    (r.version == 0 && matches!(r.control_type, CONTROL_TYPE_BLANK | CONTROL_TYPE_MEMBERSHIP | CONTROL_TYPE_REFUSED))
         .then_some((r.control_type, r.value))
 }
 
@@ -594,19 +711,27 @@ impl LogStore {
 
 impl LogReader {
     /// The next Kafka offset the log will assign (the log end offset).
+    #[cfg(test)]
     pub(crate) fn log_end_offset(&self) -> u64 {
-        self.shared.lock().log.log_end_offset()
+        self.shared.lock().log.lock().log_end_offset()
+    }
+
+    /// The Kafka offset after the entry at Raft `index`: the high watermark once it is applied.
+    pub(crate) fn end_offset_of(&self, index: u64) -> Option<u64> {
+        self.shared.lock().end_offset_of(index)
     }
 
     /// Whether this reader is the last holder of the log (the store and openraft's readers are
     /// gone), so the directory may be opened again.
+    #[cfg(test)]
     pub(crate) fn is_sole_owner(&self) -> bool {
         Arc::strong_count(&self.shared) == 1
     }
 
     /// Whole batches from `offset`, at most about `max_bytes` (see `PartitionLog::read`).
+    #[cfg(test)]
     pub(crate) fn read(&self, offset: u64, max_bytes: usize) -> io::Result<creek_storage::ReadResult> {
-        self.shared.lock().log.read(offset, max_bytes).map_err(storage_err)
+        self.shared.lock().log.lock().read(offset, max_bytes).map_err(storage_err)
     }
 }
 

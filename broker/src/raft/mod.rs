@@ -41,15 +41,13 @@
 //! `append` refuses any other. That needs the snapshot meta to carry the offset (the state
 //! machine is metadata-only and snapshots are off), so the store does not call it yet.
 
-// Only tests run Raft groups yet: the next increment of issue 5 wires Produce and Fetch to a
-// partition's group and starts the metadata group from main.rs.
-#![allow(dead_code)]
-
 #[cfg(test)]
 mod cluster_tests;
 pub(crate) mod codec;
 pub(crate) mod log_store;
+pub(crate) mod metadata;
 pub(crate) mod network;
+pub(crate) mod replica;
 pub(crate) mod state_machine;
 #[cfg(test)]
 mod tests;
@@ -64,7 +62,7 @@ openraft::declare_raft_types!(
     /// Creek's openraft configuration: node ids are broker ids, terms are leader epochs.
     pub(crate) TypeConfig:
         D = KafkaBatch,
-        R = (),
+        R = Applied,
         NodeId = u64,
         Node = openraft::impls::BasicNode,
         Term = u64,
@@ -99,6 +97,20 @@ pub(crate) fn partition_config() -> Arc<openraft::Config> {
         ..openraft::Config::default()
     };
     Arc::new(config.validate().expect("the partition Raft configuration is valid"))
+}
+
+/// What applying one entry produced, handed to whoever proposed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Nothing to report (Raft's own entries; groups without an apply hook).
+    #[default]
+    Nothing,
+    /// A data batch is committed at these offsets.
+    Batch { base_offset: u64, last_offset: u64 },
+    /// The leader refused the batch (its producer is answered with this).
+    Refused(log_store::Refusal),
+    /// A metadata command was applied, or refused with this message.
+    Meta(Result<(), String>),
 }
 
 /// A normal Raft entry's payload: one whole RecordBatch v2, `baseOffset` already stamped by the

@@ -39,6 +39,7 @@ pub(crate) const KIND_APPEND: MessageKind = MessageKind(1);
 pub(crate) const KIND_VOTE: MessageKind = MessageKind(2);
 pub(crate) const KIND_PRE_VOTE: MessageKind = MessageKind(3);
 /// Reserved: full snapshot transfer (not sent yet).
+#[allow(dead_code)] // reserved for snapshot transfer (issue 5, item 5)
 pub(crate) const KIND_SNAPSHOT: MessageKind = MessageKind(4);
 
 /// The Raft instance of a partition group.
@@ -165,6 +166,9 @@ impl RaftNetworkV2<TypeConfig> for RpcNetwork {
 #[derive(Default)]
 pub(crate) struct RaftRouter {
     groups: RwLock<HashMap<GroupId, PartitionRaft>>,
+    /// Handlers of message kinds other than Raft's own (the metadata group's forwarded
+    /// proposals), whatever group they name.
+    services: RwLock<HashMap<MessageKind, Arc<dyn Handler>>>,
 }
 
 impl RaftRouter {
@@ -180,6 +184,11 @@ impl RaftRouter {
     /// Stops routing to `group`; its messages are answered "no such group".
     pub(crate) fn unregister(&self, group: GroupId) -> Option<PartitionRaft> {
         self.groups.write().remove(&group)
+    }
+
+    /// Hands every message of `kind` to `handler` from now on.
+    pub(crate) fn register_service(&self, kind: MessageKind, handler: Arc<dyn Handler>) {
+        self.services.write().insert(kind, handler);
     }
 
     fn get(&self, group: GroupId) -> Option<PartitionRaft> {
@@ -212,6 +221,10 @@ async fn dispatch(raft: PartitionRaft, kind: MessageKind, payload: Bytes) -> Res
 
 impl Handler for RaftRouter {
     fn handle(&self, from: NodeId, group: GroupId, kind: MessageKind, payload: Bytes) -> HandlerFuture {
+        let service = self.services.read().get(&kind).cloned();
+        if let Some(service) = service {
+            return service.handle(from, group, kind, payload);
+        }
         let Some(raft) = self.get(group) else {
             return Box::pin(async { Some(codec::encode_status(STATUS_NO_GROUP)) });
         };

@@ -20,29 +20,36 @@ use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipO
 use openraft::{EntryPayload, OptionalSend};
 use parking_lot::Mutex;
 
-use super::{RaftLogId, TypeConfig};
+use super::{Applied, Entry, RaftLogId, TypeConfig};
 
 type Snapshot = SnapshotOf<TypeConfig, ()>;
 type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
 type StoredMembership = StoredMembershipOf<TypeConfig>;
 
+/// What a group does with each committed entry beyond recording it: a partition moves its high
+/// watermark and answers the producer; the metadata group applies the command. Called in log
+/// order, on openraft's state-machine task; it must not block for long.
+pub(crate) trait ApplyHook: Send + Sync + 'static {
+    fn apply(&self, entry: &Entry) -> Applied;
+}
+
 /// The applied position and membership of one partition group. Cloning shares it.
 #[derive(Clone, Default)]
 pub(crate) struct PartitionStateMachine {
-    inner: Arc<Mutex<Applied>>,
+    inner: Arc<Mutex<AppliedState>>,
+    hook: Option<Arc<dyn ApplyHook>>,
 }
 
 #[derive(Default)]
-struct Applied {
+struct AppliedState {
     last_applied: Option<RaftLogId>,
     membership: StoredMembership,
     snapshot: Option<SnapshotMeta>,
 }
 
 impl PartitionStateMachine {
-    /// The last applied log id: every entry up to it is committed.
-    pub(crate) fn last_applied(&self) -> Option<RaftLogId> {
-        self.inner.lock().last_applied
+    pub(crate) fn with_hook(hook: Arc<dyn ApplyHook>) -> PartitionStateMachine {
+        PartitionStateMachine { inner: Arc::default(), hook: Some(hook) }
     }
 
     fn meta(&self) -> SnapshotMeta {
@@ -83,8 +90,12 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                 }
                 s.last_applied = Some(entry.log_id);
             }
+            let applied = match &self.hook {
+                Some(hook) => hook.apply(&entry),
+                None => Applied::Nothing,
+            };
             if let Some(r) = responder {
-                r.send(());
+                r.send(applied);
             }
         }
         Ok(())

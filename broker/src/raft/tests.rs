@@ -79,7 +79,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
                 s.applied = Some(entry.log_id);
             }
             if let Some(r) = responder {
-                r.send(());
+                r.send(super::Applied::Nothing);
             }
         }
         Ok(())

@@ -92,7 +92,11 @@ impl TxnCoordinator {
                 txns.replay(&id, value);
             })
         })?;
-        let ids = ProducerIds::open(&self.broker.data_dir().join("meta"), txns.max_producer_id_seen())?;
+        let lane = match self.broker.cluster.get() {
+            Some(c) => (c.nodes.iter().position(|&n| n == c.node).unwrap_or(0) as i64, c.nodes.len() as i64),
+            None => (0, 1),
+        };
+        let ids = ProducerIds::open(&self.broker.data_dir().join("meta"), txns.max_producer_id_seen(), lane)?;
         let in_flight = txns.in_flight().len();
         *self.ids.lock() = Some(ids);
         *self.inner.lock() = txns;
@@ -153,6 +157,9 @@ impl TxnCoordinator {
 
     /// Whether this node coordinates `txn_id` (FindCoordinator and every transaction request).
     pub(crate) fn check(&self, _txn_id: &str) -> Result<(), i16> {
+        if self.broker.cluster.get().is_some_and(|c| c.coordinator() != c.node) {
+            return Err(code::NOT_COORDINATOR);
+        }
         if !self.loaded.load(Ordering::Acquire) {
             return Err(code::COORDINATOR_LOAD_IN_PROGRESS);
         }

@@ -1,0 +1,273 @@
+//! Cluster mode (issue 5): the nodes listed in `internal.peers` form one cluster. This module
+//! starts the internal RPC and the metadata group, registers the broker, and keeps the local
+//! topics and partition Raft groups in step with the applied metadata.
+//!
+//! - **Cluster id**: derived from the peer list, so every node of a cluster computes the same
+//!   one with no bootstrap step, and nodes configured for different clusters refuse each other
+//!   in the RPC handshake.
+//! - **Topics**: CreateTopics (and auto-creation) on any node proposes a `CreateTopic` to the
+//!   metadata group; every node applies it, creates the partitions' logs and starts a Raft
+//!   replica for each partition it holds ([`Cluster::reconcile`]).
+//! - **Replication factor**: this increment replicates every partition to every node (the
+//!   replication factor is the node count); placement spreads the preferred leaders.
+//! - **Coordinators**: the group and transaction coordinators still keep their state in local,
+//!   unreplicated internal topics. Only the lowest node id coordinates ([`Cluster::coordinator`]),
+//!   so a cluster has one of each; moving them with leadership is issue 5, item 6.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use creek_storage::LogConfig;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::raft::log_store::LogStore;
+use crate::raft::metadata::{MetaCommand, Metadata, place};
+use crate::raft::network::RaftRouter;
+use crate::raft::replica::{PartitionHook, Replica};
+use crate::rpc::{NodeId, Rpc, RpcConfig};
+use crate::state::{Broker, CreateError};
+
+/// How often a node retries registering itself until the metadata group has a leader.
+const REGISTER_RETRY: Duration = Duration::from_millis(300);
+/// How long CreateTopics waits for the topic to exist on the node that was asked.
+const CREATE_WAIT: Duration = Duration::from_secs(30);
+
+/// The cluster id every node with this peer list derives: FNV-1a over the sorted `id@address`
+/// entries, as 32 hex digits.
+pub(crate) fn cluster_id(peers: &[(NodeId, String)]) -> String {
+    let mut sorted: Vec<String> = peers.iter().map(|(id, addr)| format!("{id}@{addr}")).collect();
+    sorted.sort();
+    let (mut a, mut b) = (0xcbf2_9ce4_8422_2325_u64, 0x8422_2325_cbf2_9ce4_u64);
+    for byte in sorted.join(",").bytes() {
+        a = (a ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        b = (b ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(7);
+    }
+    format!("{a:016x}{b:016x}")
+}
+
+/// This node's part in the cluster.
+pub(crate) struct Cluster {
+    pub(crate) node: NodeId,
+    /// Every configured node, in id order.
+    pub(crate) nodes: Vec<NodeId>,
+    rpc: Rpc,
+    router: Arc<RaftRouter>,
+    pub(crate) meta: Arc<Metadata>,
+    replicas: Mutex<Vec<Arc<Replica>>>,
+}
+
+impl Cluster {
+    /// Starts the internal RPC and the metadata replica, then (in the background) registers this
+    /// broker's Kafka address and follows the metadata.
+    pub(crate) async fn start(
+        broker: Arc<Broker>,
+        rpc_config: RpcConfig,
+        advertised: (String, u16),
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let node = rpc_config.node_id;
+        let mut nodes: Vec<NodeId> = rpc_config.peers.iter().map(|(id, _)| *id).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let listen = rpc_config.listen;
+        let router = RaftRouter::new();
+        let rpc = Rpc::start(rpc_config, router.clone())
+            .await
+            .with_context(|| format!("binding the internal listener on {listen}"))?;
+        tracing::info!(addr = %rpc.local_addr(), "internal RPC listening");
+        let dir = broker.data_dir().join("meta/cluster-metadata");
+        let store = tokio::task::spawn_blocking(move || LogStore::open(&dir, LogConfig::default()))
+            .await?
+            .context("opening the cluster metadata log")?;
+        let meta = Metadata::start(node, rpc.clone(), &router, store, &nodes).await?;
+        let cluster = Arc::new(Cluster { node, nodes, rpc, router, meta, replicas: Mutex::new(Vec::new()) });
+        if broker.cluster.set(cluster.clone()).is_err() {
+            anyhow::bail!("the cluster was started twice");
+        }
+        tokio::spawn(cluster.clone().register(advertised, stop.clone()));
+        tokio::spawn(cluster.clone().reconcile(broker, stop));
+        Ok(cluster)
+    }
+
+    /// The node that runs the group and transaction coordinators.
+    pub(crate) fn coordinator(&self) -> NodeId {
+        self.nodes[0]
+    }
+
+    /// The Kafka address a registered broker announced.
+    pub(crate) fn broker_address(&self, id: NodeId) -> Option<(String, u16)> {
+        self.meta.read(|m| m.brokers.get(&id).cloned())
+    }
+
+    /// The replicas of a topic's partition, preferred leader first.
+    pub(crate) fn replicas_of(&self, topic: &str, partition: i32) -> Vec<NodeId> {
+        self.meta.read(|m| {
+            m.topics
+                .get(topic)
+                .and_then(|t| t.partitions.get(usize::try_from(partition).ok()?))
+                .map(|p| p.replicas.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Creates a topic through the metadata group and waits until this node has it. Every node
+    /// holds every partition, so `replication` must be -1 or the node count.
+    pub(crate) async fn create_topic(
+        &self,
+        broker: &Broker,
+        name: &str,
+        partitions: u32,
+        replication: i16,
+        configs: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), (i16, String)> {
+        use crate::handlers::code;
+        let n = self.nodes.len();
+        if replication != -1 && usize::try_from(replication).ok() != Some(n) {
+            return Err((
+                code::INVALID_REPLICATION_FACTOR,
+                format!("this cluster replicates every partition to all {n} nodes: use replication factor -1 or {n}"),
+            ));
+        }
+        broker.check_create(name).map_err(|e| match e {
+            CreateError::Exists => (code::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists.")),
+            CreateError::InvalidName(m) => (code::INVALID_TOPIC_EXCEPTION, m),
+            CreateError::Storage(m) => (code::KAFKA_STORAGE_ERROR, m),
+        })?;
+        let offset = self.meta.read(|m| m.topics.len());
+        let cmd = MetaCommand::CreateTopic {
+            name: name.to_string(),
+            id: Uuid::new_v4().simple().to_string(),
+            replicas: place(&self.nodes, partitions as usize, n, offset),
+            configs,
+        };
+        match self.meta.propose(&cmd).await {
+            Ok(Ok(())) => {}
+            Ok(Err(m)) if m.contains("already exists") => return Err((code::TOPIC_ALREADY_EXISTS, m)),
+            Ok(Err(m)) => return Err((code::INVALID_REQUEST, m)),
+            Err(m) => return Err((code::NOT_CONTROLLER, m)),
+        }
+        // The reconciler opens the topic once the command applies here.
+        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+        while broker.topic(name).is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err((code::REQUEST_TIMED_OUT, format!("topic {name} was created but is not open here yet")));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Announces this broker's Kafka address until the metadata group accepts it.
+    async fn register(self: Arc<Self>, (host, port): (String, u16), mut stop: watch::Receiver<bool>) {
+        let cmd = MetaCommand::RegisterBroker { id: self.node, host, port };
+        loop {
+            match self.meta.propose(&cmd).await {
+                Ok(Ok(())) => {
+                    tracing::info!(node = self.node, "registered with the cluster");
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "registration refused"),
+                Err(e) => tracing::debug!(error = %e, "registration not done yet"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REGISTER_RETRY) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// After every metadata change: creates the topics this node lacks and starts a replica of
+    /// every partition it holds.
+    async fn reconcile(self: Arc<Self>, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+        let mut changes = self.meta.changes();
+        loop {
+            if let Err(e) = self.reconcile_once(&broker).await {
+                tracing::error!(error = %format!("{e:#}"), "applying cluster metadata failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn reconcile_once(&self, broker: &Arc<Broker>) -> anyhow::Result<()> {
+        let meta = self.meta.snapshot();
+        for (name, t) in &meta.topics {
+            let id = Uuid::parse_str(&t.id).with_context(|| format!("topic {name} id"))?;
+            let topic = match broker.topic(name) {
+                Some(topic) => topic,
+                None => {
+                    let (b, n, count, configs) =
+                        (broker.clone(), name.clone(), t.partitions.len() as u32, t.configs.clone());
+                    match tokio::task::spawn_blocking(move || b.create_topic_with_id(&n, id, count, configs)).await? {
+                        Ok(topic) => topic,
+                        Err(e) => anyhow::bail!("creating topic {name}: {e:?}"),
+                    }
+                }
+            };
+            if topic.id != id {
+                tracing::error!(topic = %name, local = %topic.id, cluster = %id, "a local topic of the same name has another id; not replicating it");
+                continue;
+            }
+            for (index, pm) in t.partitions.iter().enumerate() {
+                if !pm.replicas.contains(&self.node) {
+                    continue;
+                }
+                let Some(p) = topic.partition(index as i32) else { continue };
+                if p.replica.get().is_some() {
+                    continue;
+                }
+                let log = p.log.clone();
+                let store = tokio::task::spawn_blocking(move || LogStore::on(log)).await??;
+                let appended = broker.clone();
+                let on_commit: Arc<dyn Fn() + Send + Sync> =
+                    Arc::new(move || appended.appended.send_modify(|n| *n = n.wrapping_add(1)));
+                let replica = Replica::start(
+                    self.node,
+                    self.rpc.clone(),
+                    &self.router,
+                    store,
+                    pm.group,
+                    &pm.replicas,
+                    move |reader, high_watermark| Arc::new(PartitionHook { reader, high_watermark, on_commit }),
+                )
+                .await?;
+                if p.replica.set(replica.clone()).is_ok() {
+                    self.replicas.lock().push(replica);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every Raft group and the internal RPC.
+    pub(crate) async fn shutdown(&self) {
+        let replicas = std::mem::take(&mut *self.replicas.lock());
+        for r in replicas {
+            r.shutdown(&self.router).await;
+        }
+        self.meta.shutdown(&self.router).await;
+        self.rpc.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_derives_the_same_cluster_id() {
+        let a = vec![(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:2".to_string())];
+        let b = vec![(2, "127.0.0.1:2".to_string()), (1, "127.0.0.1:1".to_string())];
+        assert_eq!(cluster_id(&a), cluster_id(&b));
+        assert_eq!(cluster_id(&a).len(), 32);
+        let c = vec![(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:3".to_string())];
+        assert_ne!(cluster_id(&a), cluster_id(&c));
+    }
+}

@@ -1,0 +1,303 @@
+//! The cluster metadata group (issue 5, item 3): one Raft group, [`METADATA_GROUP`], whose
+//! voters are the configured nodes. Its log (`<data>/meta/cluster-metadata`) is a Kafka log like
+//! any partition's; each normal entry is a batch of one record whose value is a
+//! [`MetaCommand`] in JSON. Every node applies the commands to its [`ClusterMeta`] in log order,
+//! so all nodes agree on brokers, topics and partition assignments, and the broker builds its
+//! local topics from it.
+//!
+//! Any node may propose: a node that does not lead forwards the command over the internal RPC
+//! ([`KIND_META_PROPOSE`]) to the leader it knows, which proposes it and answers once applied.
+//! The state is in memory and rebuilt by re-applying the log at startup (snapshots are off, so
+//! the log is never purged; metadata is small).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use creek_protocol::batch::{build_batch, set_base_offset};
+use creek_protocol::records::DecodedBatch;
+use openraft::EntryPayload;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::log_store::{LogStore, PROPOSAL_OFFSET};
+use super::network::RaftRouter;
+use super::replica::{ProposeError, Replica};
+use super::state_machine::ApplyHook;
+use super::{Applied, Entry, KafkaBatch};
+use crate::rpc::{GroupId, Handler, HandlerFuture, MessageKind, NodeId, Rpc};
+use crate::state::now_ms;
+
+/// The metadata group's id; partition groups are numbered from 1 by [`ClusterMeta`].
+pub(crate) const METADATA_GROUP: GroupId = GroupId(0);
+/// A command forwarded to the metadata leader: JSON [`MetaCommand`] in, JSON
+/// `Result<(), String>` out.
+pub(crate) const KIND_META_PROPOSE: MessageKind = MessageKind(16);
+/// How long a forwarded proposal may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A metadata command larger than this is refused (topic configs are small).
+const COMMAND_BYTES_MAX: usize = 1 << 20;
+
+/// A change to the cluster metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum MetaCommand {
+    /// A broker announces where Kafka clients reach it (at every start).
+    RegisterBroker { id: NodeId, host: String, port: u16 },
+    /// A new topic; partition `i` is replicated on `replicas[i]`, the first one preferred as
+    /// leader.
+    CreateTopic { name: String, id: String, replicas: Vec<Vec<NodeId>>, configs: BTreeMap<String, String> },
+}
+
+/// One partition as the metadata records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PartitionMeta {
+    pub(crate) group: GroupId,
+    pub(crate) replicas: Vec<NodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopicMeta {
+    pub(crate) id: String,
+    pub(crate) partitions: Vec<PartitionMeta>,
+    pub(crate) configs: BTreeMap<String, String>,
+}
+
+/// The applied cluster metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ClusterMeta {
+    /// Kafka `host:port` per registered broker.
+    pub(crate) brokers: BTreeMap<NodeId, (String, u16)>,
+    pub(crate) topics: BTreeMap<String, TopicMeta>,
+    next_group: u64,
+}
+
+impl ClusterMeta {
+    /// Applies one command; an error leaves the state unchanged and is the proposer's answer.
+    pub(crate) fn apply(&mut self, cmd: MetaCommand) -> Result<(), String> {
+        match cmd {
+            MetaCommand::RegisterBroker { id, host, port } => {
+                self.brokers.insert(id, (host, port));
+                Ok(())
+            }
+            MetaCommand::CreateTopic { name, id, replicas, configs } => {
+                if self.topics.contains_key(&name) {
+                    return Err(format!("Topic '{name}' already exists."));
+                }
+                if replicas.is_empty() || replicas.iter().any(|r| r.is_empty()) {
+                    return Err(format!("topic {name}: every partition needs at least one replica"));
+                }
+                let partitions = replicas
+                    .into_iter()
+                    .map(|replicas| {
+                        self.next_group += 1;
+                        PartitionMeta { group: GroupId(self.next_group), replicas }
+                    })
+                    .collect();
+                self.topics.insert(name, TopicMeta { id, partitions, configs });
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Places `partitions` partitions with `replication` replicas each on `nodes` (sorted ids):
+/// partition `p`'s replicas are `replication` consecutive nodes starting at `(p + offset) % n`,
+/// so preferred leaders (the first replica) and replicas spread evenly, and topics created one
+/// after another start on different nodes.
+pub(crate) fn place(nodes: &[NodeId], partitions: usize, replication: usize, offset: usize) -> Vec<Vec<NodeId>> {
+    let n = nodes.len();
+    (0..partitions).map(|p| (0..replication.min(n)).map(|r| nodes[(p + offset + r) % n]).collect()).collect()
+}
+
+fn encode_command(cmd: &MetaCommand) -> Bytes {
+    let value = serde_json::to_vec(cmd).expect("metadata commands serialize");
+    let mut batch = build_batch(0, now_ms(), &[(None, Some(value.as_slice()))]);
+    set_base_offset(&mut batch, PROPOSAL_OFFSET);
+    Bytes::from(batch)
+}
+
+/// The commands in a stored batch (one per record).
+fn decode_commands(batch: &[u8]) -> Result<Vec<MetaCommand>, String> {
+    let view = creek_protocol::batch::BatchView::new(batch).map_err(|e| e.to_string())?;
+    let decoded = DecodedBatch::new(view, COMMAND_BYTES_MAX).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for record in decoded.iter() {
+        let record = record.map_err(|e| e.to_string())?;
+        let value = record.value.ok_or("a metadata record without a value")?;
+        out.push(serde_json::from_slice(value).map_err(|e| format!("metadata record: {e}"))?);
+    }
+    Ok(out)
+}
+
+/// Applies committed commands to the shared state and bumps `changed`.
+struct MetaHook {
+    state: Arc<RwLock<ClusterMeta>>,
+    changed: watch::Sender<u64>,
+}
+
+impl ApplyHook for MetaHook {
+    fn apply(&self, entry: &Entry) -> Applied {
+        let EntryPayload::Normal(KafkaBatch(b)) = &entry.payload else {
+            return Applied::Nothing;
+        };
+        if let Some(r) = super::log_store::Refusal::of(b) {
+            return Applied::Meta(Err(format!("refused by the leader (error {})", r.code)));
+        }
+        let result = match decode_commands(b) {
+            Ok(cmds) => {
+                let mut state = self.state.write();
+                let mut result = Ok(());
+                for cmd in cmds {
+                    result = result.and(state.apply(cmd));
+                }
+                result
+            }
+            Err(e) => {
+                tracing::error!(index = entry.log_id.index(), error = %e, "skipping an unreadable metadata entry");
+                Err(e)
+            }
+        };
+        self.changed.send_modify(|n| *n += 1);
+        Applied::Meta(result)
+    }
+}
+
+/// This node's member of the metadata group.
+pub(crate) struct Metadata {
+    replica: Arc<Replica>,
+    rpc: Rpc,
+    state: Arc<RwLock<ClusterMeta>>,
+    changed: watch::Receiver<u64>,
+}
+
+impl Metadata {
+    /// Starts the metadata replica on `store` with every configured node as a voter, and serves
+    /// forwarded proposals.
+    pub(crate) async fn start(
+        node: NodeId,
+        rpc: Rpc,
+        router: &Arc<RaftRouter>,
+        store: LogStore,
+        voters: &[NodeId],
+    ) -> std::io::Result<Arc<Metadata>> {
+        let state = Arc::new(RwLock::new(ClusterMeta::default()));
+        let (tx, changed) = watch::channel(0);
+        let hook_state = state.clone();
+        let replica = Replica::start(node, rpc.clone(), router, store, METADATA_GROUP, voters, move |_, _| {
+            Arc::new(MetaHook { state: hook_state, changed: tx })
+        })
+        .await?;
+        let meta = Arc::new(Metadata { replica, rpc, state, changed });
+        router.register_service(KIND_META_PROPOSE, Arc::new(ForwardHandler(meta.clone())));
+        Ok(meta)
+    }
+
+    /// A copy of the applied metadata.
+    pub(crate) fn snapshot(&self) -> ClusterMeta {
+        self.state.read().clone()
+    }
+
+    /// Reads the applied metadata without copying it.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&ClusterMeta) -> R) -> R {
+        f(&self.state.read())
+    }
+
+    /// Bumped after every applied command.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.clone()
+    }
+
+    /// The metadata leader (Kafka's "controller").
+    pub(crate) fn leader(&self) -> Option<NodeId> {
+        self.replica.leader()
+    }
+
+    /// Proposes `cmd` here or at the leader and waits until it is applied on the leader; the
+    /// outer error is "not done, retry" (no leader, leader change, unreachable), the inner one
+    /// the command's own refusal.
+    pub(crate) async fn propose(&self, cmd: &MetaCommand) -> Result<Result<(), String>, String> {
+        match self.propose_local(cmd).await {
+            Err(ProposeError::NotLeader(Some(leader))) => {
+                let payload = Bytes::from(serde_json::to_vec(cmd).expect("metadata commands serialize"));
+                let answer = self
+                    .rpc
+                    .call(leader, METADATA_GROUP, KIND_META_PROPOSE, payload, FORWARD_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("forwarding to the metadata leader {leader}: {e}"))?;
+                serde_json::from_slice::<Result<Result<(), String>, String>>(&answer)
+                    .map_err(|e| format!("metadata leader {leader} answered badly: {e}"))?
+            }
+            Err(e) => Err(format!("{e:?}")),
+            Ok(r) => Ok(r),
+        }
+    }
+
+    async fn propose_local(&self, cmd: &MetaCommand) -> Result<Result<(), String>, ProposeError> {
+        match self.replica.propose(encode_command(cmd)).await? {
+            Applied::Meta(r) => Ok(r),
+            other => Ok(Err(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    pub(crate) async fn shutdown(&self, router: &RaftRouter) {
+        self.replica.shutdown(router).await;
+    }
+}
+
+/// Answers proposals forwarded by other nodes (only a leader accepts them).
+struct ForwardHandler(Arc<Metadata>);
+
+impl Handler for ForwardHandler {
+    fn handle(&self, from: NodeId, _group: GroupId, _kind: MessageKind, payload: Bytes) -> HandlerFuture {
+        let meta = self.0.clone();
+        Box::pin(async move {
+            let answer: Result<Result<(), String>, String> = match serde_json::from_slice::<MetaCommand>(&payload) {
+                Ok(cmd) => meta.propose_local(&cmd).await.map_err(|e| format!("{e:?}")),
+                Err(e) => {
+                    tracing::warn!(from, error = %e, "a malformed forwarded metadata command");
+                    Ok(Err(format!("malformed command: {e}")))
+                }
+            };
+            Some(Bytes::from(serde_json::to_vec(&answer).expect("results serialize")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_spreads_leaders_and_replicas() {
+        let p = place(&[1, 2, 3], 6, 3, 0);
+        assert_eq!(p[0], vec![1, 2, 3]);
+        assert_eq!(p[1], vec![2, 3, 1]);
+        let mut leaders = [0; 4];
+        for r in &p {
+            leaders[r[0] as usize] += 1;
+        }
+        assert_eq!(leaders[1..], [2, 2, 2]);
+        assert_eq!(place(&[1, 2, 3], 1, 5, 1), vec![vec![2, 3, 1]], "at most one replica per node");
+    }
+
+    #[test]
+    fn commands_round_trip_and_apply_in_order() {
+        let cmd = MetaCommand::CreateTopic {
+            name: "t".into(),
+            id: "00000000000000000000000000000001".into(),
+            replicas: vec![vec![1, 2], vec![2, 1]],
+            configs: BTreeMap::new(),
+        };
+        let batch = encode_command(&cmd);
+        assert_eq!(decode_commands(&batch).unwrap(), vec![cmd.clone()]);
+        let mut meta = ClusterMeta::default();
+        meta.apply(cmd.clone()).unwrap();
+        assert!(meta.apply(cmd).unwrap_err().contains("already exists"));
+        let t = &meta.topics["t"];
+        assert_eq!(t.partitions.iter().map(|p| p.group.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(decode_commands(b"not a batch").is_err());
+    }
+}

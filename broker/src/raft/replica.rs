@@ -1,0 +1,168 @@
+//! One node's replica of a Raft group (a partition, or the cluster metadata): starting it,
+//! proposing to it, and what Kafka requests need to know about it.
+//!
+//! A partition's high watermark is the Kafka offset after the last applied (so committed) entry,
+//! moved by [`PartitionHook`] as entries apply; leadership and the leader epoch are openraft's
+//! current leader and term.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use creek_protocol::batch::BatchView;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::impls::BasicNode;
+use openraft::{EntryPayload, Raft, ServerState};
+
+use super::log_store::{LogReader, LogStore, Refusal};
+use super::network::{PartitionRaft, RaftRouter, RpcNetworkFactory};
+use super::state_machine::{ApplyHook, PartitionStateMachine};
+use super::{Applied, Entry, KafkaBatch, partition_config};
+use crate::rpc::{GroupId, NodeId, Rpc};
+
+/// A replica that has seen no leader this long after starting initializes the group itself (the
+/// preferred leader initializes at once; the others only cover for it being down).
+const INITIALIZE_FALLBACK: Duration = Duration::from_secs(3);
+
+/// Why a proposal was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProposeError {
+    /// This node does not lead the group; the leader it knows of, if any.
+    NotLeader(Option<NodeId>),
+    /// Leadership changed before the entry committed: it may or may not commit (the producer
+    /// retries and producer state answers the retry).
+    Unknown(Option<NodeId>),
+    /// The group is shutting down or failed.
+    Stopped(String),
+}
+
+/// This node's replica of one Raft group.
+pub(crate) struct Replica {
+    pub(crate) group: GroupId,
+    node: NodeId,
+    raft: PartitionRaft,
+    high_watermark: Arc<AtomicU64>,
+}
+
+impl Replica {
+    /// Starts the replica on `store` with `hook` applying entries, registers it with `router`,
+    /// and makes sure the group gets initialized with `voters` (the first voter is the
+    /// preferred leader and initializes at once).
+    pub(crate) async fn start(
+        node: NodeId,
+        rpc: Rpc,
+        router: &Arc<RaftRouter>,
+        store: LogStore,
+        group: GroupId,
+        voters: &[NodeId],
+        hook: impl FnOnce(LogReader, Arc<AtomicU64>) -> Arc<dyn ApplyHook>,
+    ) -> std::io::Result<Arc<Replica>> {
+        let high_watermark = Arc::new(AtomicU64::new(0));
+        let sm = PartitionStateMachine::with_hook(hook(store.reader(), high_watermark.clone()));
+        let network = RpcNetworkFactory::new(rpc, group);
+        let raft = Raft::new(node, partition_config(), network, store, sm).await.map_err(std::io::Error::other)?;
+        router.register(group, raft.clone());
+        let replica = Arc::new(Replica { group, node, raft, high_watermark });
+        let members: BTreeMap<NodeId, BasicNode> = voters.iter().map(|&id| (id, BasicNode::default())).collect();
+        let preferred = voters.first() == Some(&node);
+        let starting = replica.clone();
+        tokio::spawn(async move {
+            if !preferred {
+                tokio::time::sleep(INITIALIZE_FALLBACK).await;
+                if starting.leader().is_some() || starting.raft.metrics().borrow_watched().last_log_index.is_some() {
+                    return;
+                }
+            }
+            // Refused harmlessly when the log already holds entries (a restart, or a replica
+            // that heard from the leader): every voter initializes with the same membership.
+            if let Err(e) = starting.raft.initialize(members).await {
+                tracing::debug!(group = starting.group.0, error = %e, "not initializing the group");
+            }
+        });
+        Ok(replica)
+    }
+
+    /// The leader this node knows of.
+    pub(crate) fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Whether this node leads the group and has applied an entry of its own term (its first,
+    /// blank entry), so its high watermark covers everything committed before it: a new leader
+    /// serves nothing until then, and the high watermark clients see never moves back.
+    pub(crate) fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.node)
+            && m.last_applied.is_some_and(|a| a.committed_leader_id().term == m.current_term)
+    }
+
+    /// The current term, which is the partition's leader epoch.
+    pub(crate) fn epoch(&self) -> i32 {
+        i32::try_from(self.raft.metrics().borrow_watched().current_term).unwrap_or(i32::MAX)
+    }
+
+    /// The voters of the group's membership, in id order.
+    pub(crate) fn voters(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.membership_config.membership().voter_ids().collect()
+    }
+
+    /// The Kafka offset after the last committed entry.
+    pub(crate) fn high_watermark(&self) -> u64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Proposes one batch (its `baseOffset` set to [`super::log_store::PROPOSAL_OFFSET`]) and
+    /// waits until it is committed and applied: a quorum holds it durably.
+    pub(crate) async fn propose(&self, batch: Bytes) -> Result<Applied, ProposeError> {
+        match self.raft.client_write(KafkaBatch(batch)).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => Err(ProposeError::Unknown(f.leader_id)),
+            Err(e) => Err(ProposeError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Stops the replica; its store closes (and flushes) when openraft drops it.
+    pub(crate) async fn shutdown(&self, router: &RaftRouter) {
+        router.unregister(self.group);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(group = self.group.0, error = %e, "stopping a Raft group failed");
+        }
+    }
+}
+
+/// A partition's apply hook: moves the high watermark to the end of each applied entry, answers
+/// the producer of a data batch with its offsets (or the leader's refusal), and then calls
+/// `on_commit` (the broker wakes its long-polling fetches).
+pub(crate) struct PartitionHook {
+    pub(crate) reader: LogReader,
+    pub(crate) high_watermark: Arc<AtomicU64>,
+    pub(crate) on_commit: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl ApplyHook for PartitionHook {
+    fn apply(&self, entry: &Entry) -> Applied {
+        if let Some(end) = self.reader.end_offset_of(entry.log_id.index()) {
+            self.high_watermark.fetch_max(end, Ordering::AcqRel);
+        }
+        let applied = match &entry.payload {
+            EntryPayload::Normal(KafkaBatch(b)) => match Refusal::of(b) {
+                Some(r) => Applied::Refused(r),
+                None => match BatchView::new(b) {
+                    Ok(v) => {
+                        Applied::Batch { base_offset: v.base_offset() as u64, last_offset: v.last_offset() as u64 }
+                    }
+                    Err(_) => Applied::Nothing,
+                },
+            },
+            _ => Applied::Nothing,
+        };
+        (self.on_commit)();
+        applied
+    }
+}
