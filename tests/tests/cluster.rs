@@ -1,0 +1,273 @@
+//! A replicated cluster keeps every acknowledged record through leader crashes, and
+//! `deploy/local-cluster.sh` starts and stops a local cluster.
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use creek_tests::cluster::{CreekCluster, monotonic_ms};
+use creek_tests::tools::{self, RunningClient};
+use creek_tests::{creek_bin, free_consecutive_ports, unique_topic};
+
+const NODES: u16 = 3;
+
+/// True if `pid` is a process that has not exited (a zombie has exited).
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn run_script(args: &[&str], dir: &Path, kafka_base: u16, internal_base: u16) -> tools::ClientOutput {
+    let script = tools::tests_dir().join("../deploy/local-cluster.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
+        .args(args)
+        .arg(dir)
+        .env("CREEK_BIN", creek_bin())
+        .env("CREEK_KAFKA_BASE_PORT", kafka_base.to_string())
+        .env("CREEK_INTERNAL_BASE_PORT", internal_base.to_string());
+    tools::run_with_limit(cmd, Duration::from_secs(90))
+}
+
+#[test]
+fn local_cluster_script_starts_and_stops() {
+    // Goal: `local-cluster.sh start 3 DIR` runs three serving nodes and says where; `stop DIR` ends them.
+    let dir = tempfile::Builder::new().prefix("creek-local-cluster-").tempdir().unwrap();
+    let base = free_consecutive_ports(2 * NODES);
+    let (kafka_base, internal_base) = (base, base + NODES);
+
+    let out = run_script(&["start", "3"], dir.path(), kafka_base, internal_base);
+    let node_logs = || {
+        (1..=NODES)
+            .map(|id| {
+                let log = dir.path().join(format!("node-{id}/creek.log"));
+                format!("--- node {id}:\n{}", creek_tests::log_tail(&log, 20))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(out.status.success(), "start failed ({}): {}\n{}", out.status, out.stderr, node_logs());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), usize::from(NODES), "one line per node, got:\n{}", out.stdout);
+    let mut pids = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let id = i as u16 + 1;
+        let fields: Vec<&str> = line.split(' ').collect();
+        let port = kafka_base + id - 1;
+        assert!(
+            fields.len() == 6 && fields[0] == "node" && fields[2] == "pid" && fields[4] == "kafka",
+            "line `{line}` is not `node <id> pid <pid> kafka 127.0.0.1:<port>`"
+        );
+        assert_eq!(fields[1], id.to_string(), "node id in `{line}`");
+        assert_eq!(fields[5], format!("127.0.0.1:{port}"), "Kafka address in `{line}`");
+        let pid: u32 = fields[3].parse().unwrap_or_else(|e| panic!("pid in `{line}`: {e}"));
+        assert!(pid_alive(pid), "node {id} (pid {pid}) is not running\n{}", node_logs());
+        TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("node {id}'s Kafka port {port} refuses connections: {e}\n{}", node_logs()));
+        TcpStream::connect(("127.0.0.1", internal_base + id - 1)).unwrap_or_else(|e| {
+            panic!("node {id}'s internal port {} refuses connections: {e}\n{}", internal_base + id - 1, node_logs())
+        });
+        pids.push(pid);
+    }
+
+    let again = run_script(&["start", "3"], dir.path(), kafka_base, internal_base);
+    assert!(!again.status.success(), "a second start on a running cluster's directory must refuse");
+
+    let stopped = run_script(&["stop"], dir.path(), kafka_base, internal_base);
+    assert!(stopped.status.success(), "stop failed ({}): {}", stopped.status, stopped.stderr);
+    for pid in &pids {
+        assert!(!pid_alive(*pid), "pid {pid} still runs after stop");
+    }
+    let twice = run_script(&["stop"], dir.path(), kafka_base, internal_base);
+    assert!(twice.status.success(), "stopping a stopped cluster must succeed: {}", twice.stderr);
+}
+
+/// What the producer reported for one record.
+struct Ack {
+    partition: i32,
+    offset: i64,
+    acked_ms: i64,
+    produced_ms: i64,
+}
+
+/// Parses `ack <seq> <partition> <offset> <monotonic_ms> <produced_ms>`.
+fn parse_ack(line: &str) -> (u64, Ack) {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert!(f.len() >= 6 && f[0] == "ack", "malformed ack line `{line}`");
+    let num = |i: usize| f[i].parse::<i64>().unwrap_or_else(|e| panic!("field {i} of `{line}`: {e}"));
+    let seq = f[1].parse().unwrap_or_else(|e| panic!("seq of `{line}`: {e}"));
+    (seq, Ack { partition: num(2) as i32, offset: num(3), acked_ms: num(4), produced_ms: num(5) })
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|e| panic!("{name}={v}: {e}")))
+}
+
+#[test]
+fn sigkill_leader_failover_keeps_every_acked_record() {
+    // Goal: SIGKILL the partition leader over and over under an idempotent acks=all producer; every
+    // acknowledged record is in the log exactly once at its acknowledged offset, and the producer
+    // resumes within CREEK_FAILOVER_MAX_MS of each kill.
+    const ACKS_PER_ROUND: usize = 200;
+    const ROUND_WAIT: Duration = Duration::from_secs(60);
+    const FAILOVER_WAIT_MS: i64 = 30_000;
+    let rounds = env_number("CREEK_FAILOVER_ROUNDS", 20);
+    let failover_max_ms = env_number("CREEK_FAILOVER_MAX_MS", 10_000) as i64;
+
+    let mut cluster = CreekCluster::start(usize::from(NODES));
+    let topic = unique_topic("failover");
+    cluster.create_topic(&topic, 1);
+    cluster.wait_for_leaders(&topic, 1, Duration::from_secs(60));
+
+    let run = format!("r{}", std::process::id());
+    let mut cmd = Command::new(tools::venv_python());
+    cmd.arg(tools::client_path("python/cluster_producer.py")).args([
+        "--bootstrap",
+        &cluster.bootstrap(),
+        "--topic",
+        &topic,
+        "--run",
+        &run,
+    ]);
+    let mut producer = RunningClient::spawn("cluster_producer", cmd);
+    let mut acks: HashMap<u64, Ack> = HashMap::new();
+    let mut next_ack = |producer: &mut RunningClient, cluster: &CreekCluster, what: &str| -> (u64, i64, i64) {
+        let line = producer
+            .try_wait_for_line("ack ", ROUND_WAIT)
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", cluster.log_tails()));
+        let (seq, ack) = parse_ack(&line);
+        let times = (seq, ack.acked_ms, ack.produced_ms);
+        acks.insert(seq, ack);
+        times
+    };
+
+    let mut failovers_ms = Vec::new();
+    for round in 1..=rounds {
+        for _ in 0..ACKS_PER_ROUND {
+            next_ack(&mut producer, &cluster, &format!("round {round}: waiting for {ACKS_PER_ROUND} acks"));
+        }
+        let (leader, epoch) = cluster.wait_for_leaders(&topic, 1, Duration::from_secs(30))[0];
+        let killed_ms = monotonic_ms();
+        cluster.kill(leader);
+        // Acks of records handed to the client before the kill may still arrive from the old
+        // leader's last responses; the first ack of a record produced after the kill cannot.
+        let failover_ms = loop {
+            let (_, acked_ms, produced_ms) = next_ack(&mut producer, &cluster, &format!("round {round}: failover"));
+            if produced_ms > killed_ms && acked_ms > killed_ms {
+                break acked_ms - killed_ms;
+            }
+            assert!(
+                monotonic_ms() - killed_ms < FAILOVER_WAIT_MS,
+                "round {round}: no record produced after killing leader {leader} was acknowledged within \
+                 {FAILOVER_WAIT_MS} ms\n{}",
+                cluster.log_tails()
+            );
+        };
+        eprintln!("round {round}: killed leader {leader} (epoch {epoch}); producer resumed after {failover_ms} ms");
+        assert!(
+            failover_ms < FAILOVER_WAIT_MS,
+            "round {round}: failover took {failover_ms} ms\n{}",
+            cluster.log_tails()
+        );
+        failovers_ms.push(failover_ms);
+        cluster.restart(leader);
+        cluster.wait_serving(leader, Duration::from_secs(30));
+    }
+
+    producer.signal(nix::sys::signal::Signal::SIGTERM);
+    let out = producer.wait(Duration::from_secs(60));
+    assert!(out.status.success(), "the producer failed ({}):\n{}", out.status, out.stderr);
+    let done = out.stdout.lines().find(|l| l.starts_with("done ")).expect("the producer prints `done ...`");
+    let errors: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("err ")).collect();
+    for line in out.stdout.lines().filter(|l| l.starts_with("ack ")) {
+        let (seq, ack) = parse_ack(line);
+        acks.insert(seq, ack);
+    }
+    eprintln!(
+        "producer: {done}; {} acked, {} delivery errors, first: {:?}",
+        acks.len(),
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+
+    let mut cmd = Command::new(tools::venv_python());
+    cmd.arg(tools::client_path("python/cluster_reader.py")).args([
+        "--bootstrap",
+        &cluster.bootstrap(),
+        "--topic",
+        &topic,
+    ]);
+    let read = tools::run_with_limit(cmd, Duration::from_secs(180));
+    assert!(read.status.success(), "the reader failed ({}): {}\n{}", read.status, read.stderr, cluster.log_tails());
+    let mut found: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
+    for line in read.stdout.lines().filter(|l| l.starts_with("rec ")) {
+        let f: Vec<&str> = line.splitn(4, ' ').collect();
+        assert_eq!(f.len(), 4, "malformed reader line `{line}`");
+        let at = (f[1].parse().expect("partition"), f[2].parse().expect("offset"));
+        found.entry(f[3].to_string()).or_default().push(at);
+    }
+    let duplicated = found.values().filter(|at| at.len() > 1).count();
+    let mut missing = Vec::new();
+    let mut acked_twice = Vec::new();
+    let mut misplaced = Vec::new();
+    for (seq, ack) in &acks {
+        let value = format!("{run}-{seq}");
+        match found.get(&value).map(Vec::as_slice) {
+            None | Some([]) => missing.push(*seq),
+            Some([at]) if *at != (ack.partition, ack.offset) => {
+                misplaced.push((*seq, (ack.partition, ack.offset), *at))
+            }
+            Some([_]) => {}
+            Some(at) => acked_twice.push((*seq, at.to_vec())),
+        }
+    }
+    missing.sort_unstable();
+
+    failovers_ms.sort_unstable();
+    let (p50, p99, max) =
+        (percentile(&failovers_ms, 50.0), percentile(&failovers_ms, 99.0), *failovers_ms.last().unwrap_or(&0));
+    eprintln!("failover samples (ms, sorted): {failovers_ms:?}");
+    eprintln!("failover target with default settings: 2000 ms");
+    println!("failover rounds={} p50={p50} p99={p99} max={max}", failovers_ms.len());
+    eprintln!(
+        "records read: {}, distinct values: {}, values stored more than once: {duplicated}",
+        found.values().map(Vec::len).sum::<usize>(),
+        found.len()
+    );
+
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged records are lost, first seqs: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    assert!(
+        acked_twice.is_empty(),
+        "{} acknowledged records are stored more than once: {:?}",
+        acked_twice.len(),
+        &acked_twice[..acked_twice.len().min(10)]
+    );
+    assert!(
+        misplaced.is_empty(),
+        "{} acknowledged records are not at their acknowledged offset (seq, acked, stored): {:?}",
+        misplaced.len(),
+        &misplaced[..misplaced.len().min(10)]
+    );
+    assert!(
+        max < failover_max_ms,
+        "slowest failover {max} ms >= CREEK_FAILOVER_MAX_MS={failover_max_ms}; samples {failovers_ms:?}"
+    );
+}
