@@ -88,10 +88,13 @@ fn local_cluster_script_starts_and_stops() {
 }
 
 /// What the producer reported for one record.
+#[derive(Clone, Copy)]
 struct Ack {
     partition: i32,
     offset: i64,
+    /// CLOCK_MONOTONIC ms when the delivery report arrived.
     acked_ms: i64,
+    /// CLOCK_MONOTONIC ms when the record was handed to the client.
     produced_ms: i64,
 }
 
@@ -102,6 +105,113 @@ fn parse_ack(line: &str) -> (u64, Ack) {
     let num = |i: usize| f[i].parse::<i64>().unwrap_or_else(|e| panic!("field {i} of `{line}`: {e}"));
     let seq = f[1].parse().unwrap_or_else(|e| panic!("seq of `{line}`: {e}"));
     (seq, Ack { partition: num(2) as i32, offset: num(3), acked_ms: num(4), produced_ms: num(5) })
+}
+
+/// `cluster_producer.py` writing to a topic of a cluster, and the acks it reported so far.
+struct AckedProducer {
+    client: RunningClient,
+    /// Value prefix: record <seq> is `<run>-<seq>`.
+    run: String,
+    acks: HashMap<u64, Ack>,
+}
+
+impl AckedProducer {
+    fn start(cluster: &CreekCluster, topic: &str) -> AckedProducer {
+        let run = format!("r{}", std::process::id());
+        let mut cmd = Command::new(tools::venv_python());
+        cmd.arg(tools::client_path("python/cluster_producer.py"));
+        cmd.args(["--bootstrap", &cluster.bootstrap(), "--topic", topic, "--run", &run]);
+        AckedProducer { client: RunningClient::spawn("cluster_producer", cmd), run, acks: HashMap::new() }
+    }
+
+    /// The next ack the producer reports; panics, with the nodes' logs, after 60 s without one.
+    fn next_ack(&mut self, cluster: &CreekCluster, what: &str) -> Ack {
+        let line = self
+            .client
+            .try_wait_for_line("ack ", Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", cluster.log_tails()));
+        let (seq, ack) = parse_ack(&line);
+        self.acks.insert(seq, ack);
+        ack
+    }
+
+    fn wait_acks(&mut self, cluster: &CreekCluster, n: usize, what: &str) {
+        for _ in 0..n {
+            self.next_ack(cluster, what);
+        }
+    }
+
+    /// Stops the producer with SIGTERM (it flushes) and returns every ack it reported.
+    fn stop(mut self) -> (String, HashMap<u64, Ack>) {
+        self.client.signal(nix::sys::signal::Signal::SIGTERM);
+        let out = self.client.wait(Duration::from_secs(60));
+        assert!(out.status.success(), "the producer failed ({}):\n{}", out.status, out.stderr);
+        let done = out.stdout.lines().find(|l| l.starts_with("done ")).expect("the producer prints `done ...`");
+        let errors: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("err ")).collect();
+        for line in out.stdout.lines().filter(|l| l.starts_with("ack ")) {
+            let (seq, ack) = parse_ack(line);
+            self.acks.insert(seq, ack);
+        }
+        let first_errors = &errors[..errors.len().min(3)];
+        eprintln!(
+            "producer: {done}; {} acked, {} delivery errors, first: {first_errors:?}",
+            self.acks.len(),
+            errors.len()
+        );
+        (self.run, self.acks)
+    }
+}
+
+/// Reads `topic` with `cluster_reader.py` and asserts that every acked record is stored exactly
+/// once, at its acked partition and offset. Prints how many values are stored more than once.
+fn assert_acked_stored_once(cluster: &CreekCluster, topic: &str, run: &str, acks: &HashMap<u64, Ack>) {
+    let mut cmd = Command::new(tools::venv_python());
+    cmd.arg(tools::client_path("python/cluster_reader.py"));
+    cmd.args(["--bootstrap", &cluster.bootstrap(), "--topic", topic]);
+    let read = tools::run_with_limit(cmd, Duration::from_secs(180));
+    assert!(read.status.success(), "the reader failed ({}): {}\n{}", read.status, read.stderr, cluster.log_tails());
+    let mut found: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
+    for line in read.stdout.lines().filter(|l| l.starts_with("rec ")) {
+        let f: Vec<&str> = line.splitn(4, ' ').collect();
+        assert_eq!(f.len(), 4, "malformed reader line `{line}`");
+        let at = (f[1].parse().expect("partition"), f[2].parse().expect("offset"));
+        found.entry(f[3]).or_default().push(at);
+    }
+    let duplicated = found.values().filter(|at| at.len() > 1).count();
+    eprintln!(
+        "records read: {}, distinct values: {}, values stored more than once: {duplicated}",
+        found.values().map(Vec::len).sum::<usize>(),
+        found.len()
+    );
+    let (mut missing, mut acked_twice, mut misplaced) = (Vec::new(), Vec::new(), Vec::new());
+    for (seq, ack) in acks {
+        let acked_at = (ack.partition, ack.offset);
+        match found.get(format!("{run}-{seq}").as_str()).map(Vec::as_slice) {
+            None | Some([]) => missing.push(*seq),
+            Some([at]) if *at != acked_at => misplaced.push((*seq, acked_at, *at)),
+            Some([_]) => {}
+            Some(at) => acked_twice.push((*seq, at.to_vec())),
+        }
+    }
+    missing.sort_unstable();
+    assert!(!acks.is_empty(), "the producer reported no acks");
+    assert!(missing.is_empty(), "{} acked records are lost, first seqs: {:?}", missing.len(), first(&missing));
+    assert!(
+        acked_twice.is_empty(),
+        "{} acked records are stored more than once: {:?}",
+        acked_twice.len(),
+        first(&acked_twice)
+    );
+    assert!(
+        misplaced.is_empty(),
+        "{} acked records are not at their acked offset (seq, acked, stored): {:?}",
+        misplaced.len(),
+        first(&misplaced)
+    );
+}
+
+fn first<T>(items: &[T]) -> &[T] {
+    &items[..items.len().min(10)]
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -117,12 +227,42 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 #[test]
+fn one_node_cluster_harness_pauses_restarts_and_wipes() {
+    // Goal: the cluster harness and the producer/reader pair work on a one-node "cluster": acked
+    // records survive a pause and a SIGKILL restart, and a wiped node has lost the topic.
+    let mut cluster = CreekCluster::start(1);
+    let topic = unique_topic("harness");
+    cluster.create_topic(&topic, 2);
+    let leaders = cluster.wait_for_leaders(&topic, 2, Duration::from_secs(60));
+    assert!(leaders.iter().all(|(leader, _)| *leader == 1), "leaders {leaders:?}");
+    let pid = cluster.pid(1).expect("node 1 runs");
+
+    let mut producer = AckedProducer::start(&cluster, &topic);
+    producer.wait_acks(&cluster, 200, "first acks");
+    cluster.pause(1);
+    cluster.resume(1);
+    producer.wait_acks(&cluster, 100, "acks after a pause");
+    cluster.kill(1);
+    assert_eq!(cluster.pid(1), None, "a killed node has no pid");
+    cluster.restart(1);
+    cluster.wait_serving(1, Duration::from_secs(30));
+    assert_ne!(cluster.pid(1), Some(pid), "a restarted node is a new process");
+    producer.wait_acks(&cluster, 200, "acks after a restart");
+    let (run, acks) = producer.stop();
+    assert_acked_stored_once(&cluster, &topic, &run, &acks);
+    assert_eq!(cluster.leader_of(&topic, 0).map(|(leader, _)| leader), Some(1));
+
+    cluster.wipe_and_restart(1);
+    cluster.wait_serving(1, Duration::from_secs(30));
+    assert_eq!(cluster.leader_of(&topic, 0), None, "a wiped node still knows `{topic}`");
+}
+
+#[test]
 fn sigkill_leader_failover_keeps_every_acked_record() {
     // Goal: SIGKILL the partition leader over and over under an idempotent acks=all producer; every
     // acknowledged record is in the log exactly once at its acknowledged offset, and the producer
     // resumes within CREEK_FAILOVER_MAX_MS of each kill.
     const ACKS_PER_ROUND: usize = 200;
-    const ROUND_WAIT: Duration = Duration::from_secs(60);
     const FAILOVER_WAIT_MS: i64 = 30_000;
     let rounds = env_number("CREEK_FAILOVER_ROUNDS", 20);
     let failover_max_ms = env_number("CREEK_FAILOVER_MAX_MS", 10_000) as i64;
@@ -132,46 +272,23 @@ fn sigkill_leader_failover_keeps_every_acked_record() {
     cluster.create_topic(&topic, 1);
     cluster.wait_for_leaders(&topic, 1, Duration::from_secs(60));
 
-    let run = format!("r{}", std::process::id());
-    let mut cmd = Command::new(tools::venv_python());
-    cmd.arg(tools::client_path("python/cluster_producer.py")).args([
-        "--bootstrap",
-        &cluster.bootstrap(),
-        "--topic",
-        &topic,
-        "--run",
-        &run,
-    ]);
-    let mut producer = RunningClient::spawn("cluster_producer", cmd);
-    let mut acks: HashMap<u64, Ack> = HashMap::new();
-    let mut next_ack = |producer: &mut RunningClient, cluster: &CreekCluster, what: &str| -> (u64, i64, i64) {
-        let line = producer
-            .try_wait_for_line("ack ", ROUND_WAIT)
-            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", cluster.log_tails()));
-        let (seq, ack) = parse_ack(&line);
-        let times = (seq, ack.acked_ms, ack.produced_ms);
-        acks.insert(seq, ack);
-        times
-    };
-
+    let mut producer = AckedProducer::start(&cluster, &topic);
     let mut failovers_ms = Vec::new();
     for round in 1..=rounds {
-        for _ in 0..ACKS_PER_ROUND {
-            next_ack(&mut producer, &cluster, &format!("round {round}: waiting for {ACKS_PER_ROUND} acks"));
-        }
+        producer.wait_acks(&cluster, ACKS_PER_ROUND, &format!("round {round}: waiting for {ACKS_PER_ROUND} acks"));
         let (leader, epoch) = cluster.wait_for_leaders(&topic, 1, Duration::from_secs(30))[0];
         let killed_ms = monotonic_ms();
         cluster.kill(leader);
         // Acks of records handed to the client before the kill may still arrive from the old
         // leader's last responses; the first ack of a record produced after the kill cannot.
         let failover_ms = loop {
-            let (_, acked_ms, produced_ms) = next_ack(&mut producer, &cluster, &format!("round {round}: failover"));
-            if produced_ms > killed_ms && acked_ms > killed_ms {
-                break acked_ms - killed_ms;
+            let ack = producer.next_ack(&cluster, &format!("round {round}: failover after killing node {leader}"));
+            if ack.produced_ms > killed_ms && ack.acked_ms > killed_ms {
+                break ack.acked_ms - killed_ms;
             }
             assert!(
                 monotonic_ms() - killed_ms < FAILOVER_WAIT_MS,
-                "round {round}: no record produced after killing leader {leader} was acknowledged within \
+                "round {round}: no record produced after killing leader {leader} was acked within \
                  {FAILOVER_WAIT_MS} ms\n{}",
                 cluster.log_tails()
             );
@@ -186,86 +303,15 @@ fn sigkill_leader_failover_keeps_every_acked_record() {
         cluster.restart(leader);
         cluster.wait_serving(leader, Duration::from_secs(30));
     }
-
-    producer.signal(nix::sys::signal::Signal::SIGTERM);
-    let out = producer.wait(Duration::from_secs(60));
-    assert!(out.status.success(), "the producer failed ({}):\n{}", out.status, out.stderr);
-    let done = out.stdout.lines().find(|l| l.starts_with("done ")).expect("the producer prints `done ...`");
-    let errors: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("err ")).collect();
-    for line in out.stdout.lines().filter(|l| l.starts_with("ack ")) {
-        let (seq, ack) = parse_ack(line);
-        acks.insert(seq, ack);
-    }
-    eprintln!(
-        "producer: {done}; {} acked, {} delivery errors, first: {:?}",
-        acks.len(),
-        errors.len(),
-        &errors[..errors.len().min(3)]
-    );
-
-    let mut cmd = Command::new(tools::venv_python());
-    cmd.arg(tools::client_path("python/cluster_reader.py")).args([
-        "--bootstrap",
-        &cluster.bootstrap(),
-        "--topic",
-        &topic,
-    ]);
-    let read = tools::run_with_limit(cmd, Duration::from_secs(180));
-    assert!(read.status.success(), "the reader failed ({}): {}\n{}", read.status, read.stderr, cluster.log_tails());
-    let mut found: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
-    for line in read.stdout.lines().filter(|l| l.starts_with("rec ")) {
-        let f: Vec<&str> = line.splitn(4, ' ').collect();
-        assert_eq!(f.len(), 4, "malformed reader line `{line}`");
-        let at = (f[1].parse().expect("partition"), f[2].parse().expect("offset"));
-        found.entry(f[3].to_string()).or_default().push(at);
-    }
-    let duplicated = found.values().filter(|at| at.len() > 1).count();
-    let mut missing = Vec::new();
-    let mut acked_twice = Vec::new();
-    let mut misplaced = Vec::new();
-    for (seq, ack) in &acks {
-        let value = format!("{run}-{seq}");
-        match found.get(&value).map(Vec::as_slice) {
-            None | Some([]) => missing.push(*seq),
-            Some([at]) if *at != (ack.partition, ack.offset) => {
-                misplaced.push((*seq, (ack.partition, ack.offset), *at))
-            }
-            Some([_]) => {}
-            Some(at) => acked_twice.push((*seq, at.to_vec())),
-        }
-    }
-    missing.sort_unstable();
+    let (run, acks) = producer.stop();
 
     failovers_ms.sort_unstable();
-    let (p50, p99, max) =
-        (percentile(&failovers_ms, 50.0), percentile(&failovers_ms, 99.0), *failovers_ms.last().unwrap_or(&0));
-    eprintln!("failover samples (ms, sorted): {failovers_ms:?}");
-    eprintln!("failover target with default settings: 2000 ms");
+    let (p50, p99) = (percentile(&failovers_ms, 50.0), percentile(&failovers_ms, 99.0));
+    let max = failovers_ms.last().copied().unwrap_or(0);
+    eprintln!("failover samples (ms, sorted): {failovers_ms:?}; target with default settings: 2000 ms");
     println!("failover rounds={} p50={p50} p99={p99} max={max}", failovers_ms.len());
-    eprintln!(
-        "records read: {}, distinct values: {}, values stored more than once: {duplicated}",
-        found.values().map(Vec::len).sum::<usize>(),
-        found.len()
-    );
 
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged records are lost, first seqs: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(20)]
-    );
-    assert!(
-        acked_twice.is_empty(),
-        "{} acknowledged records are stored more than once: {:?}",
-        acked_twice.len(),
-        &acked_twice[..acked_twice.len().min(10)]
-    );
-    assert!(
-        misplaced.is_empty(),
-        "{} acknowledged records are not at their acknowledged offset (seq, acked, stored): {:?}",
-        misplaced.len(),
-        &misplaced[..misplaced.len().min(10)]
-    );
+    assert_acked_stored_once(&cluster, &topic, &run, &acks);
     assert!(
         max < failover_max_ms,
         "slowest failover {max} ms >= CREEK_FAILOVER_MAX_MS={failover_max_ms}; samples {failovers_ms:?}"
