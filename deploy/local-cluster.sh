@@ -62,10 +62,12 @@ start() {
     peers+="${peers:+,}$id@127.0.0.1:$((internal_base + id - 1))"
   done
 
+  local -a log_start # per node: where this start's output begins in its (appended) log
   for ((id = 1; id <= n; id++)); do
     local node_dir="$dir/node-$id" kafka="127.0.0.1:$((kafka_base + id - 1))"
     mkdir -p "$node_dir"
     rm -f "$node_dir/pid"
+    log_start[id]="$(stat -c %s "$node_dir/creek.log" 2>/dev/null || echo 0)"
     # stdout (the ready line) and stderr (logs) both go to the log file.
     NO_COLOR=1 "$bin" serve --node-id "$id" --listen "$kafka" --advertised-listener "$kafka" --data-dir "$node_dir/data" \
       --set "internal.peers=$peers" >>"$node_dir/creek.log" 2>&1 </dev/null &
@@ -76,7 +78,7 @@ start() {
   for ((id = 1; id <= n; id++)); do
     local node_dir="$dir/node-$id" pid
     pid="$(cat "$node_dir/pid")"
-    until grep -q "^creek ready kafka=" "$node_dir/creek.log"; do
+    until tail -c "+$((log_start[id] + 1))" "$node_dir/creek.log" | grep -q "^creek ready kafka="; do
       if ! kill -0 "$pid" 2>/dev/null; then
         echo "local-cluster.sh: node $id (pid $pid) exited before it was ready; $node_dir/creek.log ends with:" >&2
         tail -n 30 "$node_dir/creek.log" >&2

@@ -124,11 +124,11 @@ impl AckedProducer {
         AckedProducer { client: RunningClient::spawn("cluster_producer", cmd), run, acks: HashMap::new() }
     }
 
-    /// The next ack the producer reports; panics, with the nodes' logs, after 60 s without one.
-    fn next_ack(&mut self, cluster: &CreekCluster, what: &str) -> Ack {
+    /// The next ack the producer reports; panics, with the nodes' logs, after `limit` without one.
+    fn next_ack(&mut self, cluster: &CreekCluster, limit: Duration, what: &str) -> Ack {
         let line = self
             .client
-            .try_wait_for_line("ack ", Duration::from_secs(60))
+            .try_wait_for_line("ack ", limit)
             .unwrap_or_else(|e| panic!("{what}: {e}\n{}", cluster.log_tails()));
         let (seq, ack) = parse_ack(&line);
         self.acks.insert(seq, ack);
@@ -137,7 +137,7 @@ impl AckedProducer {
 
     fn wait_acks(&mut self, cluster: &CreekCluster, n: usize, what: &str) {
         for _ in 0..n {
-            self.next_ack(cluster, what);
+            self.next_ack(cluster, Duration::from_secs(60), what);
         }
     }
 
@@ -282,7 +282,9 @@ fn sigkill_leader_failover_keeps_every_acked_record() {
         // Acks of records handed to the client before the kill may still arrive from the old
         // leader's last responses; the first ack of a record produced after the kill cannot.
         let failover_ms = loop {
-            let ack = producer.next_ack(&cluster, &format!("round {round}: failover after killing node {leader}"));
+            let left = Duration::from_millis((killed_ms + FAILOVER_WAIT_MS - monotonic_ms()).max(1) as u64);
+            let what = format!("round {round}: failover after killing leader {leader}");
+            let ack = producer.next_ack(&cluster, left, &what);
             if ack.produced_ms > killed_ms && ack.acked_ms > killed_ms {
                 break ack.acked_ms - killed_ms;
             }
