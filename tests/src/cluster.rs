@@ -1,8 +1,8 @@
 //! A cluster of `creek` brokers on this machine that replicate with Raft, for multi-node fault tests.
 //!
-//! Every node gets a free Kafka port, a free internal (Raft/RPC) port and its own temporary
-//! directory holding `data/` and `creek.log` (the broker's stderr, appended across restarts). All
-//! nodes share one `internal.peers` list. Nodes are numbered 1..=n. Waits have deadlines and their
+//! Every node gets a free Kafka port and a free internal (Raft/RPC) port, below the ephemeral
+//! range, and its own temporary directory holding `data/` and `creek.log` (the broker's stderr,
+//! appended across restarts). All nodes share one `internal.peers` list. Nodes are numbered 1..=n. Waits have deadlines and their
 //! panics show the tail of every node's log.
 
 use std::collections::HashSet;
@@ -18,7 +18,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::wire::{self, Wire};
-use crate::{READY_TIMEOUT, ServeArgs, Starting, free_port, log_tail, spawn_creek};
+use crate::{READY_TIMEOUT, ServeArgs, Starting, free_consecutive_ports, log_tail, spawn_creek};
 
 /// How long one request to one node may take before that node counts as not answering.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -80,7 +80,9 @@ impl CreekCluster {
     /// Like [`start`](Self::start), with extra broker configs for every node.
     pub fn start_with(n: usize, settings: &[(&str, &str)]) -> CreekCluster {
         assert!(n >= 1, "a cluster needs at least one node");
-        let ports = distinct_free_ports(2 * n);
+        let count = u16::try_from(2 * n).expect("a cluster of fewer than 32768 nodes");
+        let base = usize::from(free_consecutive_ports(count));
+        let ports: Vec<u16> = (base..base + 2 * n).map(|p| p as u16).collect();
         let nodes: Vec<Node> = (0..n)
             .map(|i| {
                 let dir = tempfile::Builder::new()
@@ -374,19 +376,6 @@ impl Drop for CreekCluster {
             self.kill(id);
         }
     }
-}
-
-/// `n` different ports that were free at the time of the call.
-fn distinct_free_ports(n: usize) -> Vec<u16> {
-    let mut seen = HashSet::new();
-    let mut ports = Vec::with_capacity(n);
-    while ports.len() < n {
-        let p = free_port();
-        if seen.insert(p) {
-            ports.push(p);
-        }
-    }
-    ports
 }
 
 /// Milliseconds on CLOCK_MONOTONIC, the clock of Python's `time.monotonic()` on Linux, so a test

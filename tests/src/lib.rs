@@ -303,19 +303,21 @@ fn forward_lines(
 }
 
 /// The first of `n` consecutive loopback ports that were all free at the time of the call, for
-/// programs that take a base port (deploy/local-cluster.sh). Tries random bases in 20000..40000.
+/// programs that take a base port (deploy/local-cluster.sh) and for cluster nodes. Tries random
+/// bases in 20000..32000: below Linux's ephemeral range (32768..), so while a node is down no
+/// outgoing connection can take its port and keep it from restarting.
 pub fn free_consecutive_ports(n: u16) -> u16 {
     use std::hash::{BuildHasher, RandomState};
     let random = RandomState::new();
     for attempt in 0u32..200 {
-        let base = 20_000 + (random.hash_one(attempt) % 20_000) as u16;
+        let base = 20_000 + (random.hash_one(attempt) % u64::from(12_000 - n)) as u16;
         // Hold every listener until all n are bound, so the range is free as a whole.
         let bound: Vec<TcpListener> = (0..n).map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
         if bound.len() == usize::from(n) {
             return base;
         }
     }
-    panic!("found no {n} consecutive free ports on 127.0.0.1 in 20000..40000 after 200 tries");
+    panic!("found no {n} consecutive free ports on 127.0.0.1 in 20000..32000 after 200 tries");
 }
 
 /// A topic name unique within this test process and across concurrent processes.
