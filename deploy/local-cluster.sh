@@ -101,28 +101,34 @@ start() {
 
 stop() {
   local dir="$1" pidfile pid waited
+  local -a running=()
   [[ -d "$dir" ]] || { echo "local-cluster.sh: $dir does not exist; nothing to stop"; return 0; }
+  # SIGTERM every node first, so they shut down in parallel; then wait for each.
   for pidfile in "$dir"/node-*/pid; do
-    [[ -f "$pidfile" ]] || continue
-    pid="$(cat "$pidfile")"
     if alive "$pidfile"; then
-      kill -TERM "$pid" 2>/dev/null || true
+      kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+      running+=("$pidfile")
+    else
+      rm -f "$pidfile"
+    fi
+  done
+  for pidfile in "${running[@]}"; do
+    pid="$(cat "$pidfile")"
+    waited=0
+    while alive "$pidfile" && ((waited < stop_timeout_s * 10)); do
+      sleep 0.1
+      waited=$((waited + 1))
+    done
+    if alive "$pidfile"; then
+      echo "local-cluster.sh: pid $pid ($pidfile) ignored SIGTERM for ${stop_timeout_s} s; sending SIGKILL" >&2
+      kill -KILL "$pid" 2>/dev/null || true
       waited=0
-      while alive "$pidfile" && ((waited < stop_timeout_s * 10)); do
+      while alive "$pidfile" && ((waited < 50)); do
         sleep 0.1
         waited=$((waited + 1))
       done
-      if alive "$pidfile"; then
-        echo "local-cluster.sh: pid $pid ($pidfile) ignored SIGTERM for ${stop_timeout_s} s; sending SIGKILL" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-        waited=0
-        while alive "$pidfile" && ((waited < 50)); do
-          sleep 0.1
-          waited=$((waited + 1))
-        done
-      fi
-      echo "stopped pid $pid ($pidfile)"
     fi
+    echo "stopped pid $pid ($pidfile)"
     rm -f "$pidfile"
   done
 }

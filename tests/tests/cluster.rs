@@ -34,10 +34,22 @@ fn run_script(args: &[&str], dir: &Path, kafka_base: u16, internal_base: u16) ->
     tools::run_with_limit(cmd, Duration::from_secs(90))
 }
 
+/// Runs `local-cluster.sh stop DIR` when dropped, so a failing test leaves no nodes behind (they
+/// are not this process's children).
+struct StopOnDrop<'a>(&'a Path);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let script = tools::tests_dir().join("../deploy/local-cluster.sh");
+        let _ = Command::new("bash").arg(script).arg("stop").arg(self.0).output();
+    }
+}
+
 #[test]
 fn local_cluster_script_starts_and_stops() {
     // Goal: `local-cluster.sh start 3 DIR` runs three serving nodes and says where; `stop DIR` ends them.
     let dir = tempfile::Builder::new().prefix("creek-local-cluster-").tempdir().unwrap();
+    let _stop = StopOnDrop(dir.path());
     let base = free_consecutive_ports(2 * NODES);
     let (kafka_base, internal_base) = (base, base + NODES);
 
