@@ -9,14 +9,18 @@
 //! [`proxy`] is a fault-injecting TCP proxy (drop, delay, cut responses); a broker started with
 //! [`CreekProcess::start_advertising`] tells clients to connect through it.
 //!
-//! This crate does not start clusters or network namespaces yet, and it never skips: a
-//! missing binary or tool is a test failure that says what to run.
+//! [`cluster::CreekCluster`] starts N brokers that replicate with Raft, each on free ports with its
+//! own data directory and a log file, and can kill, pause, restart or wipe any one of them.
+//!
+//! This crate does not start network namespaces yet, and it never skips: a missing binary or tool
+//! is a test failure that says what to run.
 //!
 //! ```no_run
 //! let broker = creek_tests::CreekProcess::start(&[("auto.create.topics.enable", "true")]);
 //! println!("bootstrap servers: {}", broker.bootstrap());
 //! ```
 
+pub mod cluster;
 pub mod proxy;
 pub mod tools;
 pub mod wire;
@@ -147,51 +151,126 @@ impl CreekProcess {
 
     fn spawn(&mut self) {
         let listen = format!("127.0.0.1:{}", self.port);
-        let mut cmd = Command::new(creek_bin());
         let advertised = self.advertised.clone().unwrap_or_else(|| listen.clone());
-        cmd.arg("serve")
-            .args(["--listen", &listen, "--advertised-listener", &advertised])
-            .arg("--data-dir")
-            .arg(self.data_dir.path())
-            .args(["--node-id", "1"]);
-        for (k, v) in &self.settings {
-            cmd.args(["--set", &format!("{k}={v}")]);
-        }
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let args = ServeArgs {
+            node_id: 1,
+            listen: &listen,
+            advertised: &advertised,
+            data_dir: self.data_dir.path(),
+            settings: &self.settings,
+            stderr_log: None,
+        };
+        let (child, addr) = spawn_creek(&args).wait_ready(Instant::now() + READY_TIMEOUT);
+        self.bootstrap = addr;
+        self.child = Some(child);
+    }
+}
 
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        forward_lines("creek stdout", stdout, Some(ready_tx));
-        let stderr = child.stderr.take().expect("piped stderr");
-        forward_lines("creek stderr", stderr, None);
+/// How to run one `creek serve`; shared by [`CreekProcess`] and [`cluster::CreekCluster`].
+pub(crate) struct ServeArgs<'a> {
+    pub(crate) node_id: i32,
+    pub(crate) listen: &'a str,
+    pub(crate) advertised: &'a str,
+    pub(crate) data_dir: &'a Path,
+    pub(crate) settings: &'a [(String, String)],
+    /// Where the broker's stderr goes: appended to this file, else echoed to the test's stderr.
+    pub(crate) stderr_log: Option<&'a Path>,
+}
 
-        let deadline = Instant::now() + READY_TIMEOUT;
+/// A spawned `creek serve` that has not printed its ready line yet.
+pub(crate) struct Starting {
+    /// `None` once handed out by `wait_ready`; dropping a `Starting` that still holds it kills it.
+    child: Option<Child>,
+    ready: mpsc::Receiver<String>,
+    cmd: String,
+    stderr_log: Option<PathBuf>,
+}
+
+/// Spawns `creek serve` with `args`; [`Starting::wait_ready`] waits for it to serve.
+pub(crate) fn spawn_creek(args: &ServeArgs<'_>) -> Starting {
+    let mut cmd = Command::new(creek_bin());
+    cmd.arg("serve")
+        .args(["--listen", args.listen, "--advertised-listener", args.advertised])
+        .arg("--data-dir")
+        .arg(args.data_dir)
+        .args(["--node-id", &args.node_id.to_string()]);
+    for (k, v) in args.settings {
+        cmd.args(["--set", &format!("{k}={v}")]);
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    let stderr = match args.stderr_log {
+        Some(path) => {
+            cmd.env("NO_COLOR", "1"); // plain text in log files
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            Stdio::from(file)
+        }
+        None => Stdio::piped(),
+    };
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let label = if args.stderr_log.is_some() { "creek" } else { "creek stdout" };
+    let (ready_tx, ready) = mpsc::channel();
+    forward_lines(label, args.node_id, child.stdout.take().expect("piped stdout"), Some(ready_tx));
+    if let Some(stderr) = child.stderr.take() {
+        forward_lines("creek stderr", args.node_id, stderr, None);
+    }
+    Starting { child: Some(child), ready, cmd: format!("{cmd:?}"), stderr_log: args.stderr_log.map(Path::to_path_buf) }
+}
+
+impl Starting {
+    /// Waits until the broker prints `creek ready kafka=ADDR`; returns it and ADDR. Panics, after
+    /// killing it, if it exits first or `deadline` passes; the panic shows its log's tail.
+    pub(crate) fn wait_ready(mut self, deadline: Instant) -> (Child, String) {
+        let log = self.stderr_log.clone();
+        let where_output = move || match &log {
+            Some(path) => format!("its log {}, ends with:\n{}", path.display(), log_tail(path, 30)),
+            None => "its output is above".to_string(),
+        };
+        let child = self.child.as_mut().expect("a Starting holds its child until it is ready");
         loop {
-            match ready_rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(addr) => {
-                    self.bootstrap = addr;
-                    break;
-                }
+            match self.ready.recv_timeout(Duration::from_millis(100)) {
+                Ok(addr) => return (self.child.take().expect("child"), addr),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = child.wait().expect("wait for creek");
-                    panic!("creek exited before it was ready ({status}); its output is above: {cmd:?}");
+                    panic!("creek exited before it was ready ({status}): {}\n{}", self.cmd, where_output());
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("creek exited before it was ready ({status}); its output is above: {cmd:?}");
+                panic!("creek exited before it was ready ({status}): {}\n{}", self.cmd, where_output());
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("creek printed no `{READY_PREFIX}...` line within {READY_TIMEOUT:?}: {cmd:?}");
+                // Drop kills and reaps it.
+                panic!("creek printed no `{READY_PREFIX}...` line in time: {}\n{}", self.cmd, where_output());
             }
         }
-        self.child = Some(child);
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The last `lines` lines of a log file (or why it cannot be read), for panic messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
 }
 
@@ -203,12 +282,17 @@ impl Drop for CreekProcess {
 
 /// Copies a child's output lines to this process's stderr (which the test runner captures), and
 /// sends the address from the first ready line to `ready`.
-fn forward_lines(label: &'static str, stream: impl Read + Send + 'static, ready: Option<mpsc::Sender<String>>) {
+fn forward_lines(
+    label: &'static str,
+    node_id: i32,
+    stream: impl Read + Send + 'static,
+    ready: Option<mpsc::Sender<String>>,
+) {
     thread::spawn(move || {
         let mut ready = ready;
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            eprintln!("[{label}] {line}");
+            eprintln!("[{label} {node_id}] {line}");
             if let Some(addr) = line.trim().strip_prefix(READY_PREFIX)
                 && let Some(tx) = ready.take()
             {
@@ -216,6 +300,24 @@ fn forward_lines(label: &'static str, stream: impl Read + Send + 'static, ready:
             }
         }
     });
+}
+
+/// The first of `n` consecutive loopback ports that were all free at the time of the call, for
+/// programs that take a base port (deploy/local-cluster.sh) and for cluster nodes. Tries random
+/// bases in 20000..32000: below Linux's ephemeral range (32768..), so while a node is down no
+/// outgoing connection can take its port and keep it from restarting.
+pub fn free_consecutive_ports(n: u16) -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new();
+    for attempt in 0u32..200 {
+        let base = 20_000 + (random.hash_one(attempt) % u64::from(12_000 - n)) as u16;
+        // Hold every listener until all n are bound, so the range is free as a whole.
+        let bound: Vec<TcpListener> = (0..n).map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        if bound.len() == usize::from(n) {
+            return base;
+        }
+    }
+    panic!("found no {n} consecutive free ports on 127.0.0.1 in 20000..32000 after 200 tries");
 }
 
 /// A topic name unique within this test process and across concurrent processes.

@@ -165,18 +165,26 @@ impl RunningClient {
     /// Waits for a stdout line starting with `prefix` (lines seen before are consumed) and returns it.
     /// Panics if the program exits first or `limit` passes.
     pub fn wait_for_line(&mut self, prefix: &str, limit: Duration) -> String {
+        self.try_wait_for_line(prefix, limit).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`wait_for_line`](Self::wait_for_line), but says what went wrong instead of panicking, so
+    /// a caller can add context (node logs) to its own panic.
+    pub fn try_wait_for_line(&mut self, prefix: &str, limit: Duration) -> Result<String, String> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.as_mut().and_then(|c| wait_timeout(c, Duration::from_secs(5)));
-                    panic!("{} exited ({status:?}) before printing `{prefix}...`", self.label);
+                    return Err(format!("{} exited ({status:?}) before printing `{prefix}...`", self.label));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    assert!(Instant::now() < deadline, "{} printed no `{prefix}...` line within {limit:?}", self.label)
+                    if Instant::now() >= deadline {
+                        return Err(format!("{} printed no `{prefix}...` line within {limit:?}", self.label));
+                    }
                 }
             }
         }

@@ -23,6 +23,19 @@ impl Wire {
         Wire { stream, correlation: 0 }
     }
 
+    /// Connects with a bound on connecting and on each read (`limit`), for asking brokers that may be
+    /// dead or stopped; the error says what failed.
+    pub fn connect_timeout(addr: &str, limit: Duration) -> std::io::Result<Wire> {
+        use std::net::ToSocketAddrs;
+        let sock =
+            addr.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::other(format!("{addr}: no address")))?;
+        let stream = TcpStream::connect_timeout(&sock, limit)?;
+        stream.set_read_timeout(Some(limit))?;
+        stream.set_write_timeout(Some(limit))?;
+        stream.set_nodelay(true)?;
+        Ok(Wire { stream, correlation: 0 })
+    }
+
     /// Writes raw bytes (a whole frame, or a hostile fragment).
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
@@ -86,10 +99,22 @@ pub fn topic_name(name: &str) -> TopicName {
 
 /// Creates a topic; returns the error code (0 on success).
 pub fn create_topic(w: &mut Wire, name: &str, partitions: i32, configs: &[(&str, &str)]) -> i16 {
+    let req = create_topics_request(name, partitions, 1, configs);
+    let resp: CreateTopicsResponse = w.call(ApiKey::CreateTopics, 7, &req);
+    resp.topics[0].error_code
+}
+
+/// A CreateTopics request (send it as v7) for one topic with a 10 s timeout.
+pub fn create_topics_request(
+    name: &str,
+    partitions: i32,
+    replication_factor: i16,
+    configs: &[(&str, &str)],
+) -> CreateTopicsRequest {
     let mut t = create_topics_request::CreatableTopic::default();
     t.name = topic_name(name);
     t.num_partitions = partitions;
-    t.replication_factor = 1;
+    t.replication_factor = replication_factor;
     t.configs = configs
         .iter()
         .map(|(k, v)| {
@@ -102,8 +127,7 @@ pub fn create_topic(w: &mut Wire, name: &str, partitions: i32, configs: &[(&str,
     let mut req = CreateTopicsRequest::default();
     req.topics = vec![t];
     req.timeout_ms = 10_000;
-    let resp: CreateTopicsResponse = w.call(ApiKey::CreateTopics, 7, &req);
-    resp.topics[0].error_code
+    req
 }
 
 /// Produces `records` (one or more v2 batches) to a partition; returns (error code, base offset).
