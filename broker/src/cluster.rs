@@ -97,6 +97,28 @@ impl Cluster {
         self.nodes[0]
     }
 
+    /// The leader of a partition as clients should see it: the one its replica knows, unless
+    /// that is another node this one has no connection to (it died or is cut off; a new leader
+    /// is being elected). Then `None`, so clients keep refreshing metadata instead of retrying a
+    /// dead broker.
+    pub(crate) fn visible_leader(&self, replica: &Replica) -> Option<NodeId> {
+        replica.leader().filter(|&l| l == self.node || self.rpc.is_connected(l))
+    }
+
+    /// Waits until every one of `replicas` has a [visible leader](Self::visible_leader), or
+    /// `limit` has passed.
+    pub(crate) async fn await_leaders(&self, replicas: Vec<Arc<Replica>>, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut waiting = replicas;
+        loop {
+            waiting.retain(|r| self.visible_leader(r).is_none());
+            if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The Kafka address a registered broker announced.
     pub(crate) fn broker_address(&self, id: NodeId) -> Option<(String, u16)> {
         self.meta.read(|m| m.brokers.get(&id).cloned())

@@ -227,6 +227,38 @@ impl CreekCluster {
         }
     }
 
+    /// Waits until node `id` itself reports a leader for every partition of `topic`: its
+    /// replicas run and hear from their leaders (a restarted node has rejoined). Panics after
+    /// `timeout`.
+    pub fn wait_replicating(&self, id: i32, topic: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = match self.metadata(id, Some(&[topic])) {
+                Ok(md) => {
+                    let t = md.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic));
+                    match t {
+                        Some(t)
+                            if t.error_code == 0
+                                && !t.partitions.is_empty()
+                                && t.partitions.iter().all(|p| p.error_code == 0 && p.leader_id.0 >= 0) =>
+                        {
+                            return;
+                        }
+                        other => format!("{other:?}"),
+                    }
+                }
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "node {id} reports no leader for every partition of `{topic}` within {timeout:?}: {seen}\n{}",
+                    self.log_tails()
+                );
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
     /// The leader and leader epoch of `topic`/`partition` as the answering nodes see it now: of
     /// the answers naming a leader that runs, the one with the highest epoch (a node that has not
     /// heard of the last election yet reports an older one). `None` if no node names one.

@@ -316,6 +316,8 @@ fn sigkill_leader_failover_keeps_every_acked_record() {
         failovers_ms.push(failover_ms);
         cluster.restart(leader);
         cluster.wait_serving(leader, Duration::from_secs(30));
+        // Each kill starts from a whole cluster: the restarted node follows a leader again.
+        cluster.wait_replicating(leader, &topic, Duration::from_secs(30));
     }
     let (run, acks) = producer.stop();
 

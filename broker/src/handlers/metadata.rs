@@ -12,6 +12,9 @@ use super::{Ctx, Request, code, str_bytes};
 use crate::cluster::Cluster;
 use crate::state::{CreateError, Topic, check_topic_name};
 
+/// How long Metadata waits for partitions without a reachable leader to elect one.
+const ELECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 pub(super) async fn handle(ctx: &Ctx, req: Request<MetadataRequest>) -> Option<MetadataResponse> {
     let version = req.version();
     let broker = &ctx.broker;
@@ -59,6 +62,19 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<MetadataRequest>) -> Option<M
         Some(t) => Some(t),
     };
     let allow_auto = auto_create && (version < 4 || req.body.allow_auto_topic_creation);
+    if let Some(c) = cluster {
+        // A leader election in progress (the leader died or is cut off) usually ends within a
+        // second: answer with its result rather than "no leader", which clients would only
+        // retry after their own backoff (librdkafka: up to 1 s).
+        let topics: Vec<_> = match &requested {
+            None => broker.topics(),
+            Some(list) => list.iter().filter_map(|t| t.name.as_ref().and_then(|n| broker.topic(&n.0))).collect(),
+        };
+        let replicas = topics
+            .iter()
+            .flat_map(|t| t.partitions.read().iter().filter_map(|p| p.replica.get().cloned()).collect::<Vec<_>>());
+        c.await_leaders(replicas.collect(), ELECTION_WAIT).await;
+    }
     match requested {
         None => {
             for t in broker.topics() {
@@ -152,7 +168,7 @@ fn describe(topic: &Topic, node_id: i32, version: i16, cluster: Option<&Cluster>
                         // is not told apart yet.
                         mp.replica_nodes = ids(c.replicas_of(&topic.name, p.index));
                         mp.isr_nodes = ids(r.voters());
-                        match r.leader() {
+                        match c.visible_leader(r) {
                             Some(l) => mp.leader_id = BrokerId(l as i32),
                             None => {
                                 mp.leader_id = BrokerId(-1);

@@ -76,9 +76,11 @@ pub(crate) type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 /// Heartbeat (an empty AppendEntries from the leader to each follower) every this many ms.
 pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 100;
 /// A follower that hears no leader for a random time in this range (ms) starts an election.
-/// Five to ten heartbeats: a leader's loss is noticed within about 1 s, and a busy 2-core machine
-/// losing a heartbeat or two does not depose a live leader.
-pub(crate) const ELECTION_TIMEOUT_MS: (u64, u64) = (500, 1000);
+/// Three to six heartbeats. openraft's leader lease is the upper bound (a voter refuses to vote
+/// for that long after the leader's last heartbeat), so a dead leader is replaced after about
+/// 0.6–1 s, which leaves clients most of the 2 s failover budget; a busy machine losing a
+/// heartbeat or two still does not depose a live leader.
+pub(crate) const ELECTION_TIMEOUT_MS: (u64, u64) = (300, 600);
 
 /// openraft's configuration of a partition group: the timing above, Pre-Vote, no snapshots (the
 /// log is the data, see [`state_machine`]), and at most 64 entries (batches) per AppendEntries so that a
