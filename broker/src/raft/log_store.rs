@@ -370,9 +370,11 @@ impl State {
                 self.append_run(&mut run, &mut run_slots, now_ms)?;
             }
             let mut bytes = match entry.payload {
-                EntryPayload::Blank => build_plain_control_batch(CONTROL_TYPE_BLANK, &[0, 0], now_ms),
+                // Every replica builds these batches itself: timestamp 0 (no clock) keeps the
+                // replicas' logs byte-identical.
+                EntryPayload::Blank => build_plain_control_batch(CONTROL_TYPE_BLANK, &[0, 0], 0),
                 EntryPayload::Membership(m) => {
-                    build_plain_control_batch(CONTROL_TYPE_MEMBERSHIP, &encode_membership(&m), now_ms)
+                    build_plain_control_batch(CONTROL_TYPE_MEMBERSHIP, &encode_membership(&m), 0)
                 }
                 EntryPayload::Normal(KafkaBatch(b)) => {
                     let v = BatchView::new(&b).map_err(|e| invalid(e.to_string()))?;
