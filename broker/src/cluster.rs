@@ -14,10 +14,12 @@
 //!   unreplicated internal topics. Only the lowest node id coordinates ([`Cluster::coordinator`]),
 //!   so a cluster has one of each; moving them with leadership is issue 5, item 6.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use creek_storage::LogConfig;
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -27,8 +29,21 @@ use crate::raft::log_store::LogStore;
 use crate::raft::metadata::{MetaCommand, Metadata, place};
 use crate::raft::network::RaftRouter;
 use crate::raft::replica::{PartitionHook, Replica};
-use crate::rpc::{NodeId, Rpc, RpcConfig};
+use crate::rpc::{GroupId, Handler, HandlerFuture, MessageKind, NodeId, Rpc, RpcConfig};
 use crate::state::{Broker, CreateError};
+
+/// Every node pings every other this often over the internal RPC (one small message per pair).
+const PING_INTERVAL: Duration = Duration::from_millis(100);
+/// A peer not heard from for this long (or whose connection is gone) is down: the partitions it
+/// leads start electing.
+const LIVENESS_TIMEOUT: Duration = Duration::from_millis(500);
+/// A quiet leader's heartbeat period.
+const QUIET_HEARTBEAT: Duration = Duration::from_secs(1);
+/// A follower that has not heard from its group's leader for this long (three quiet heartbeats)
+/// elects even if the leader's node is up: that node may have restarted and lost the lead.
+const LEADER_SILENCE_MAX: Duration = Duration::from_secs(3);
+/// Message kind of a liveness ping (no payload, no answer).
+const KIND_PING: MessageKind = MessageKind(17);
 
 /// How often a node retries registering itself until the metadata group has a leader.
 const REGISTER_RETRY: Duration = Duration::from_millis(300);
@@ -57,6 +72,18 @@ pub(crate) struct Cluster {
     router: Arc<RaftRouter>,
     pub(crate) meta: Arc<Metadata>,
     replicas: Mutex<Vec<Arc<Replica>>>,
+    /// When each peer was last heard from (pings).
+    heard: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+/// Records pings.
+struct PingHandler(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Handler for PingHandler {
+    fn handle(&self, from: NodeId, _group: GroupId, _kind: MessageKind, _payload: Bytes) -> HandlerFuture {
+        self.0.lock().insert(from, Instant::now());
+        Box::pin(async { None })
+    }
 }
 
 impl Cluster {
@@ -82,14 +109,62 @@ impl Cluster {
         let store = tokio::task::spawn_blocking(move || LogStore::open(&dir, LogConfig::default()))
             .await?
             .context("opening the cluster metadata log")?;
+        let heard = Arc::new(Mutex::new(HashMap::new()));
+        router.register_service(KIND_PING, Arc::new(PingHandler(heard.clone())));
         let meta = Metadata::start(node, rpc.clone(), &router, store, &nodes).await?;
-        let cluster = Arc::new(Cluster { node, nodes, rpc, router, meta, replicas: Mutex::new(Vec::new()) });
+        let cluster = Arc::new(Cluster { node, nodes, rpc, router, meta, replicas: Mutex::new(Vec::new()), heard });
         if broker.cluster.set(cluster.clone()).is_err() {
             anyhow::bail!("the cluster was started twice");
         }
         tokio::spawn(cluster.clone().register(advertised, stop.clone()));
-        tokio::spawn(cluster.clone().reconcile(broker, stop));
+        tokio::spawn(cluster.clone().reconcile(broker, stop.clone()));
+        tokio::spawn(cluster.clone().supervise(stop));
         Ok(cluster)
+    }
+
+    /// Whether `peer` is up as far as this node can tell: connected, and heard from recently.
+    pub(crate) fn is_live(&self, peer: NodeId) -> bool {
+        peer == self.node
+            || (self.rpc.is_connected(peer)
+                && self.heard.lock().get(&peer).is_some_and(|t| t.elapsed() < LIVENESS_TIMEOUT))
+    }
+
+    /// Failure detection per node instead of per group. Every [`PING_INTERVAL`] this node pings
+    /// its peers and looks at its partition replicas: a follower whose leader is live keeps its
+    /// Raft timer off (no heartbeats expected, no election timeout), one whose leader is down or
+    /// unknown turns it on and so elects after the usual timeout; a leader keeps its timer off
+    /// and sends one heartbeat round every [`QUIET_HEARTBEAT`]. Idle partitions thus cost a
+    /// heartbeat a second instead of a timer every 20 ms and ten heartbeats a second.
+    async fn supervise(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(PING_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heartbeat = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            for &peer in self.nodes.iter().filter(|&&n| n != self.node) {
+                // A down peer is simply not pinged (`PeerUnavailable`).
+                let _ = self.rpc.send(peer, GroupId(0), KIND_PING, Bytes::new());
+            }
+            let heartbeat = last_heartbeat.elapsed() >= QUIET_HEARTBEAT;
+            if heartbeat {
+                last_heartbeat = Instant::now();
+            }
+            let replicas = self.replicas.lock().clone();
+            for r in replicas {
+                if r.is_follower() {
+                    let heard = self.router.since_append(r.group).is_some_and(|d| d < LEADER_SILENCE_MAX);
+                    r.set_ticking(!(heard && r.leader().is_some_and(|l| l != self.node && self.is_live(l))));
+                } else {
+                    r.set_ticking(false);
+                    if heartbeat {
+                        r.heartbeat().await;
+                    }
+                }
+            }
+        }
     }
 
     /// The node that runs the group and transaction coordinators.
@@ -102,7 +177,7 @@ impl Cluster {
     /// is being elected). Then `None`, so clients keep refreshing metadata instead of retrying a
     /// dead broker.
     pub(crate) fn visible_leader(&self, replica: &Replica) -> Option<NodeId> {
-        replica.leader().filter(|&l| l == self.node || self.rpc.is_connected(l))
+        replica.leader().filter(|&l| self.is_live(l))
     }
 
     /// Waits until every one of `replicas` has a [visible leader](Self::visible_leader), or
@@ -257,6 +332,7 @@ impl Cluster {
                     store,
                     pm.group,
                     &pm.replicas,
+                    true,
                     move |reader, high_watermark| Arc::new(PartitionHook { reader, high_watermark, on_commit }),
                 )
                 .await?;

@@ -187,6 +187,11 @@ impl LogStore {
         Ok(LogStore { shared, flushes, flusher })
     }
 
+    /// Whether the Raft log holds no entry yet (a new replica).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.shared.lock().last_log_id().is_none()
+    }
+
     /// Runs `f` on the partition log under the store's lock (tests: retention, DeleteRecords).
     #[cfg(test)]
     pub(crate) fn with_log<R>(&self, f: impl FnOnce(&mut PartitionLog) -> R) -> R {

@@ -186,7 +186,7 @@ impl Metadata {
         let state = Arc::new(RwLock::new(ClusterMeta::default()));
         let (tx, changed) = watch::channel(0);
         let hook_state = state.clone();
-        let replica = Replica::start(node, rpc.clone(), router, store, METADATA_GROUP, voters, move |_, _| {
+        let replica = Replica::start(node, rpc.clone(), router, store, METADATA_GROUP, voters, false, move |_, _| {
             Arc::new(MetaHook { state: hook_state, changed: tx })
         })
         .await?;

@@ -169,6 +169,8 @@ pub(crate) struct RaftRouter {
     /// Handlers of message kinds other than Raft's own (the metadata group's forwarded
     /// proposals), whatever group they name.
     services: RwLock<HashMap<MessageKind, Arc<dyn Handler>>>,
+    /// When each group last received an AppendEntries (a leader's write or heartbeat).
+    last_append: parking_lot::Mutex<HashMap<GroupId, std::time::Instant>>,
 }
 
 impl RaftRouter {
@@ -189,6 +191,11 @@ impl RaftRouter {
     /// Hands every message of `kind` to `handler` from now on.
     pub(crate) fn register_service(&self, kind: MessageKind, handler: Arc<dyn Handler>) {
         self.services.write().insert(kind, handler);
+    }
+
+    /// How long ago `group` last received an AppendEntries here, if ever.
+    pub(crate) fn since_append(&self, group: GroupId) -> Option<std::time::Duration> {
+        self.last_append.lock().get(&group).map(|t| t.elapsed())
     }
 
     fn get(&self, group: GroupId) -> Option<PartitionRaft> {
@@ -228,6 +235,9 @@ impl Handler for RaftRouter {
         let Some(raft) = self.get(group) else {
             return Box::pin(async { Some(codec::encode_status(STATUS_NO_GROUP)) });
         };
+        if kind == KIND_APPEND {
+            self.last_append.lock().insert(group, std::time::Instant::now());
+        }
         Box::pin(async move {
             match dispatch(raft, kind, payload).await {
                 Ok(answer) => answer,

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use creek_protocol::batch::BatchView;
@@ -26,6 +26,9 @@ use crate::rpc::{GroupId, NodeId, Rpc};
 /// A replica that has seen no leader this long after starting initializes the group itself (the
 /// preferred leader initializes at once; the others only cover for it being down).
 const INITIALIZE_FALLBACK: Duration = Duration::from_secs(3);
+/// How long a reopened replica waits for its leader's heartbeat before it may campaign: two of a
+/// quiet leader's heartbeat periods.
+const STARTUP_QUIET: Duration = Duration::from_secs(2);
 
 /// Why a proposal was not applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,12 +48,17 @@ pub(crate) struct Replica {
     node: NodeId,
     raft: PartitionRaft,
     high_watermark: Arc<AtomicU64>,
+    /// Whether openraft's timer (election timeouts, heartbeats) runs; see [`Replica::set_ticking`].
+    ticking: AtomicBool,
+    /// A reopened replica (a restart) waits this long for its leader before it may campaign.
+    quiet_until: Option<Instant>,
 }
 
 impl Replica {
     /// Starts the replica on `store` with `hook` applying entries, registers it with `router`,
     /// and makes sure the group gets initialized with `voters` (the first voter is the
-    /// preferred leader and initializes at once).
+    /// preferred leader and initializes at once). A `supervised` replica's timer is managed by
+    /// the cluster ([`Replica::set_ticking`]); when reopened it starts quiet.
     pub(crate) async fn start(
         node: NodeId,
         rpc: Rpc,
@@ -58,14 +66,23 @@ impl Replica {
         store: LogStore,
         group: GroupId,
         voters: &[NodeId],
+        supervised: bool,
         hook: impl FnOnce(LogReader, Arc<AtomicU64>) -> Arc<dyn ApplyHook>,
     ) -> std::io::Result<Arc<Replica>> {
         let high_watermark = Arc::new(AtomicU64::new(0));
+        let reopened = supervised && !store.is_empty();
         let sm = PartitionStateMachine::with_hook(hook(store.reader(), high_watermark.clone()));
         let network = RpcNetworkFactory::new(rpc, group);
         let raft = Raft::new(node, partition_config(), network, store, sm).await.map_err(std::io::Error::other)?;
         router.register(group, raft.clone());
-        let replica = Arc::new(Replica { group, node, raft, high_watermark });
+        // A restarted node's groups usually still have a leader, which it hears from within a
+        // quiet heartbeat: it stays quiet that long rather than campaign and depose it.
+        let quiet_until = reopened.then(|| Instant::now() + STARTUP_QUIET);
+        if reopened {
+            raft.runtime_config().tick(false);
+        }
+        let replica =
+            Arc::new(Replica { group, node, raft, high_watermark, ticking: AtomicBool::new(!reopened), quiet_until });
         let members: BTreeMap<NodeId, BasicNode> = voters.iter().map(|&id| (id, BasicNode::default())).collect();
         let preferred = voters.first() == Some(&node);
         let starting = replica.clone();
@@ -98,6 +115,32 @@ impl Replica {
         m.state == ServerState::Leader
             && m.current_leader == Some(self.node)
             && m.last_applied.is_some_and(|a| a.committed_leader_id().term == m.current_term)
+    }
+
+    /// Whether this replica is a follower (or candidate, or not yet initialized) rather than
+    /// the leader.
+    pub(crate) fn is_follower(&self) -> bool {
+        self.raft.metrics().borrow_watched().state != ServerState::Leader
+    }
+
+    /// Turns openraft's timer on or off. A quiet group (timer off) sends no heartbeats and
+    /// starts no elections; replication of writes goes on. The cluster turns it on only while a
+    /// follower has no live leader (see `cluster.rs`), so 1,000 idle groups cost nothing.
+    pub(crate) fn set_ticking(&self, on: bool) {
+        if on && self.quiet_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        if self.ticking.swap(on, Ordering::AcqRel) != on {
+            self.raft.runtime_config().tick(on);
+        }
+    }
+
+    /// Sends one round of heartbeats now (a quiet leader's periodic proof of life: followers
+    /// learn the commit index, and a deposed leader learns of the newer term).
+    pub(crate) async fn heartbeat(&self) {
+        if let Err(e) = self.raft.trigger().heartbeat().await {
+            tracing::debug!(group = self.group.0, error = %e, "heartbeat not sent");
+        }
     }
 
     /// The current term, which is the partition's leader epoch.
