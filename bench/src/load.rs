@@ -121,7 +121,8 @@ fn client_config(w: &Workload) -> ClientConfig {
 /// Creates the topic; an existing topic is fine.
 pub async fn create_topic(w: &Workload) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(w).create().context("admin client")?;
-    let topic = NewTopic::new(&w.topic, w.partitions, TopicReplication::Fixed(1));
+    // -1: the broker's default (1 on a single node; every node in a Creek cluster).
+    let topic = NewTopic::new(&w.topic, w.partitions, TopicReplication::Fixed(-1));
     let results = admin.create_topics([&topic], &AdminOptions::new()).await.context("CreateTopics")?;
     for r in results {
         if let Err((name, code)) = r {
@@ -370,4 +371,53 @@ pub async fn run(w: &Workload, progress: bool) -> anyhow::Result<Vec<Report>> {
     })
     .await??;
     Ok(reports)
+}
+
+/// `creek-bench idle`: creates `topic` with `partitions` partitions, waits until each has a
+/// leader, waits `settle`, then prints each process's CPU use (cores) and RSS over `measure`.
+pub async fn idle(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    pids: &[u32],
+    settle: Duration,
+    measure: Duration,
+) -> anyhow::Result<()> {
+    let mut w = crate::presets::preset("acks1-16p", bootstrap).context("the acks1-16p preset")?;
+    (w.topic, w.partitions) = (topic.to_string(), partitions);
+    let started = Instant::now();
+    create_topic(&w).await?;
+    let admin: AdminClient<DefaultClientContext> = client_config(&w).create().context("admin client")?;
+    loop {
+        let md = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(30)).context("Metadata")?;
+        let led = md.topics().iter().flat_map(|t| t.partitions()).filter(|p| p.leader() >= 0).count();
+        if led == partitions as usize {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "only {led} of {partitions} partitions have a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "{partitions} partitions led after {:.1} s; settling {} s, measuring {} s",
+        started.elapsed().as_secs_f64(),
+        settle.as_secs(),
+        measure.as_secs()
+    );
+    tokio::time::sleep(settle).await;
+    let watches: Vec<_> = pids.iter().map(|&p| (p, BrokerWatch::start(p))).collect();
+    tokio::time::sleep(measure).await;
+    for (pid, watch) in watches {
+        match watch.finish() {
+            Some((cpu_s, peak_rss)) => println!(
+                "pid {pid}: {:.3} cores, peak RSS {:.0} MiB",
+                cpu_s / measure.as_secs_f64(),
+                peak_rss as f64 / (1 << 20) as f64
+            ),
+            None => println!("pid {pid}: gone"),
+        }
+    }
+    Ok(())
 }

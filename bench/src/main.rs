@@ -35,6 +35,23 @@ enum Command {
     },
     /// List the presets.
     Presets,
+    /// Idle cost: create a topic, wait until every partition has a leader, let it settle, then
+    /// report each broker's CPU (cores) and RSS while nothing is produced.
+    Idle {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        #[arg(long, default_value = "idle")]
+        topic: String,
+        #[arg(long, default_value_t = 1000)]
+        partitions: i32,
+        /// Broker process ids to watch, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        pids: Vec<u32>,
+        #[arg(long, default_value_t = 15)]
+        settle_s: u64,
+        #[arg(long, default_value_t = 60)]
+        measure_s: u64,
+    },
     /// Print a markdown table from JSON-lines reports, with ratios to the runs labelled `--base`.
     Table {
         /// File of JSON lines written by `run --json`.
@@ -146,6 +163,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sink { listen, data, partitions } => runtime.block_on(sink::run(&listen, &data, partitions)),
+        Command::Idle { bootstrap, topic, partitions, pids, settle_s, measure_s } => {
+            runtime.block_on(creek_bench::load::idle(
+                &bootstrap,
+                &topic,
+                partitions,
+                &pids,
+                Duration::from_secs(settle_s),
+                Duration::from_secs(measure_s),
+            ))
+        }
         Command::Run(args) => {
             let w = workload(&args)?;
             let reports = runtime.block_on(load::run(&w, !args.json))?;

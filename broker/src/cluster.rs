@@ -74,6 +74,8 @@ pub(crate) struct Cluster {
     replicas: Mutex<Vec<Arc<Replica>>>,
     /// When each peer was last heard from (pings).
     heard: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// Becomes true once the metadata group accepted this broker's registration.
+    registered: watch::Sender<bool>,
 }
 
 /// Records pings.
@@ -112,7 +114,16 @@ impl Cluster {
         let heard = Arc::new(Mutex::new(HashMap::new()));
         router.register_service(KIND_PING, Arc::new(PingHandler(heard.clone())));
         let meta = Metadata::start(node, rpc.clone(), &router, store, &nodes).await?;
-        let cluster = Arc::new(Cluster { node, nodes, rpc, router, meta, replicas: Mutex::new(Vec::new()), heard });
+        let cluster = Arc::new(Cluster {
+            node,
+            nodes,
+            rpc,
+            router,
+            meta,
+            replicas: Mutex::new(Vec::new()),
+            heard,
+            registered: watch::channel(false).0,
+        });
         if broker.cluster.set(cluster.clone()).is_err() {
             anyhow::bail!("the cluster was started twice");
         }
@@ -120,6 +131,12 @@ impl Cluster {
         tokio::spawn(cluster.clone().reconcile(broker, stop.clone()));
         tokio::spawn(cluster.clone().supervise(stop));
         Ok(cluster)
+    }
+
+    /// Waits until this broker is registered: a metadata quorum is up and knows its address.
+    pub(crate) async fn wait_registered(&self) {
+        let mut rx = self.registered.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     /// Whether `peer` is up as far as this node can tell: connected, and heard from recently.
@@ -234,20 +251,34 @@ impl Cluster {
             CreateError::Storage(m) => (code::KAFKA_STORAGE_ERROR, m),
         })?;
         let offset = self.meta.read(|m| m.topics.len());
+        let id = Uuid::new_v4().simple().to_string();
         let cmd = MetaCommand::CreateTopic {
             name: name.to_string(),
-            id: Uuid::new_v4().simple().to_string(),
+            id: id.clone(),
             replicas: place(&self.nodes, partitions as usize, n, offset),
             configs,
         };
-        match self.meta.propose(&cmd).await {
-            Ok(Ok(())) => {}
-            Ok(Err(m)) if m.contains("already exists") => return Err((code::TOPIC_ALREADY_EXISTS, m)),
-            Ok(Err(m)) => return Err((code::INVALID_REQUEST, m)),
-            Err(m) => return Err((code::NOT_CONTROLLER, m)),
+        // No metadata leader (an election, a node starting) is retried here until the deadline.
+        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+        loop {
+            match self.meta.propose(&cmd).await {
+                Ok(Ok(())) => break,
+                Ok(Err(m)) if m.contains("already exists") => {
+                    // An earlier attempt whose answer was lost may have created it.
+                    if self.meta.read(|meta| meta.topics.get(name).is_some_and(|t| t.id == id)) {
+                        break;
+                    }
+                    return Err((code::TOPIC_ALREADY_EXISTS, m));
+                }
+                Ok(Err(m)) => return Err((code::INVALID_REQUEST, m)),
+                Err(m) if tokio::time::Instant::now() >= deadline => return Err((code::NOT_CONTROLLER, m)),
+                Err(m) => {
+                    tracing::debug!(topic = name, error = %m, "metadata not writable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
         // The reconciler opens the topic once the command applies here.
-        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
         while broker.topic(name).is_none() {
             if tokio::time::Instant::now() >= deadline {
                 return Err((code::REQUEST_TIMED_OUT, format!("topic {name} was created but is not open here yet")));
@@ -264,6 +295,7 @@ impl Cluster {
             match self.meta.propose(&cmd).await {
                 Ok(Ok(())) => {
                     tracing::info!(node = self.node, "registered with the cluster");
+                    self.registered.send_replace(true);
                     return;
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "registration refused"),
@@ -347,9 +379,7 @@ impl Cluster {
     /// Stops every Raft group and the internal RPC.
     pub(crate) async fn shutdown(&self) {
         let replicas = std::mem::take(&mut *self.replicas.lock());
-        for r in replicas {
-            r.shutdown(&self.router).await;
-        }
+        futures_util::future::join_all(replicas.iter().map(|r| r.shutdown(&self.router))).await;
         self.meta.shutdown(&self.router).await;
         self.rpc.shutdown().await;
     }

@@ -160,22 +160,39 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     let ticker = tokio::spawn(groups.run(stop_rx.clone()));
     let txn_ticker = tokio::spawn(txns.run(stop_rx.clone()));
     let server = tokio::spawn(server::serve(listener, ctx, stop_rx));
-    tracing::info!(node, %addr, %advertised, data = %data_dir.display(), cluster = %broker.cluster_id, "creek ready");
-    println!("creek ready kafka={addr}");
-
-    shutdown_signal().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    // A cluster node is ready once a metadata quorum has registered it (its peers are up).
+    let ready = async {
+        if let Some(cluster) = &cluster {
+            cluster.wait_registered().await;
+        }
+    };
+    let stopped_early = tokio::select! {
+        _ = ready => false,
+        _ = &mut shutdown => true,
+    };
+    if !stopped_early {
+        tracing::info!(node, %addr, %advertised, data = %data_dir.display(), cluster = %broker.cluster_id, "creek ready");
+        println!("creek ready kafka={addr}");
+        shutdown.await;
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = server.await;
     if let Some(cluster) = &cluster {
+        let started = std::time::Instant::now();
         cluster.shutdown().await;
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "stopped the Raft groups");
     }
     let _ = bg.await;
     let _ = ticker.await;
     let _ = txn_ticker.await;
     // Loading creates the internal topics; it must not write topic metadata after the close.
     let _ = loader.await;
+    let started = std::time::Instant::now();
     tokio::task::spawn_blocking(move || broker.close()).await?;
+    tracing::info!(ms = started.elapsed().as_millis() as u64, "closed the logs");
     tracing::info!("stopped cleanly");
     Ok(())
 }

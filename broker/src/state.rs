@@ -432,34 +432,46 @@ impl Broker {
     /// Flushes and closes every log (clean shutdown).
     pub(crate) fn close(&self) {
         let topics = std::mem::take(&mut *self.topics.write());
-        for t in topics.into_values() {
-            let parts = std::mem::take(&mut *t.partitions.write());
-            for p in parts {
-                match Arc::try_unwrap(p) {
-                    Ok(p) => {
-                        let log = match Arc::try_unwrap(p.log) {
-                            Ok(log) => log.into_inner(),
-                            Err(shared) => {
-                                // A Raft store still holds it: flush at least.
-                                if let Err(e) = shared.lock().flush() {
-                                    tracing::error!(topic = %t.name, error = %e, "flush failed");
-                                }
-                                continue;
-                            }
-                        };
-                        if let Err(e) = log.close() {
-                            tracing::error!(topic = %t.name, error = %e, "closing log failed");
+        let parts: Vec<Arc<Partition>> =
+            topics.into_values().flat_map(|t| std::mem::take(&mut *t.partitions.write())).collect();
+        // Closing is a few fsyncs per partition, mostly waiting on the disk: a handful of threads
+        // overlap them (1,000 partitions took 14 s one at a time on a VM disk).
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let slots: Vec<Mutex<Option<Arc<Partition>>>> = parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..CLOSE_THREADS.min(slots.len()) {
+                scope.spawn(|| {
+                    while let Some(slot) = slots.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        if let Some(p) = slot.lock().take() {
+                            close_partition(p);
                         }
                     }
-                    Err(p) => {
-                        // Still referenced by an in-flight request: flush at least.
-                        if let Err(e) = p.log.lock().flush() {
-                            tracing::error!(topic = %t.name, partition = p.index, error = %e, "flush failed");
-                        }
-                    }
-                }
+                });
             }
-        }
+        });
+    }
+}
+
+/// Threads closing logs at shutdown.
+const CLOSE_THREADS: usize = 8;
+
+/// Closes one partition's log cleanly, or flushes it if something still holds it (an in-flight
+/// request, a Raft store).
+fn close_partition(p: Arc<Partition>) {
+    let (topic, index) = (p.topic.clone(), p.index);
+    let log = match Arc::try_unwrap(p).map(|p| Arc::try_unwrap(p.log)) {
+        Ok(Ok(log)) => log.into_inner(),
+        Ok(Err(shared)) => return flush_shared(&shared, &topic, index),
+        Err(p) => return flush_shared(&p.log, &topic, index),
+    };
+    if let Err(e) = log.close() {
+        tracing::error!(topic, partition = index, error = %e, "closing log failed");
+    }
+}
+
+fn flush_shared(log: &SharedLog, topic: &str, index: i32) {
+    if let Err(e) = log.lock().flush() {
+        tracing::error!(topic, partition = index, error = %e, "flush failed");
     }
 }
 
