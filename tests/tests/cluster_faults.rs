@@ -374,7 +374,9 @@ fn seeded_fault_schedule_keeps_invariants() {
     let mut last_hw = 0;
     let started = Instant::now();
     for round in 1..=rounds {
-        let node = ids[rng.below(ids.len() as u64) as usize];
+        // Half the faults hit the partition's leader, so most rounds move leadership.
+        let (leader_now, _) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+        let node = if rng.below(2) == 0 { leader_now } else { ids[rng.below(ids.len() as u64) as usize] };
         let fault = match rng.below(4) {
             0 => {
                 let down = rng.millis(200, 1500);
