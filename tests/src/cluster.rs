@@ -4,6 +4,9 @@
 //! range, and its own temporary directory holding `data/` and `creek.log` (the broker's stderr,
 //! appended across restarts). All nodes share one `internal.peers` list. Nodes are numbered 1..=n. Waits have deadlines and their
 //! panics show the tail of every node's log.
+//!
+//! [`CreekCluster::start_with_internal_proxies`] puts an [`InternalProxies`] in front of every
+//! node's internal port, so [`CreekCluster::isolate`] can cut a node off from its peers.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -17,8 +20,9 @@ use kafka_protocol::messages::{
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::rpc_proxy::InternalProxies;
 use crate::wire::{self, Wire};
-use crate::{READY_TIMEOUT, ServeArgs, Starting, free_consecutive_ports, log_tail, spawn_creek};
+use crate::{READY_TIMEOUT, STOP_TIMEOUT, ServeArgs, Starting, free_consecutive_ports, log_tail, spawn_creek, tools};
 
 /// How long one request to one node may take before that node counts as not answering.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,6 +42,8 @@ struct Node {
     id: i32,
     kafka_port: u16,
     internal_port: u16,
+    /// The port the node really listens on for internal RPC when a proxy holds `internal_port`.
+    listener_port: Option<u16>,
     /// Holds `data/` and `creek.log`; removed when the cluster is dropped.
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -68,6 +74,7 @@ pub struct CreekCluster {
     nodes: Vec<Node>,
     /// `--set` settings of every node, `internal.peers` first.
     settings: Vec<(String, String)>,
+    proxies: Option<InternalProxies>,
 }
 
 impl CreekCluster {
@@ -79,10 +86,22 @@ impl CreekCluster {
 
     /// Like [`start`](Self::start), with extra broker configs for every node.
     pub fn start_with(n: usize, settings: &[(&str, &str)]) -> CreekCluster {
+        Self::start_inner(n, settings, false)
+    }
+
+    /// Like [`start`](Self::start), with an [`InternalProxies`] in front of every node's internal
+    /// port (`internal.peers` lists the proxies; each node listens on its own real port), so that
+    /// [`isolate`](Self::isolate) can cut a node off from its peers.
+    pub fn start_with_internal_proxies(n: usize) -> CreekCluster {
+        Self::start_inner(n, &[], true)
+    }
+
+    fn start_inner(n: usize, settings: &[(&str, &str)], proxied: bool) -> CreekCluster {
         assert!(n >= 1, "a cluster needs at least one node");
-        let count = u16::try_from(2 * n).expect("a cluster of fewer than 32768 nodes");
+        let per_node = if proxied { 3 } else { 2 };
+        let count = u16::try_from(per_node * n).expect("a cluster of fewer than 16384 nodes");
         let base = usize::from(free_consecutive_ports(count));
-        let ports: Vec<u16> = (base..base + 2 * n).map(|p| p as u16).collect();
+        let ports: Vec<u16> = (base..base + per_node * n).map(|p| p as u16).collect();
         let nodes: Vec<Node> = (0..n)
             .map(|i| {
                 let dir = tempfile::Builder::new()
@@ -91,13 +110,27 @@ impl CreekCluster {
                     .expect("create a temporary node directory");
                 std::fs::create_dir(dir.path().join("data")).expect("create the node's data directory");
                 let id = i32::try_from(i + 1).expect("node id fits in i32");
-                Node { id, kafka_port: ports[i], internal_port: ports[n + i], dir, child: None, paused: false }
+                let listener_port = proxied.then(|| ports[2 * n + i]);
+                Node {
+                    id,
+                    kafka_port: ports[i],
+                    internal_port: ports[n + i],
+                    listener_port,
+                    dir,
+                    child: None,
+                    paused: false,
+                }
             })
             .collect();
         let peers: Vec<String> = nodes.iter().map(|n| format!("{}@127.0.0.1:{}", n.id, n.internal_port)).collect();
         let mut all_settings = vec![("internal.peers".to_string(), peers.join(","))];
         all_settings.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut cluster = CreekCluster { nodes, settings: all_settings };
+        let proxies = proxied.then(|| {
+            let routes: Vec<(i32, u16, u16)> =
+                nodes.iter().map(|n| (n.id, n.internal_port, n.listener_port.expect("proxied"))).collect();
+            InternalProxies::start(&routes)
+        });
+        let mut cluster = CreekCluster { nodes, settings: all_settings, proxies };
         // Spawn every node before waiting for any: a node may need its peers before it serves.
         let starting: Vec<(i32, Starting)> = (1..=n as i32).map(|id| (id, cluster.spawn(id))).collect();
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -148,6 +181,62 @@ impl CreekCluster {
         assert!(self.node(id).child.is_none(), "restart({id}) while node {id} still runs");
         let (child, _) = self.spawn(id).wait_ready(Instant::now() + READY_TIMEOUT);
         self.node_mut(id).child = Some(child);
+    }
+
+    /// Stops node `id` cleanly with SIGTERM and waits for it to exit; panics if it does not exit
+    /// within [`STOP_TIMEOUT`] (it is killed first) or exits with a failure.
+    pub fn stop(&mut self, id: i32) {
+        if self.node(id).paused {
+            self.resume(id);
+        }
+        let Some(mut child) = self.node_mut(id).child.take() else { return };
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+        kill(pid, Signal::SIGTERM).unwrap_or_else(|e| panic!("send SIGTERM to node {id}: {e}"));
+        let status = tools::wait_timeout(&mut child, STOP_TIMEOUT);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        match status {
+            Some(s) if s.success() => {}
+            other => panic!("node {id} did not exit cleanly on SIGTERM: {other:?}\n{}", self.log_tails()),
+        }
+    }
+
+    /// Cuts node `id` off from every peer (see [`InternalProxies::isolate`]); its Kafka listener
+    /// still serves. Panics unless the cluster was started with internal proxies.
+    pub fn isolate(&self, id: i32) {
+        self.internal_proxies().isolate(id);
+    }
+
+    /// Reconnects every node isolated with [`isolate`](Self::isolate).
+    pub fn heal(&self) {
+        self.internal_proxies().heal();
+    }
+
+    fn internal_proxies(&self) -> &InternalProxies {
+        self.proxies.as_ref().expect("the cluster was started without internal proxies")
+    }
+
+    /// Whether node `id` runs and is not paused: worth asking.
+    pub fn answers(&self, id: i32) -> bool {
+        self.node(id).answers()
+    }
+
+    /// Ids of every node, running or not.
+    pub fn ids(&self) -> Vec<i32> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Whether node `id` runs (paused or not).
+    pub fn running(&self, id: i32) -> bool {
+        self.node(id).child.is_some()
+    }
+
+    /// Node `id`'s data directory (`--data-dir`); read its files only while it is stopped, or
+    /// expect the tail to be mid-write.
+    pub fn data_dir(&self, id: i32) -> PathBuf {
+        self.node(id).data_dir()
     }
 
     /// Kills node `id` if it runs, empties its data directory and starts it again: a node that
@@ -390,12 +479,16 @@ impl CreekCluster {
         let data = node.data_dir();
         let mut marker = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open node log");
         let _ = std::io::Write::write_all(&mut marker, format!("=== creek-tests: starting node {id}\n").as_bytes());
+        let mut settings = self.settings.clone();
+        if let Some(port) = node.listener_port {
+            settings.push(("internal.listener".to_string(), format!("127.0.0.1:{port}")));
+        }
         spawn_creek(&ServeArgs {
             node_id: id,
             listen: &listen,
             advertised: &listen,
             data_dir: &data,
-            settings: &self.settings,
+            settings: &settings,
             stderr_log: Some(&log),
         })
     }

@@ -10,7 +10,11 @@
 //! [`CreekProcess::start_advertising`] tells clients to connect through it.
 //!
 //! [`cluster::CreekCluster`] starts N brokers that replicate with Raft, each on free ports with its
-//! own data directory and a log file, and can kill, pause, restart or wipe any one of them.
+//! own data directory and a log file, and can kill, pause, stop, restart or wipe any one of them;
+//! started with [`rpc_proxy::InternalProxies`] in front of the internal ports, it can also cut a
+//! node off from its peers. [`acked`] is the idempotent producer whose acks cluster tests check,
+//! and [`partition_log`] reads a partition's batches from segment files or a leader and compares
+//! replicas.
 //!
 //! This crate does not start network namespaces yet, and it never skips: a missing binary or tool
 //! is a test failure that says what to run.
@@ -20,8 +24,11 @@
 //! println!("bootstrap servers: {}", broker.bootstrap());
 //! ```
 
+pub mod acked;
 pub mod cluster;
+pub mod partition_log;
 pub mod proxy;
+pub mod rpc_proxy;
 pub mod tools;
 pub mod wire;
 

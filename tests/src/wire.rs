@@ -138,6 +138,18 @@ pub fn produce(w: &mut Wire, topic: &str, partition: i32, records: Vec<u8>, acks
 
 /// Like [`produce`], but `None` when the connection breaks (the broker died or closed it).
 pub fn try_produce(w: &mut Wire, topic: &str, partition: i32, records: Vec<u8>, acks: i16) -> Option<(i16, i64)> {
+    try_produce_timeout(w, topic, partition, records, acks, 30_000)
+}
+
+/// Like [`try_produce`], with the request's `timeout_ms` (how long the broker may wait for acks).
+pub fn try_produce_timeout(
+    w: &mut Wire,
+    topic: &str,
+    partition: i32,
+    records: Vec<u8>,
+    acks: i16,
+    timeout_ms: i32,
+) -> Option<(i16, i64)> {
     let mut p = produce_request::PartitionProduceData::default();
     p.index = partition;
     p.records = Some(Bytes::from(records));
@@ -146,7 +158,7 @@ pub fn try_produce(w: &mut Wire, topic: &str, partition: i32, records: Vec<u8>, 
     t.partition_data = vec![p];
     let mut req = ProduceRequest::default();
     req.acks = acks;
-    req.timeout_ms = 30_000;
+    req.timeout_ms = timeout_ms;
     req.topic_data = vec![t];
     if acks == 0 {
         let frame = w.frame(ApiKey::Produce, 9, &req);
@@ -177,10 +189,21 @@ pub fn list_offset(w: &mut Wire, topic: &str, partition: i32, timestamp: i64) ->
 
 /// One Fetch of a partition from `offset`: (error, high watermark, records bytes).
 pub fn fetch(w: &mut Wire, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> (i16, i64, Bytes) {
+    try_fetch(w, topic, partition, offset, max_wait_ms).expect("broker closed the connection on Fetch")
+}
+
+/// Like [`fetch`], but `None` when the connection breaks or times out.
+pub fn try_fetch(
+    w: &mut Wire,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+) -> Option<(i16, i64, Bytes)> {
     let req = fetch_one(topic, partition, offset, max_wait_ms, 8 << 20, 0);
-    let resp: FetchResponse = w.call(ApiKey::Fetch, 11, &req);
+    let resp: FetchResponse = w.try_call(ApiKey::Fetch, 11, &req)?;
     let pd = &resp.responses[0].partitions[0];
-    (pd.error_code, pd.high_watermark, pd.records.clone().unwrap_or_default())
+    Some((pd.error_code, pd.high_watermark, pd.records.clone().unwrap_or_default()))
 }
 
 /// A Fetch v11 of one partition from `offset`, at most `max_bytes` (partition and response).

@@ -14,6 +14,12 @@ when the record was handed to the client, so a test can tell records sent before
 records sent after it.
 
 Usage: cluster_producer.py --bootstrap HOST:PORT[,...] --topic NAME [--run LABEL] [--rate N]
+                           [--request-timeout-ms MS]
+
+--request-timeout-ms is librdkafka's request.timeout.ms, which is also the Produce timeout_ms: how
+long a leader that lost its quorum may hold a request. An idempotent producer waits for its
+in-flight requests to the old leader before it writes to the new one, so this bounds the stall
+when a leader is cut off.
 """
 
 import argparse
@@ -35,6 +41,7 @@ def main() -> None:
     p.add_argument("--run", default="run", help="value prefix")
     p.add_argument("--rate", type=int, default=1000, help="records per second at most")
     p.add_argument("--flush-timeout-s", type=float, default=30.0)
+    p.add_argument("--request-timeout-ms", type=int, default=30000)
     args = p.parse_args()
 
     stop = False
@@ -55,6 +62,7 @@ def main() -> None:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
+            "request.timeout.ms": args.request_timeout_ms,
             "allow.auto.create.topics": False,
             "error_cb": on_error,
         }

@@ -1,0 +1,454 @@
+//! A 3-node replicated cluster under faults (a frozen leader, a leader cut off from its peers, a
+//! seeded schedule of crashes, pauses and partitions) never acknowledges a write it then loses,
+//! never lets two leaders both accept writes, and its replicas converge to byte-identical logs.
+//!
+//! Not here yet: a node that lost its disk rejoining. Today the leader's Raft core panics when a
+//! wiped follower answers with an empty log ("follower log reversion is not allowed without
+//! `allow_log_reversion` enabled"), so that test waits for the broker fix.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use creek_tests::acked::{Ack, AckedProducer, assert_acked_stored_once, first};
+use creek_tests::cluster::CreekCluster;
+use creek_tests::partition_log::{self, Batch, assert_replicas_identical, check_dense_epochs, fetch_log_retrying};
+use creek_tests::unique_topic;
+use creek_tests::wire::{self, Wire};
+
+const NODES: usize = 3;
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+const REQUEST_TIMED_OUT: i16 = 7;
+/// The Produce `timeout_ms` of raw writes to a node that may not be able to commit.
+const RAW_PRODUCE_TIMEOUT_MS: i32 = 3000;
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The producer's `request.timeout.ms`: a leader cut off from its quorum holds an acks=-1 Produce
+/// this long, and the idempotent producer waits for it before writing to the new leader.
+const PRODUCER_REQUEST_TIMEOUT_MS: u32 = 5000;
+
+/// What a node answered to one raw acks=-1 Produce of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawAnswer {
+    Stored(i64),
+    Error(i16),
+    /// The connection broke, or no answer within the request timeout plus 5 s.
+    NoAnswer,
+}
+
+/// Produces one record with value `value` (no producer id) straight to node `addr`, acks=-1.
+fn raw_produce(addr: &str, topic: &str, value: &str) -> RawAnswer {
+    let limit = Duration::from_millis(RAW_PRODUCE_TIMEOUT_MS as u64) + Duration::from_secs(5);
+    let Ok(mut w) = Wire::connect_timeout(addr, limit) else { return RawAnswer::NoAnswer };
+    let batch = creek_protocol::batch::build_batch(0, 1, &[(None, Some(value.as_bytes()))]);
+    match wire::try_produce_timeout(&mut w, topic, 0, batch, -1, RAW_PRODUCE_TIMEOUT_MS) {
+        Some((0, offset)) => RawAnswer::Stored(offset),
+        Some((code, _)) => RawAnswer::Error(code),
+        None => RawAnswer::NoAnswer,
+    }
+}
+
+/// Waits until some node other than `not` leads partition 0 with an epoch above `above`.
+fn wait_new_leader(cluster: &CreekCluster, topic: &str, not: i32, above: i32) -> (i32, i32) {
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        if let Some((leader, epoch)) = cluster.leader_of(topic, 0)
+            && leader != not
+            && epoch > above
+        {
+            return (leader, epoch);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader other than {not} with an epoch above {above} within {LEADER_TIMEOUT:?}\n{}",
+            cluster.log_tails()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The leader epoch every node reports for partition 0, checked never to decrease per node.
+#[derive(Default)]
+struct EpochWatch {
+    last: HashMap<i32, i32>,
+    observations: usize,
+}
+
+impl EpochWatch {
+    fn observe(&mut self, cluster: &CreekCluster, topic: &str) {
+        for id in cluster.ids().into_iter().filter(|&id| cluster.answers(id)) {
+            let Ok(md) = cluster.metadata(id, Some(&[topic])) else { continue };
+            let Some(p) = md.topics.first().and_then(|t| t.partitions.first()) else { continue };
+            if p.error_code != 0 || p.leader_id.0 < 0 {
+                continue;
+            }
+            self.observations += 1;
+            let prev = self.last.insert(id, p.leader_epoch).unwrap_or(-1);
+            assert!(
+                p.leader_epoch >= prev,
+                "node {id} reported leader epoch {} after {prev} (leader {})",
+                p.leader_epoch,
+                p.leader_id.0
+            );
+        }
+    }
+}
+
+/// Waits until node `id`'s stored log of partition 0 holds every offset below `high_watermark`
+/// (read while it runs: only whole batches count).
+fn wait_log_reaches(cluster: &CreekCluster, id: i32, topic: &str, high_watermark: i64) {
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let batches = partition_log::read_segments(&cluster.data_dir(id), topic, 0);
+        let end = batches.last().map_or(0, |b| b.last_offset + 1);
+        if end >= high_watermark {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id}'s log reaches only {end}, not the high watermark {high_watermark}, within \
+             {LEADER_TIMEOUT:?}\n{}",
+            cluster.log_tails()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Once every node runs: reads the high watermark from the leader, waits until every node's log
+/// holds it, stops the cluster cleanly (followers first, so nothing is elected meanwhile), and
+/// asserts the three logs are byte-identical over the committed prefix. Returns the high
+/// watermark and the committed batches.
+fn stop_and_compare_replicas(cluster: &mut CreekCluster, topic: &str) -> (i64, Vec<Batch>) {
+    let (leader, _) = cluster.wait_for_leaders(topic, 1, LEADER_TIMEOUT)[0];
+    let (hw, _) = fetch_log_retrying(&cluster.addr(leader), topic, 0, LEADER_TIMEOUT)
+        .unwrap_or_else(|e| panic!("read the log from leader {leader}: {e}\n{}", cluster.log_tails()));
+    for id in cluster.ids() {
+        wait_log_reaches(cluster, id, topic, hw);
+    }
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        cluster.stop(id);
+    }
+    cluster.stop(leader);
+    let replicas: Vec<(i32, Vec<Batch>)> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| (id, partition_log::read_segments(&cluster.data_dir(id), topic, 0)))
+        .collect();
+    assert_replicas_identical(&replicas, hw);
+    let batches = partition_log::committed(&replicas[0].1, hw).to_vec();
+    check_dense_epochs(&batches).unwrap_or_else(|e| panic!("committed log of `{topic}`: {e}"));
+    eprintln!("replicas identical over the committed prefix: {} batches, high watermark {hw}", batches.len());
+    (hw, batches)
+}
+
+/// Every record value in `batches`, with its offset and its batch's leader epoch.
+fn values_at(batches: &[Batch]) -> HashMap<String, Vec<(i64, i32)>> {
+    let mut out: HashMap<String, Vec<(i64, i32)>> = HashMap::new();
+    for b in batches {
+        for (offset, value) in b.values() {
+            let value = value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+            out.entry(value).or_default().push((offset, b.leader_epoch));
+        }
+    }
+    out
+}
+
+/// Checks that every acked record of `run` is in `batches` exactly once, at its acked offset.
+fn check_acked_in_log(
+    acks: &HashMap<u64, Ack>,
+    run: &str,
+    values: &HashMap<String, Vec<(i64, i32)>>,
+) -> Result<(), String> {
+    let mut bad = Vec::new();
+    for (seq, ack) in acks {
+        match values.get(&format!("{run}-{seq}")).map(Vec::as_slice) {
+            Some([(offset, _)]) if *offset == ack.offset => {}
+            other => bad.push((*seq, ack.offset, other.map(<[_]>::to_vec))),
+        }
+    }
+    bad.sort_unstable_by_key(|b| b.0);
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} acked records are missing, moved or duplicated (seq, acked offset, stored at): {:?}",
+            bad.len(),
+            acks.len(),
+            first(&bad)
+        ))
+    }
+}
+
+#[test]
+fn sigstop_leader_steps_down_and_no_split_brain() {
+    // Goal: a leader frozen (SIGSTOP) past the election timeout is replaced by a leader of a higher
+    // epoch; once resumed it refuses writes with NOT_LEADER_OR_FOLLOWER and never takes one in its
+    // old epoch; every acked record is stored once and no node's reported epoch goes back.
+    let mut cluster = CreekCluster::start(NODES);
+    let topic = unique_topic("sigstop");
+    cluster.create_topic(&topic, 1);
+    let (old, old_epoch) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+    let mut watch = EpochWatch::default();
+    watch.observe(&cluster, &topic);
+    let mut producer = AckedProducer::start_with(&cluster, &topic, 300, PRODUCER_REQUEST_TIMEOUT_MS);
+    producer.wait_acks(&cluster, 100, "acks before the pause");
+
+    cluster.pause(old);
+    let paused = Instant::now();
+    let (new, new_epoch) = wait_new_leader(&cluster, &topic, old, old_epoch);
+    eprintln!(
+        "leader {old} (epoch {old_epoch}) paused; node {new} leads in epoch {new_epoch} after {:?}",
+        paused.elapsed()
+    );
+    watch.observe(&cluster, &topic);
+    let accepted = match raw_produce(&cluster.addr(new), &topic, "new-leader-write") {
+        RawAnswer::Stored(offset) => offset,
+        other => panic!("the new leader {new} refused a write: {other:?}\n{}", cluster.log_tails()),
+    };
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed()));
+    cluster.resume(old);
+
+    // Ask the resumed old leader straight away, and until it says it does not lead.
+    let mut old_writes: Vec<(String, RawAnswer)> = Vec::new();
+    let asked = Instant::now();
+    loop {
+        let value = format!("old-leader-write-{}", old_writes.len());
+        let answer = raw_produce(&cluster.addr(old), &topic, &value);
+        eprintln!("raw Produce to resumed old leader {old} after {:?}: {answer:?}", asked.elapsed());
+        old_writes.push((value, answer));
+        if answer == RawAnswer::Error(NOT_LEADER_OR_FOLLOWER) {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "the resumed old leader {old} did not answer NOT_LEADER_OR_FOLLOWER within 10 s: {old_writes:?}\n{}",
+            cluster.log_tails()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    watch.observe(&cluster, &topic);
+    cluster.wait_replicating(old, &topic, LEADER_TIMEOUT);
+    producer.wait_acks(&cluster, 200, "acks after the resume");
+    watch.observe(&cluster, &topic);
+    let (run, acks) = producer.stop();
+    assert_acked_stored_once(&cluster, &topic, &run, &acks);
+
+    let (_, batches) = stop_and_compare_replicas(&mut cluster, &topic);
+    let values = values_at(&batches);
+    let stored = values.get("new-leader-write").map(Vec::as_slice).unwrap_or_default();
+    assert!(
+        matches!(stored, [(o, e)] if *o == accepted && *e >= new_epoch),
+        "the new leader acked its write at {accepted} in epoch {new_epoch}; stored at {stored:?}"
+    );
+    for (value, answer) in &old_writes {
+        let stored = values.get(value).map(Vec::as_slice).unwrap_or_default();
+        match answer {
+            // A write the old node took must be in the log once, at its offset, in a newer epoch.
+            RawAnswer::Stored(offset) => assert!(
+                matches!(stored, [(o, e)] if o == offset && *e >= new_epoch),
+                "the old leader acked `{value}` at {offset}, but it is stored at {stored:?} (old epoch {old_epoch})"
+            ),
+            _ => assert!(
+                stored.iter().all(|(_, e)| *e > old_epoch),
+                "`{value}`, refused by the old leader, is stored in its old epoch: {stored:?}"
+            ),
+        }
+    }
+    assert!(watch.observations > 0, "no node reported a leader");
+}
+
+#[test]
+fn isolated_leader_cannot_commit_and_cluster_converges() {
+    // Goal: a leader cut off from its peers acknowledges no acks=-1 write; the majority elects a
+    // new leader and keeps taking writes; after the partition heals the old leader converges to a
+    // log byte-identical to the others', without its uncommitted writes.
+    // Not checked here: that a client producer follows the new leader while the old one stays
+    // isolated. The isolated node answers Produce with NOT_LEADER_OR_FOLLOWER but its Metadata
+    // still names itself leader (old epoch), so librdkafka, which asks the broker it is connected
+    // to, retries on the isolated node until the partition heals.
+    let mut cluster = CreekCluster::start_with_internal_proxies(NODES);
+    let topic = unique_topic("isolated");
+    cluster.create_topic(&topic, 1);
+    let (old, old_epoch) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+    let mut producer = AckedProducer::start_with(&cluster, &topic, 300, PRODUCER_REQUEST_TIMEOUT_MS);
+    producer.wait_acks(&cluster, 100, "acks before the isolation");
+
+    cluster.isolate(old);
+    let isolated = Instant::now();
+    let mut isolated_writes = Vec::new();
+    let value = "isolated-write-0".to_string();
+    let answer = raw_produce(&cluster.addr(old), &topic, &value);
+    eprintln!("raw Produce to isolated leader {old}: {answer:?} after {:?}", isolated.elapsed());
+    isolated_writes.push((value, answer));
+    let (new, new_epoch) = wait_new_leader(&cluster, &topic, old, old_epoch);
+    eprintln!("node {new} leads in epoch {new_epoch} {:?} after isolating {old}", isolated.elapsed());
+    let value = "isolated-write-1".to_string();
+    let answer = raw_produce(&cluster.addr(old), &topic, &value);
+    eprintln!("raw Produce to isolated old leader {old}: {answer:?}");
+    isolated_writes.push((value, answer));
+    for (value, answer) in &isolated_writes {
+        assert!(
+            matches!(answer, RawAnswer::Error(NOT_LEADER_OR_FOLLOWER | REQUEST_TIMED_OUT)),
+            "the isolated old leader {old} answered `{value}` with {answer:?}, not NOT_LEADER_OR_FOLLOWER or \
+             REQUEST_TIMED_OUT\n{}",
+            cluster.log_tails()
+        );
+    }
+    // The majority keeps taking writes. (Raw writes to the new leader: the client producer may be
+    // stuck on the isolated node while it stays cut off, see the note at the top of this test.)
+    let mut majority_writes = Vec::new();
+    for i in 0..20 {
+        let value = format!("majority-write-{i}");
+        match raw_produce(&cluster.addr(new), &topic, &value) {
+            RawAnswer::Stored(offset) => majority_writes.push((value, offset)),
+            other => panic!("the new leader {new} refused `{value}`: {other:?}\n{}", cluster.log_tails()),
+        }
+    }
+
+    cluster.heal();
+    cluster.wait_replicating(old, &topic, LEADER_TIMEOUT);
+    let healed = creek_tests::cluster::monotonic_ms();
+    while producer.next_ack(&cluster, LEADER_TIMEOUT, "acks after the heal").produced_ms <= healed {}
+    producer.wait_acks(&cluster, 100, "acks after the heal");
+    let (run, acks) = producer.stop();
+    assert_acked_stored_once(&cluster, &topic, &run, &acks);
+
+    let (_, batches) = stop_and_compare_replicas(&mut cluster, &topic);
+    let values = values_at(&batches);
+    for (value, _) in &isolated_writes {
+        assert!(!values.contains_key(value), "`{value}`, refused by the isolated leader, is in the final log");
+    }
+    for (value, offset) in &majority_writes {
+        let stored = values.get(value).map(Vec::as_slice).unwrap_or_default();
+        assert!(
+            matches!(stored, [(o, _)] if o == offset),
+            "`{value}`, acked by the new leader at {offset}, is stored at {stored:?}"
+        );
+    }
+}
+
+/// xorshift64*: a deterministic stream per seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from + 1))
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|e| panic!("{name}={v}: {e}")))
+}
+
+#[test]
+fn seeded_fault_schedule_keeps_invariants() {
+    // Goal: under a seeded schedule of crashes, clean restarts, pauses and partitions with a
+    // producer running, after every fault each acked record is on the leader once at its offset,
+    // the high watermark never goes back, offsets stay dense with non-decreasing epochs, and the
+    // replicas end byte-identical.
+    let seed = env_number("CREEK_TEST_SEED").unwrap_or_else(|| {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(std::process::id()) % 1_000_000
+    });
+    let rounds = env_number("CREEK_FAULT_ROUNDS").unwrap_or(12);
+    println!("fault schedule seed={seed} rounds={rounds}");
+    eprintln!("fault schedule seed={seed} rounds={rounds}");
+    let mut rng = Rng((seed ^ 0x9E37_79B9_7F4A_7C15) | 1);
+
+    let mut cluster = CreekCluster::start_with_internal_proxies(NODES);
+    let topic = unique_topic("schedule");
+    cluster.create_topic(&topic, 1);
+    cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT);
+    let mut producer = AckedProducer::start_with(&cluster, &topic, 300, PRODUCER_REQUEST_TIMEOUT_MS);
+    producer.wait_acks(&cluster, 50, "first acks");
+    let ids = cluster.ids();
+    let mut last_hw = 0;
+    let started = Instant::now();
+    for round in 1..=rounds {
+        // Half the faults hit the partition's leader, so most rounds move leadership.
+        let (leader_now, _) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+        let node = if rng.below(2) == 0 { leader_now } else { ids[rng.below(ids.len() as u64) as usize] };
+        let fault = match rng.below(4) {
+            0 => {
+                let down = rng.millis(200, 1500);
+                cluster.kill(node);
+                std::thread::sleep(down);
+                cluster.restart(node);
+                format!("SIGKILL node {node}, restart after {down:?}")
+            }
+            1 => {
+                let frozen = rng.millis(500, 3000);
+                cluster.pause(node);
+                std::thread::sleep(frozen);
+                cluster.resume(node);
+                format!("SIGSTOP node {node} for {frozen:?}")
+            }
+            2 => {
+                let cut = rng.millis(1000, 4000);
+                cluster.isolate(node);
+                std::thread::sleep(cut);
+                cluster.heal();
+                format!("isolate node {node} for {cut:?}")
+            }
+            _ => {
+                cluster.stop(node);
+                cluster.restart(node);
+                format!("SIGTERM node {node}, restart")
+            }
+        };
+        let (leader, epoch) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+        producer.drain();
+        let acks = producer.acks.clone();
+        // The leader may move while it is read: ask whoever leads until one answers.
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        let (hw, batches, read_from) = loop {
+            let (leader, _) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+            match partition_log::fetch_log(&cluster.addr(leader), &topic, 0, Duration::from_secs(5)) {
+                Ok((hw, batches)) => break (hw, batches, leader),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "round {round}: read the log: {e}\n{}", cluster.log_tails())
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let values = values_at(&batches);
+        let problem = check_acked_in_log(&acks, &producer.run, &values)
+            .and_then(|()| {
+                if hw < last_hw {
+                    Err(format!("the high watermark went back from {last_hw} to {hw} (read from node {read_from})"))
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| check_dense_epochs(&batches));
+        if let Err(what) = problem {
+            panic!("round {round} (seed {seed}, after: {fault}): {what}\n{}", cluster.log_tails());
+        }
+        last_hw = hw;
+        println!(
+            "round {round}: {fault}; leader {leader} epoch {epoch}; hw {hw}; {} acked so far, all on the leader",
+            acks.len()
+        );
+    }
+    for id in ids.iter().copied() {
+        cluster.wait_replicating(id, &topic, LEADER_TIMEOUT);
+    }
+    let (run, acks) = producer.stop();
+    let (hw, batches) = stop_and_compare_replicas(&mut cluster, &topic);
+    check_acked_in_log(&acks, &run, &values_at(&batches)).unwrap_or_else(|e| panic!("seed {seed}: final log: {e}"));
+    println!(
+        "fault schedule seed={seed}: {rounds} rounds in {:?}, {} acked records all stored once, final high watermark {hw}, \
+         replicas identical",
+        started.elapsed(),
+        acks.len()
+    );
+}
