@@ -139,6 +139,11 @@ impl Cluster {
         let _ = rx.wait_for(|r| *r).await;
     }
 
+    /// Whether this node reaches a majority of the cluster (itself included).
+    pub(crate) fn in_majority(&self) -> bool {
+        self.nodes.iter().filter(|&&n| self.is_live(n)).count() * 2 > self.nodes.len()
+    }
+
     /// Whether `peer` is up as far as this node can tell: connected, and heard from recently.
     pub(crate) fn is_live(&self, peer: NodeId) -> bool {
         peer == self.node
@@ -176,6 +181,9 @@ impl Cluster {
                     r.set_ticking(!(heard && r.leader().is_some_and(|l| l != self.node && self.is_live(l))));
                 } else {
                     r.set_ticking(false);
+                    let voters = r.voters();
+                    let live = voters.iter().filter(|&&v| self.is_live(v)).count();
+                    r.observe_quorum(live * 2 > voters.len());
                     if heartbeat {
                         r.heartbeat().await;
                     }
@@ -194,7 +202,11 @@ impl Cluster {
     /// is being elected). Then `None`, so clients keep refreshing metadata instead of retrying a
     /// dead broker.
     pub(crate) fn visible_leader(&self, replica: &Replica) -> Option<NodeId> {
-        replica.leader().filter(|&l| self.is_live(l))
+        match replica.leader() {
+            Some(l) if l == self.node => replica.is_leader().then_some(l),
+            Some(l) => self.is_live(l).then_some(l),
+            None => None,
+        }
     }
 
     /// Waits until every one of `replicas` has a [visible leader](Self::visible_leader), or

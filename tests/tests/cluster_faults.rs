@@ -297,9 +297,20 @@ fn isolated_leader_cannot_commit_and_cluster_converges() {
     let mut majority_writes = Vec::new();
     for i in 0..20 {
         let value = format!("majority-write-{i}");
-        match raw_produce(&cluster.addr(new), &topic, &value) {
-            RawAnswer::Stored(offset) => majority_writes.push((value, offset)),
-            other => panic!("the new leader {new} refused `{value}`: {other:?}\n{}", cluster.log_tails()),
+        // As a client would: NOT_LEADER_OR_FOLLOWER is retried while the new leader finishes
+        // taking over (others may name it before it has committed its first entry).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match raw_produce(&cluster.addr(new), &topic, &value) {
+                RawAnswer::Stored(offset) => {
+                    majority_writes.push((value, offset));
+                    break;
+                }
+                RawAnswer::Error(NOT_LEADER_OR_FOLLOWER) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => panic!("the new leader {new} refused `{value}`: {other:?}\n{}", cluster.log_tails()),
+            }
         }
     }
 
@@ -343,6 +354,77 @@ impl Rng {
     fn millis(&mut self, from: u64, to: u64) -> Duration {
         Duration::from_millis(from + self.below(to - from + 1))
     }
+}
+
+#[test]
+fn wiped_node_rejoins_and_catches_up() {
+    // Goal: a node that lost its disk rejoins, copies the whole log from the leader, can lead and
+    // serve every acked record, and ends byte-identical to the other replicas.
+    let mut cluster = CreekCluster::start(NODES);
+    let topic = unique_topic("wiped");
+    cluster.create_topic(&topic, 1);
+    let (leader, _) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+    let mut producer = AckedProducer::start_with(&cluster, &topic, 500, PRODUCER_REQUEST_TIMEOUT_MS);
+    producer.wait_acks(&cluster, 1000, "acks before the wipe");
+    let (run, acks) = producer.stop();
+
+    let wiped = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.stop(wiped);
+    cluster.wipe_and_restart(wiped);
+    cluster.wait_replicating(wiped, &topic, LEADER_TIMEOUT);
+    let (leader, _) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+    let (hw, _) = fetch_log_retrying(&cluster.addr(leader), &topic, 0, LEADER_TIMEOUT).expect("read the log");
+    wait_log_reaches(&cluster, wiped, &topic, hw);
+    eprintln!("wiped node {wiped} holds the log up to the high watermark {hw}");
+
+    // Kill leaders until the wiped node is elected (a coin toss between two each time).
+    let mut attempts = 0;
+    loop {
+        let (leader, epoch) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+        if leader == wiped {
+            break;
+        }
+        attempts += 1;
+        assert!(attempts <= 8, "node {wiped} was not elected in 8 leader kills");
+        cluster.kill(leader);
+        let (next, _) = wait_new_leader(&cluster, &topic, leader, epoch);
+        eprintln!("killed leader {leader}; node {next} leads");
+        if next == wiped {
+            break;
+        }
+        cluster.restart(leader);
+        cluster.wait_replicating(leader, &topic, LEADER_TIMEOUT);
+    }
+    eprintln!("wiped node {wiped} leads; reading through it");
+    assert_acked_stored_once(&cluster, &topic, &run, &acks);
+    let down: Vec<i32> = cluster.ids().into_iter().filter(|&id| !cluster.running(id)).collect();
+    for id in down {
+        cluster.restart(id);
+        cluster.wait_replicating(id, &topic, LEADER_TIMEOUT);
+    }
+    let (final_hw, _) = stop_and_compare_replicas(&mut cluster, &topic);
+    assert!(final_hw >= hw, "high watermark went back from {hw} to {final_hw}");
+}
+
+#[test]
+fn producer_follows_new_leader_while_old_leader_is_isolated() {
+    // Goal: while the leader is cut off from its peers, a client producer moves to the new leader.
+    let cluster = CreekCluster::start_with_internal_proxies(NODES);
+    let topic = unique_topic("isolated-client");
+    cluster.create_topic(&topic, 1);
+    let (old, old_epoch) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+    let mut producer = AckedProducer::start_with(&cluster, &topic, 300, PRODUCER_REQUEST_TIMEOUT_MS);
+    producer.wait_acks(&cluster, 100, "acks before the isolation");
+    cluster.isolate(old);
+    let (new, new_epoch) = wait_new_leader(&cluster, &topic, old, old_epoch);
+    eprintln!("node {new} leads in epoch {new_epoch} after isolating {old}");
+    let since = creek_tests::cluster::monotonic_ms();
+    while producer.next_ack(&cluster, LEADER_TIMEOUT, "acks while the old leader is isolated").produced_ms <= since {}
+    let resumed_ms = creek_tests::cluster::monotonic_ms() - since;
+    eprintln!("the producer moved to node {new} {resumed_ms} ms after the new leader was seen");
+    cluster.heal();
+    let (run, acks) = producer.stop();
+    assert_acked_stored_once(&cluster, &topic, &run, &acks);
 }
 
 fn env_number(name: &str) -> Option<u64> {

@@ -50,6 +50,12 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<MetadataRequest>) -> Option<M
                 }
             }
         });
+        // Cut off from most of the cluster, this node knows no current leader, and clients that
+        // only talk to it would wait until the partition heals. Leaving itself out of the broker
+        // list makes them drop it and ask the others (it reappears in their answers once healed).
+        if !c.in_majority() && resp.brokers.len() > 1 {
+            resp.brokers.retain(|b| b.node_id.0 != node_id);
+        }
         resp.brokers.sort_by_key(|b| b.node_id.0);
         resp.controller_id = BrokerId(c.meta.leader().map_or(-1, |l| l as i32));
     }

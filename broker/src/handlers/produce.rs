@@ -301,7 +301,13 @@ async fn propose(partition: &Partition, batches: Vec<bytes::Bytes>) -> Result<(i
     let replica = partition.replica.get().expect("only replicated partitions propose");
     let mut first = None;
     for b in batches {
-        let answer = match replica.propose(b).await {
+        // A leader cut off from its quorum cannot commit: tell the producer at once (it retries
+        // on the new leader; producer state answers a retry of a batch that did commit).
+        let proposed = tokio::select! {
+            r = replica.propose(b) => r,
+            () = lost_leadership(replica) => Err(ProposeError::NotLeader(None)),
+        };
+        let answer = match proposed {
             Ok(Applied::Batch { base_offset, .. }) => (base_offset as i64, false),
             Ok(Applied::Refused(r)) if r.code == 0 => (r.base_offset, true),
             Ok(Applied::Refused(r)) => {
@@ -316,6 +322,13 @@ async fn propose(partition: &Partition, batches: Vec<bytes::Bytes>) -> Result<(i
         first.get_or_insert(answer);
     }
     Ok(first.unwrap_or((-1, false)))
+}
+
+/// Resolves once `replica` no longer serves as leader.
+async fn lost_leadership(replica: &crate::raft::replica::Replica) {
+    while replica.is_leader() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A partition's batches, checked and ready to append or propose.

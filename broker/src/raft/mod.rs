@@ -96,6 +96,10 @@ pub(crate) fn partition_config() -> Arc<openraft::Config> {
         // A node that was cut off or restarted asks before it campaigns, so it cannot depose a
         // live leader by bumping the term.
         enable_pre_vote: Some(true),
+        // A node restarted with an empty data directory rejoins as itself: its leader sees the
+        // follower's log go back to nothing and sends it everything again, instead of stopping.
+        // (Such a node has also forgotten its vote; see the issue-5 notes in ARCHITECTURE.md.)
+        allow_log_reversion: Some(true),
         ..openraft::Config::default()
     };
     Arc::new(config.validate().expect("the partition Raft configuration is valid"))

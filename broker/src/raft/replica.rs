@@ -15,6 +15,7 @@ use creek_protocol::batch::BatchView;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::impls::BasicNode;
+use openraft::raft::ReadPolicy;
 use openraft::{EntryPayload, Raft, ServerState};
 
 use super::log_store::{LogReader, LogStore, Refusal};
@@ -29,6 +30,8 @@ const INITIALIZE_FALLBACK: Duration = Duration::from_secs(3);
 /// How long a reopened replica waits for its leader's heartbeat before it may campaign: two of a
 /// quiet leader's heartbeat periods.
 const STARTUP_QUIET: Duration = Duration::from_secs(2);
+/// How long a leader that got its majority back waits for a quorum to confirm it still leads.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a proposal was not applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,11 @@ pub(crate) struct Replica {
     ticking: AtomicBool,
     /// A reopened replica (a restart) waits this long for its leader before it may campaign.
     quiet_until: Option<Instant>,
+    /// Whether a majority of the group's voters is reachable from here, as the cluster's
+    /// failure detector last saw it (see [`Replica::is_leader`]).
+    quorum_reachable: AtomicBool,
+    /// A leadership confirmation is under way ([`Replica::observe_quorum`]).
+    confirming: AtomicBool,
 }
 
 impl Replica {
@@ -81,8 +89,16 @@ impl Replica {
         if reopened {
             raft.runtime_config().tick(false);
         }
-        let replica =
-            Arc::new(Replica { group, node, raft, high_watermark, ticking: AtomicBool::new(!reopened), quiet_until });
+        let replica = Arc::new(Replica {
+            group,
+            node,
+            raft,
+            high_watermark,
+            ticking: AtomicBool::new(!reopened),
+            quiet_until,
+            quorum_reachable: AtomicBool::new(true),
+            confirming: AtomicBool::new(false),
+        });
         let members: BTreeMap<NodeId, BasicNode> = voters.iter().map(|&id| (id, BasicNode::default())).collect();
         let preferred = voters.first() == Some(&node);
         let starting = replica.clone();
@@ -109,10 +125,13 @@ impl Replica {
 
     /// Whether this node leads the group and has applied an entry of its own term (its first,
     /// blank entry), so its high watermark covers everything committed before it: a new leader
-    /// serves nothing until then, and the high watermark clients see never moves back.
+    /// serves nothing until then, and the high watermark clients see never moves back. A leader
+    /// cut off from a majority of its voters does not count: it could not commit anything, and
+    /// the others are electing a new leader, so clients are sent there.
     pub(crate) fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow_watched().clone();
-        m.state == ServerState::Leader
+        self.quorum_reachable.load(Ordering::Acquire)
+            && m.state == ServerState::Leader
             && m.current_leader == Some(self.node)
             && m.last_applied.is_some_and(|a| a.committed_leader_id().term == m.current_term)
     }
@@ -121,6 +140,31 @@ impl Replica {
     /// the leader.
     pub(crate) fn is_follower(&self) -> bool {
         self.raft.metrics().borrow_watched().state != ServerState::Leader
+    }
+
+    /// Records what the cluster's failure detector sees of this leader's voters. Losing the
+    /// majority stops serving at once. Getting it back is not enough to serve again: the
+    /// others may have elected a new leader meanwhile, so this one first confirms it still leads
+    /// with a heartbeat round answered by a quorum (openraft's ReadIndex); a deposed leader
+    /// learns of the newer term instead and steps down.
+    pub(crate) fn observe_quorum(self: &Arc<Self>, reachable: bool) {
+        if !reachable {
+            self.quorum_reachable.store(false, Ordering::Release);
+            return;
+        }
+        if self.quorum_reachable.load(Ordering::Acquire) || self.confirming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, this.raft.ensure_linearizable(ReadPolicy::ReadIndex))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if confirmed {
+                this.quorum_reachable.store(true, Ordering::Release);
+            }
+            this.confirming.store(false, Ordering::Release);
+        });
     }
 
     /// Turns openraft's timer on or off. A quiet group (timer off) sends no heartbeats and
