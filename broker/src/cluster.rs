@@ -44,6 +44,9 @@ const QUIET_HEARTBEAT: Duration = Duration::from_secs(1);
 const LEADER_SILENCE_MAX: Duration = Duration::from_secs(3);
 /// Message kind of a liveness ping (no payload, no answer).
 const KIND_PING: MessageKind = MessageKind(17);
+/// Message kind asking a partition's leader to hand leadership to its preferred replica (the
+/// message's group names the partition; answer: one byte, 0 started, 1 not leading here).
+const KIND_ELECT_PREFERRED: MessageKind = MessageKind(18);
 
 /// How often a node retries registering itself until the metadata group has a leader.
 const REGISTER_RETRY: Duration = Duration::from_millis(300);
@@ -76,6 +79,22 @@ pub(crate) struct Cluster {
     heard: Arc<Mutex<HashMap<NodeId, Instant>>>,
     /// Becomes true once the metadata group accepted this broker's registration.
     registered: watch::Sender<bool>,
+}
+
+/// Serves other nodes' ElectLeaders: the leader starts the transfer.
+struct ElectPreferredHandler(std::sync::Weak<Cluster>);
+
+impl Handler for ElectPreferredHandler {
+    fn handle(&self, _from: NodeId, group: GroupId, _kind: MessageKind, _payload: Bytes) -> HandlerFuture {
+        let cluster = self.0.upgrade();
+        Box::pin(async move {
+            let started = match cluster {
+                Some(c) => c.hand_to_preferred(group).await,
+                None => false,
+            };
+            Some(Bytes::from_static(if started { &[0] } else { &[1] }))
+        })
+    }
 }
 
 /// Records pings.
@@ -127,9 +146,12 @@ impl Cluster {
         if broker.cluster.set(cluster.clone()).is_err() {
             anyhow::bail!("the cluster was started twice");
         }
+        cluster
+            .router
+            .register_service(KIND_ELECT_PREFERRED, Arc::new(ElectPreferredHandler(Arc::downgrade(&cluster))));
         tokio::spawn(cluster.clone().register(advertised, stop.clone()));
-        tokio::spawn(cluster.clone().reconcile(broker, stop.clone()));
-        tokio::spawn(cluster.clone().supervise(stop));
+        tokio::spawn(cluster.clone().reconcile(broker.clone(), stop.clone()));
+        tokio::spawn(cluster.clone().supervise(broker, stop));
         Ok(cluster)
     }
 
@@ -157,10 +179,11 @@ impl Cluster {
     /// unknown turns it on and so elects after the usual timeout; a leader keeps its timer off
     /// and sends one heartbeat round every [`QUIET_HEARTBEAT`]. Idle partitions thus cost a
     /// heartbeat a second instead of a timer every 20 ms and ten heartbeats a second.
-    async fn supervise(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    async fn supervise(self: Arc<Self>, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(PING_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heartbeat = Instant::now();
+        let mut last_balance = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -173,6 +196,17 @@ impl Cluster {
             let heartbeat = last_heartbeat.elapsed() >= QUIET_HEARTBEAT;
             if heartbeat {
                 last_heartbeat = Instant::now();
+            }
+            let (rebalance, every) = {
+                let c = broker.config.read();
+                (c.bool("auto.leader.rebalance.enable"), c.i64("leader.imbalance.check.interval.seconds").max(1))
+            };
+            if rebalance && last_balance.elapsed() >= Duration::from_secs(every as u64) {
+                last_balance = Instant::now();
+                let moved = self.balance_leaders().await;
+                if moved > 0 {
+                    tracing::info!(moved, "handing leaderships back to preferred replicas");
+                }
             }
             let replicas = self.replicas.lock().clone();
             for r in replicas {
@@ -220,6 +254,78 @@ impl Cluster {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts handing every partition this node leads to its preferred replica, where that one
+    /// is live and caught up (Kafka's `auto.leader.rebalance.enable`); returns how many.
+    async fn balance_leaders(&self) -> usize {
+        let replicas = self.replicas.lock().clone();
+        let mut moved = 0;
+        for r in replicas {
+            if self.may_hand_to_preferred(&r) {
+                r.transfer_leadership(r.preferred.expect("checked")).await;
+                moved += 1;
+            }
+        }
+        moved
+    }
+
+    fn may_hand_to_preferred(&self, r: &Replica) -> bool {
+        r.is_leader() && r.preferred.is_some_and(|p| p != self.node && self.is_live(p) && r.has_caught_up(p))
+    }
+
+    /// The local replica of `group`.
+    pub(crate) fn replica(&self, group: GroupId) -> Option<Arc<Replica>> {
+        self.replicas.lock().iter().find(|r| r.group == group).cloned()
+    }
+
+    /// On the leader of `group`: starts handing it to its preferred replica. `false` if this
+    /// node does not lead it or the preferred replica is down or behind.
+    async fn hand_to_preferred(&self, group: GroupId) -> bool {
+        match self.replica(group) {
+            Some(r) if self.may_hand_to_preferred(&r) => {
+                r.transfer_leadership(r.preferred.expect("checked")).await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// ElectLeaders (preferred) for one partition: asks its leader, here or elsewhere, to hand
+    /// it to the preferred replica and waits until that one leads or `wait` passes. Kafka's
+    /// answers: NONE, ELECTION_NOT_NEEDED (84), PREFERRED_LEADER_NOT_AVAILABLE (80),
+    /// REQUEST_TIMED_OUT (7).
+    pub(crate) async fn elect_preferred(&self, r: &Arc<Replica>, wait: Duration) -> i16 {
+        let Some(preferred) = r.preferred else { return 80 };
+        if r.leader() == Some(preferred) {
+            return 84;
+        }
+        if !self.is_live(preferred) {
+            return 80;
+        }
+        // The preferred replica may still be catching up (just restarted): keep asking the
+        // leader until it starts the transfer, then wait for the new leader.
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut started = false;
+        loop {
+            if r.leader() == Some(preferred) {
+                return 0;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return if started { 7 } else { 80 };
+            }
+            if !started {
+                started = match r.leader() {
+                    Some(l) if l == self.node => self.hand_to_preferred(r.group).await,
+                    Some(l) if self.is_live(l) => {
+                        let answer = self.rpc.call(l, r.group, KIND_ELECT_PREFERRED, Bytes::new(), wait).await;
+                        matches!(answer.as_deref(), Ok([0]))
+                    }
+                    _ => false,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(if started { 20 } else { 100 })).await;
         }
     }
 

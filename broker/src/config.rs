@@ -87,6 +87,18 @@ pub(crate) const BROKER_CONFIGS: &[ConfigDef] = &[
     def("default.replication.factor", Kind::Int, "1", "Replication factor of auto-created topics."),
     def("delete.topic.enable", Kind::Boolean, "true", "Allow DeleteTopics."),
     def(
+        "auto.leader.rebalance.enable",
+        Kind::Boolean,
+        "true",
+        "In a cluster, move each partition's leadership back to its preferred (first) replica when that is up and caught up.",
+    ),
+    def(
+        "leader.imbalance.check.interval.seconds",
+        Kind::Long,
+        "300",
+        "How often a cluster node hands leaderships back to preferred replicas.",
+    ),
+    def(
         "message.max.bytes",
         Kind::Int,
         "1048588",

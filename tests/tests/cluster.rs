@@ -206,3 +206,87 @@ fn sigkill_leader_failover_keeps_every_acked_record() {
         "slowest failover {max} ms >= CREEK_FAILOVER_MAX_MS={failover_max_ms}; samples {failovers_ms:?}"
     );
 }
+
+/// Each partition's leader and its preferred (first) replica, as node `id` reports them.
+fn leaders_and_preferred(cluster: &CreekCluster, id: i32, topic: &str) -> Vec<(i32, i32)> {
+    let md = cluster.metadata(id, Some(&[topic])).expect("metadata");
+    let t = md.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic)).expect("the topic");
+    let mut parts: Vec<_> =
+        t.partitions.iter().map(|p| (p.partition_index, p.leader_id.0, p.replica_nodes[0].0)).collect();
+    parts.sort_unstable();
+    parts.into_iter().map(|(_, leader, preferred)| (leader, preferred)).collect()
+}
+
+/// Kills node 1 so the partitions it prefers move to others, restarts it, and returns once it
+/// follows again.
+fn move_leaders_off_node_1(cluster: &mut CreekCluster, topic: &str) {
+    cluster.kill(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while leaders_and_preferred(cluster, 2, topic).iter().any(|&(leader, _)| leader == 1 || leader < 0) {
+        assert!(std::time::Instant::now() < deadline, "partitions did not leave node 1\n{}", cluster.log_tails());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.restart(1);
+    cluster.wait_serving(1, Duration::from_secs(30));
+    cluster.wait_replicating(1, topic, Duration::from_secs(30));
+}
+
+#[test]
+fn elect_leaders_hands_partitions_back_to_preferred_replicas() {
+    use kafka_protocol::messages::{ApiKey, ElectLeadersRequest, ElectLeadersResponse};
+    // Automatic rebalancing off: only ElectLeaders moves leaders back.
+    let mut cluster = CreekCluster::start_with(3, &[("auto.leader.rebalance.enable", "false")]);
+    let topic = unique_topic("preferred");
+    cluster.create_topic(&topic, 3);
+    cluster.wait_for_leaders(&topic, 3, Duration::from_secs(30));
+    move_leaders_off_node_1(&mut cluster, &topic);
+    let before = leaders_and_preferred(&cluster, 2, &topic);
+    assert!(
+        before.iter().any(|&(leader, preferred)| leader != preferred),
+        "a partition left its preferred leader: {before:?}"
+    );
+
+    let mut req = ElectLeadersRequest::default();
+    req.election_type = 0;
+    req.timeout_ms = 10_000;
+    req.topic_partitions = None;
+    let mut w = creek_tests::wire::Wire::connect(&cluster.addr(3));
+    let resp: ElectLeadersResponse = w.call(ApiKey::ElectLeaders, 2, &req);
+    let results: Vec<(i32, i16)> = resp
+        .replica_election_results
+        .iter()
+        .filter(|t| t.topic.0.as_str() == topic)
+        .flat_map(|t| t.partition_result.iter().map(|p| (p.partition_id, p.error_code)))
+        .collect();
+    eprintln!("ElectLeaders: {results:?} (before: {before:?})");
+    assert_eq!(results.len(), 3, "one result per partition: {resp:?}");
+    for (index, &(leader, preferred)) in before.iter().enumerate() {
+        let code = results.iter().find(|(p, _)| *p == index as i32).map(|r| r.1);
+        let expected = if leader == preferred { 84 } else { 0 };
+        assert_eq!(code, Some(expected), "partition {index} (leader {leader}, preferred {preferred}): {results:?}");
+    }
+    let after = leaders_and_preferred(&cluster, 3, &topic);
+    assert!(after.iter().all(|&(leader, preferred)| leader == preferred), "leaders after ElectLeaders: {after:?}");
+    // Asked again, there is nothing to do.
+    let resp: ElectLeadersResponse = w.call(ApiKey::ElectLeaders, 2, &req);
+    assert!(resp.replica_election_results.iter().flat_map(|t| &t.partition_result).all(|p| p.error_code == 84));
+}
+
+#[test]
+fn leaders_return_to_preferred_replicas_by_themselves() {
+    let mut cluster = CreekCluster::start_with(3, &[("leader.imbalance.check.interval.seconds", "2")]);
+    let topic = unique_topic("rebalance");
+    cluster.create_topic(&topic, 3);
+    cluster.wait_for_leaders(&topic, 3, Duration::from_secs(30));
+    move_leaders_off_node_1(&mut cluster, &topic);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = leaders_and_preferred(&cluster, 2, &topic);
+        if now.iter().all(|&(leader, preferred)| leader == preferred) {
+            eprintln!("leaders back on their preferred replicas: {now:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "leaders stayed off their preferred replicas: {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,5 +1,5 @@
-//! DescribeCluster: the cluster id, the controller and the brokers (this node) as clients should
-//! reach them.
+//! DescribeCluster: the cluster id, the controller and the brokers (this node, or in a cluster
+//! every registered one) as clients should reach them.
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{DescribeClusterRequest, DescribeClusterResponse};
@@ -48,6 +48,20 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DescribeClusterRequest>) -> O
     b.port = i32::from(c.advertised_port);
     b.rack = None;
     resp.brokers.push(b);
+    if let Some(cluster) = ctx.broker.cluster.get() {
+        // Every registered broker, and the metadata group's leader as the controller.
+        cluster.meta.read(|m| {
+            for (&id, (host, port)) in m.brokers.iter().filter(|(id, _)| **id as i32 != c.node_id) {
+                let mut b = DescribeClusterBroker::default();
+                b.broker_id = (id as i32).into();
+                b.host = str_bytes(host.clone());
+                b.port = i32::from(*port);
+                resp.brokers.push(b);
+            }
+        });
+        resp.brokers.sort_by_key(|b| b.broker_id.0);
+        resp.controller_id = cluster.meta.leader().map_or(-1, |l| l as i32).into();
+    }
     resp.cluster_authorized_operations =
         if body.include_cluster_authorized_operations { CLUSTER_OPERATIONS_ALL } else { AUTHORIZED_OPERATIONS_OMITTED };
     Some(resp)

@@ -30,6 +30,7 @@ mod describe_groups;
 mod describe_log_dirs;
 mod describe_producers;
 mod describe_transactions;
+mod elect_leaders;
 mod end_txn;
 mod fetch;
 mod find_coordinator;
@@ -189,6 +190,7 @@ apis! {
     CreatePartitions: 0..=3 => kafka_protocol::messages::CreatePartitionsRequest, create_partitions::handle;
     IncrementalAlterConfigs: 0..=1 => kafka_protocol::messages::IncrementalAlterConfigsRequest, incremental_alter_configs::handle;
     DescribeCluster: 0..=1 => kafka_protocol::messages::DescribeClusterRequest, describe_cluster::handle;
+    ElectLeaders: 0..=2 => kafka_protocol::messages::ElectLeadersRequest, elect_leaders::handle;
     FindCoordinator: 0..=6 => kafka_protocol::messages::FindCoordinatorRequest, find_coordinator::handle;
     JoinGroup: 0..=9 => kafka_protocol::messages::JoinGroupRequest, join_group::handle;
     SyncGroup: 0..=5 => kafka_protocol::messages::SyncGroupRequest, sync_group::handle;

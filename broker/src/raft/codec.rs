@@ -30,7 +30,10 @@ use openraft::{EntryPayload, LogId};
 
 use super::log_store::{decode_membership, encode_membership};
 use super::{Entry, KafkaBatch, RaftLogId, TypeConfig, Vote};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderError, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 
 /// The response body follows.
 pub(crate) const STATUS_OK: u8 = 0;
@@ -255,6 +258,54 @@ pub(crate) fn decode_vote_response(buf: Bytes) -> Result<VoteResponse<TypeConfig
     let granted = r.bool()?;
     let last_log_id = r.log_id()?;
     r.finish(VoteResponse::new(vote, last_log_id, granted))
+}
+
+/// TransferLeader (the leader asks a caught-up voter to campaign now): the leader's vote, the
+/// target node, the leader's last log id.
+pub(crate) fn encode_transfer_request(req: &TransferLeaderRequest<TypeConfig>) -> Bytes {
+    let mut out = BytesMut::with_capacity(VOTE_BYTES + 8 + 17);
+    put_vote(&mut out, req.from_leader());
+    out.put_u64(*req.to_node_id());
+    put_log_id(&mut out, &req.last_log_id().copied());
+    out.freeze()
+}
+
+pub(crate) fn decode_transfer_request(buf: Bytes) -> Result<TransferLeaderRequest<TypeConfig>> {
+    let mut r = Reader { buf };
+    let (vote, to, last) = (r.vote()?, r.u64()?, r.log_id()?);
+    r.finish(TransferLeaderRequest::new(vote, to, last))
+}
+
+/// The target's answer: status ok, then 0 (accepted), 1 and two votes (the vote changed), or 2
+/// and two log ids (the target has not flushed the leader's log yet).
+pub(crate) fn encode_transfer_response(resp: &TransferLeaderResponse<TypeConfig>) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + 1 + 2 * VOTE_BYTES.max(17));
+    out.put_u8(STATUS_OK);
+    match resp {
+        Ok(()) => out.put_u8(0),
+        Err(TransferLeaderError::VoteChanged { expected, actual }) => {
+            out.put_u8(1);
+            put_vote(&mut out, expected);
+            put_vote(&mut out, actual);
+        }
+        Err(TransferLeaderError::LogNotFlushed { expected, actual }) => {
+            out.put_u8(2);
+            put_log_id(&mut out, expected);
+            put_log_id(&mut out, actual);
+        }
+    }
+    out.freeze()
+}
+
+pub(crate) fn decode_transfer_response(buf: Bytes) -> Result<TransferLeaderResponse<TypeConfig>> {
+    let mut r = Reader { buf };
+    let resp = match r.u8()? {
+        0 => Ok(()),
+        1 => Err(TransferLeaderError::VoteChanged { expected: r.vote()?, actual: r.vote()? }),
+        2 => Err(TransferLeaderError::LogNotFlushed { expected: r.log_id()?, actual: r.log_id()? }),
+        _ => return Err(DecodeError("unknown transfer-leader answer")),
+    };
+    r.finish(resp)
 }
 
 /// A response that carries only a status (no group, Raft error).

@@ -25,7 +25,10 @@ use bytes::Bytes;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::impls::BasicNode;
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::{OptionalSend, Raft};
 use parking_lot::RwLock;
 
@@ -41,6 +44,7 @@ pub(crate) const KIND_PRE_VOTE: MessageKind = MessageKind(3);
 /// Reserved: full snapshot transfer (not sent yet).
 #[allow(dead_code)] // reserved for snapshot transfer (issue 5, item 5)
 pub(crate) const KIND_SNAPSHOT: MessageKind = MessageKind(4);
+pub(crate) const KIND_TRANSFER: MessageKind = MessageKind(5);
 
 /// The Raft instance of a partition group.
 pub(crate) type PartitionRaft = Raft<TypeConfig, PartitionStateMachine>;
@@ -148,6 +152,16 @@ impl RaftNetworkV2<TypeConfig> for RpcNetwork {
         codec::decode_vote_response(body).map_err(decode_err)
     }
 
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
+        let body =
+            self.call(KIND_TRANSFER, RPCTypes::TransferLeader, codec::encode_transfer_request(&req), &option).await?;
+        codec::decode_transfer_response(body).map_err(decode_err)
+    }
+
     async fn full_snapshot(
         &mut self,
         _vote: Vote,
@@ -219,6 +233,13 @@ async fn dispatch(raft: PartitionRaft, kind: MessageKind, payload: Bytes) -> Res
             let resp = if kind == KIND_VOTE { raft.vote(req).await } else { raft.pre_vote(req).await };
             match resp {
                 Ok(resp) => Some(codec::encode_vote_response(&resp)),
+                Err(_) => raft_error(),
+            }
+        }
+        KIND_TRANSFER => {
+            let req = codec::decode_transfer_request(payload)?;
+            match raft.handle_transfer_leader(req).await {
+                Ok(resp) => Some(codec::encode_transfer_response(&resp)),
                 Err(_) => raft_error(),
             }
         }

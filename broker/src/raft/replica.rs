@@ -49,6 +49,8 @@ pub(crate) enum ProposeError {
 pub(crate) struct Replica {
     pub(crate) group: GroupId,
     node: NodeId,
+    /// The preferred leader: the first of the replicas the metadata assigned.
+    pub(crate) preferred: Option<NodeId>,
     raft: PartitionRaft,
     high_watermark: Arc<AtomicU64>,
     /// Whether openraft's timer (election timeouts, heartbeats) runs; see [`Replica::set_ticking`].
@@ -92,6 +94,7 @@ impl Replica {
         let replica = Arc::new(Replica {
             group,
             node,
+            preferred: voters.first().copied(),
             raft,
             high_watermark,
             ticking: AtomicBool::new(!reopened),
@@ -165,6 +168,22 @@ impl Replica {
             }
             this.confirming.store(false, Ordering::Release);
         });
+    }
+
+    /// Whether `follower` holds everything this leader's log holds (from openraft's replication
+    /// progress; only a leader knows it).
+    pub(crate) fn has_caught_up(&self, follower: NodeId) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let matched = m.replication.as_ref().and_then(|r| r.get(&follower).copied().flatten());
+        m.last_log_index.is_some() && matched.map(|l| l.index()) == m.last_log_index
+    }
+
+    /// Hands leadership to `to`: it campaigns at once with this leader's blessing (openraft's
+    /// TransferLeader). Done when `to` leads; the caller checks.
+    pub(crate) async fn transfer_leadership(&self, to: NodeId) {
+        if let Err(e) = self.raft.trigger().transfer_leader(to).await {
+            tracing::debug!(group = self.group.0, to, error = %e, "leadership transfer not started");
+        }
     }
 
     /// Turns openraft's timer on or off. A quiet group (timer off) sends no heartbeats and
