@@ -13,7 +13,9 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::RPCError;
 use openraft::impls::BasicNode;
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderError, TransferLeaderRequest, VoteRequest, VoteResponse,
+};
 use openraft::vote::RaftVote;
 use openraft::vote::leader_id_std::LeaderId;
 use openraft::{EntryPayload, LogId, Membership, Raft, ServerState};
@@ -304,6 +306,27 @@ fn raft_messages_round_trip_and_hostile_bytes_never_panic() {
     let (_, body) = codec::split_status(codec::encode_vote_response(&vresp)).unwrap();
     assert_eq!(codec::decode_vote_response(body.clone()).unwrap(), vresp);
     assert_hostile_bytes_are_safe(&body, codec::decode_vote_response);
+
+    let treq = TransferLeaderRequest::<TypeConfig>::new(vote, 3, Some(LogId::new_term_index(3, 12)));
+    let encoded = codec::encode_transfer_request(&treq);
+    let decoded = codec::decode_transfer_request(encoded.clone()).unwrap();
+    assert_eq!(
+        (decoded.from_leader(), decoded.to_node_id(), decoded.last_log_id()),
+        (treq.from_leader(), treq.to_node_id(), treq.last_log_id())
+    );
+    assert_hostile_bytes_are_safe(&encoded, codec::decode_transfer_request);
+    for tresp in [
+        Ok(()),
+        Err(TransferLeaderError::VoteChanged {
+            expected: vote,
+            actual: Vote::from_leader_id(LeaderId { term: 4, voted_for: 3 }, true),
+        }),
+        Err(TransferLeaderError::LogNotFlushed { expected: Some(LogId::new_term_index(3, 12)), actual: None }),
+    ] {
+        let (_, body) = codec::split_status(codec::encode_transfer_response(&tresp)).unwrap();
+        assert_eq!(codec::decode_transfer_response(body.clone()).unwrap(), tresp);
+        assert_hostile_bytes_are_safe(&body, codec::decode_transfer_response);
+    }
 
     // A count of 2^32-1 entries in a few bytes is refused before anything is allocated.
     let mut huge = codec::encode_append_request(&AppendEntriesRequest::<TypeConfig> {
