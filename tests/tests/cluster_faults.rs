@@ -9,15 +9,21 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use creek_tests::acked::{Ack, AckedProducer, assert_acked_stored_once, first};
 use creek_tests::cluster::CreekCluster;
 use creek_tests::partition_log::{self, Batch, assert_replicas_identical, check_dense_epochs, fetch_log_retrying};
 use creek_tests::unique_topic;
 use creek_tests::wire::{self, Wire};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, fetch_request, produce_request,
+};
+use uuid::Uuid;
 
 const NODES: usize = 3;
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const REQUEST_TIMED_OUT: i16 = 7;
+const FENCED_LEADER_EPOCH: i16 = 74;
 /// The Produce `timeout_ms` of raw writes to a node that may not be able to commit.
 const RAW_PRODUCE_TIMEOUT_MS: i32 = 3000;
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -425,6 +431,99 @@ fn producer_follows_new_leader_while_old_leader_is_isolated() {
     cluster.heal();
     let (run, acks) = producer.stop();
     assert_acked_stored_once(&cluster, &topic, &run, &acks);
+}
+
+/// What a node's answer tells the client about a partition: error code, `current_leader`
+/// (id, epoch) and the response's `node_endpoints` as (id, "host:port").
+type Hint = (i16, (i32, i32), Vec<(i32, String)>);
+
+/// A raw acks=-1 Produce v11 of one record to partition 0 of `topic` at `addr`.
+fn produce_hint(addr: &str, topic: &str) -> Hint {
+    let mut w = Wire::connect(addr);
+    let mut p = produce_request::PartitionProduceData::default();
+    p.index = 0;
+    p.records = Some(Bytes::from(creek_protocol::batch::build_batch(0, 1, &[(None, Some(b"hint".as_slice()))])));
+    let mut t = produce_request::TopicProduceData::default();
+    t.name = wire::topic_name(topic);
+    t.partition_data = vec![p];
+    let mut req = ProduceRequest::default();
+    req.acks = -1;
+    req.timeout_ms = RAW_PRODUCE_TIMEOUT_MS;
+    req.topic_data = vec![t];
+    let resp: ProduceResponse = w.call(ApiKey::Produce, 11, &req);
+    let r = &resp.responses[0].partition_responses[0];
+    let endpoints = resp.node_endpoints.iter().map(|e| (e.node_id.0, format!("{}:{}", e.host, e.port))).collect();
+    (r.error_code, (r.current_leader.leader_id.0, r.current_leader.leader_epoch), endpoints)
+}
+
+/// A raw Fetch of partition 0 of `topic` (by name below v13, by `topic_id` from it) at `addr`,
+/// claiming leader epoch `epoch` (-1: none).
+fn fetch_hint(addr: &str, version: i16, topic: &str, topic_id: Uuid, epoch: i32) -> Hint {
+    let mut w = Wire::connect(addr);
+    let mut p = fetch_request::FetchPartition::default();
+    p.partition = 0;
+    p.current_leader_epoch = epoch;
+    p.log_start_offset = -1;
+    p.partition_max_bytes = 1 << 20;
+    let mut t = fetch_request::FetchTopic::default();
+    t.topic = wire::topic_name(topic);
+    t.topic_id = topic_id;
+    t.partitions = vec![p];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_bytes = 1 << 20;
+    req.topics = vec![t];
+    let resp: FetchResponse = w.call(ApiKey::Fetch, version, &req);
+    let pd = &resp.responses[0].partitions[0];
+    let endpoints = resp.node_endpoints.iter().map(|e| (e.node_id.0, format!("{}:{}", e.host, e.port))).collect();
+    (pd.error_code, (pd.current_leader.leader_id.0, pd.current_leader.leader_epoch), endpoints)
+}
+
+#[test]
+fn not_leader_answers_name_the_new_leader_and_its_address() {
+    // Goal (KIP-951): after the leader dies, a node that does not lead answers Produce v11 and
+    // Fetch v12/v16 with NOT_LEADER_OR_FOLLOWER naming the new leader, its epoch and (Produce
+    // v10+, Fetch v16+) its Kafka address, and the leader fences a Fetch with an older epoch
+    // with the same hint, so clients move without a Metadata round trip.
+    let mut cluster = CreekCluster::start(NODES);
+    let topic = unique_topic("kip951");
+    cluster.create_topic(&topic, 1);
+    let (old, old_epoch) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+    cluster.kill(old);
+    let (new, new_epoch) = wait_new_leader(&cluster, &topic, old, old_epoch);
+    let follower = cluster.ids().into_iter().find(|&id| id != old && id != new).expect("a third node");
+    let md = cluster.metadata(follower, Some(&[&topic])).expect("metadata from the follower");
+    let topic_id = md.topics[0].topic_id;
+    eprintln!("node {new} leads in epoch {new_epoch} after killing {old}; asking node {follower}");
+
+    let leader = (new, new_epoch);
+    let endpoint = vec![(new, cluster.addr(new))];
+    let follower_addr = cluster.addr(follower);
+    // The follower may hear of the election a moment after the node that reported it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let produced = loop {
+        let answer = produce_hint(&follower_addr, &topic);
+        if answer.1 == leader || Instant::now() >= deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(produced, (NOT_LEADER_OR_FOLLOWER, leader, endpoint.clone()), "Produce v11 to node {follower}");
+    assert_eq!(
+        fetch_hint(&follower_addr, 12, &topic, Uuid::nil(), -1),
+        (NOT_LEADER_OR_FOLLOWER, leader, vec![]),
+        "Fetch v12 to node {follower} (no node_endpoints before v16)"
+    );
+    assert_eq!(
+        fetch_hint(&follower_addr, 16, &topic, topic_id, -1),
+        (NOT_LEADER_OR_FOLLOWER, leader, endpoint.clone()),
+        "Fetch v16 to node {follower}"
+    );
+    assert_eq!(
+        fetch_hint(&cluster.addr(new), 16, &topic, topic_id, old_epoch),
+        (FENCED_LEADER_EPOCH, leader, endpoint),
+        "Fetch v16 with the old epoch {old_epoch} to the new leader {new}"
+    );
 }
 
 fn env_number(name: &str) -> Option<u64> {

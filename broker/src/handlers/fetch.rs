@@ -8,16 +8,20 @@
 //! Fetch sessions (KIP-227) are declined by answering session id 0, which every client treats
 //! as "send full requests", so an empty fetch still honours `max_wait_ms`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use creek_storage::StorageError;
-use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, NodeEndpoint, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use tokio::time::Instant;
 
-use super::{Ctx, Request, code};
+use super::leader_hints::{Leader, LeaderView, endpoints, hinted};
+use super::{Ctx, Request, code, str_bytes};
 use crate::state::{Partition, Topic};
 
 /// Longest a fetch may park, whatever the client asks.
@@ -74,7 +78,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FetchRequest>) -> Option<Fetc
 
     let deadline = Instant::now() + wait;
     let mut appended = ctx.broker.appended.subscribe();
-    let results = loop {
+    let mut results = loop {
         appended.borrow_and_update();
         let clustered = ctx.broker.cluster.get().is_some();
         let (results, bytes, any_error) =
@@ -91,11 +95,52 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FetchRequest>) -> Option<Fetc
             _ = tokio::time::sleep_until(deadline) => {}
         }
     };
+    if let Some(cluster) = ctx.broker.cluster.get() {
+        resp.node_endpoints = add_leader_hints(version, &wants, &mut results, &**cluster);
+    }
     for (want, pd) in wants.iter().zip(results) {
         topics[want.topic_index].1.partitions.push(pd);
     }
     resp.responses = topics.into_iter().map(|(_, tr)| tr).collect();
     Some(resp)
+}
+
+/// KIP-951 (v12+): every partition refused with NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH
+/// names its current leader and epoch (-1 and -1 while none is known); returns the named
+/// leaders' addresses for the response's `node_endpoints` (v16+, else empty), so the consumer
+/// moves without a Metadata round trip.
+fn add_leader_hints(
+    version: i16,
+    wants: &[Want],
+    results: &mut [PartitionData],
+    view: &impl LeaderView,
+) -> Vec<NodeEndpoint> {
+    if version < 12 {
+        return Vec::new();
+    }
+    let mut named = BTreeSet::new();
+    for (w, pd) in wants.iter().zip(results.iter_mut()).filter(|(_, pd)| hinted(pd.error_code, true)) {
+        let leader = w.partition.as_deref().map_or(Leader::UNKNOWN, |p| view.leader_of(p));
+        pd.current_leader.leader_id = BrokerId(leader.id);
+        pd.current_leader.leader_epoch = leader.epoch;
+        if leader.id >= 0 {
+            named.insert(leader.id);
+        }
+    }
+    if version < 16 {
+        return Vec::new();
+    }
+    endpoints(view, &named)
+        .into_iter()
+        .map(|(id, host, port)| {
+            let mut e = NodeEndpoint::default();
+            e.node_id = BrokerId(id);
+            e.host = str_bytes(host);
+            e.port = i32::from(port);
+            e.rack = None;
+            e
+        })
+        .collect()
 }
 
 /// Reads every wanted partition once. Returns the partition answers, the record bytes gathered
@@ -195,4 +240,79 @@ fn read_once(
         out.push(pd);
     }
     (out, total, any_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kafka_protocol::messages::ApiKey;
+
+    use super::*;
+    use crate::handlers::describe_configs::fixture;
+    use crate::handlers::leader_hints::fake::{FakeView, round_trip};
+
+    #[tokio::test]
+    async fn refused_partitions_name_their_leader_from_v12_and_its_address_from_v16() {
+        let (ctx, _dir) = fixture::broker(&[]);
+        let topic = ctx.broker.create_topic("t", 4, BTreeMap::new()).unwrap();
+        let view = FakeView {
+            leaders: BTreeMap::from([(0, Leader { id: 3, epoch: 5 }), (2, Leader { id: 1, epoch: 9 })]),
+            addresses: BTreeMap::from([(1, ("node1".to_string(), 9092)), (3, ("node3".to_string(), 9094))]),
+        };
+        // 0: not the leader (node 3 is); 1: not the leader, none known; 2: the client's epoch is
+        // older than the leader's (node 1); 3: served.
+        let errors =
+            [code::NOT_LEADER_OR_FOLLOWER, code::NOT_LEADER_OR_FOLLOWER, code::FENCED_LEADER_EPOCH, code::NONE];
+        let wants: Vec<Want> = (0..4)
+            .map(|i| Want {
+                topic_index: 0,
+                partition: topic.partition(i),
+                index: i,
+                fetch_offset: 0,
+                current_leader_epoch: -1,
+                partition_max_bytes: 1024,
+            })
+            .collect();
+
+        for version in 4..=16 {
+            let mut results: Vec<PartitionData> = wants
+                .iter()
+                .zip(errors)
+                .map(|(w, error_code)| {
+                    let mut pd = PartitionData::default();
+                    pd.partition_index = w.index;
+                    pd.error_code = error_code;
+                    pd.records = Some(Bytes::new());
+                    pd
+                })
+                .collect();
+            let mut resp = FetchResponse::default();
+            resp.node_endpoints = add_leader_hints(version, &wants, &mut results, &view);
+            let mut tr = FetchableTopicResponse::default();
+            tr.topic = kafka_protocol::messages::TopicName(str_bytes("t"));
+            tr.topic_id = topic.id;
+            tr.partitions = results;
+            resp.responses.push(tr);
+            let got = round_trip(ApiKey::Fetch, version, &resp);
+            let leaders: Vec<(i32, i32)> = got.responses[0]
+                .partitions
+                .iter()
+                .map(|p| (p.current_leader.leader_id.0, p.current_leader.leader_epoch))
+                .collect();
+            let endpoints: Vec<(i32, String, i32)> =
+                got.node_endpoints.iter().map(|e| (e.node_id.0, e.host.to_string(), e.port)).collect();
+            if version >= 12 {
+                assert_eq!(leaders, [(3, 5), (-1, -1), (1, 9), (-1, -1)], "v{version}");
+            } else {
+                assert_eq!(leaders, [(-1, -1); 4], "v{version}");
+            }
+            if version >= 16 {
+                let expected = [(1, "node1".to_string(), 9092), (3, "node3".to_string(), 9094)];
+                assert_eq!(endpoints, expected, "v{version}");
+            } else {
+                assert!(endpoints.is_empty(), "v{version}");
+            }
+        }
+    }
 }

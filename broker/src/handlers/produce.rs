@@ -1,6 +1,7 @@
 //! Produce: validate batches by their headers (never decoding records), stamp base offset and
 //! leader epoch in place in the request frame, append, and acknowledge per `acks`.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,14 +10,15 @@ use bytes::BytesMut;
 use creek_protocol::batch::{self, BatchError, BatchView};
 use creek_protocol::records::DecodedBatch;
 use creek_storage::StorageError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::produce_response::{NodeEndpoint, PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse, TopicName};
 
+use super::leader_hints::{Leader, LeaderView, endpoints, hinted};
 use super::{Ctx, Request, code, str_bytes};
 use crate::raft::Applied;
 use crate::raft::log_store::PROPOSAL_OFFSET;
 use crate::raft::replica::ProposeError;
-use crate::state::{Partition, now_ms};
+use crate::state::{Broker, Partition, now_ms};
 
 /// Where a partition's records are once the decoded message is gone.
 enum Records {
@@ -245,7 +247,43 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ProduceRequest>) -> Option<Pr
             tr
         })
         .collect();
+    if let Some(cluster) = ctx.broker.cluster.get() {
+        add_leader_hints(&mut resp, version, &ctx.broker, &**cluster);
+    }
     Some(resp)
+}
+
+/// KIP-951 (v10+): every partition refused with NOT_LEADER_OR_FOLLOWER names its current leader
+/// and epoch (-1 and -1 while none is known), and the response lists the named leaders'
+/// addresses, so the producer moves without a Metadata round trip.
+fn add_leader_hints(resp: &mut ProduceResponse, version: i16, broker: &Broker, view: &impl LeaderView) {
+    if version < 10 {
+        return;
+    }
+    let mut named = BTreeSet::new();
+    for t in &mut resp.responses {
+        let topic = broker.topic(&t.name.0);
+        for r in t.partition_responses.iter_mut().filter(|r| hinted(r.error_code, false)) {
+            let leader =
+                topic.as_ref().and_then(|t| t.partition(r.index)).map_or(Leader::UNKNOWN, |p| view.leader_of(&p));
+            r.current_leader.leader_id = BrokerId(leader.id);
+            r.current_leader.leader_epoch = leader.epoch;
+            if leader.id >= 0 {
+                named.insert(leader.id);
+            }
+        }
+    }
+    resp.node_endpoints = endpoints(view, &named)
+        .into_iter()
+        .map(|(id, host, port)| {
+            let mut e = NodeEndpoint::default();
+            e.node_id = BrokerId(id);
+            e.host = str_bytes(host);
+            e.port = i32::from(port);
+            e.rack = None;
+            e
+        })
+        .collect();
 }
 
 fn set_error(topics: &mut [TopicPart], topic: &str, index: i32, error: i16, msg: &str) {
@@ -411,5 +449,60 @@ fn storage_code(e: &StorageError) -> i16 {
         StorageError::Producer(p) => super::producer_error_code(p),
         StorageError::InvalidBatch(_) => code::CORRUPT_MESSAGE,
         _ => code::KAFKA_STORAGE_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kafka_protocol::messages::ApiKey;
+
+    use super::*;
+    use crate::handlers::describe_configs::fixture;
+    use crate::handlers::leader_hints::fake::{FakeView, round_trip};
+
+    #[tokio::test]
+    async fn a_refused_partition_names_its_leader_and_address_from_v10_only() {
+        let (ctx, _dir) = fixture::broker(&[]);
+        ctx.broker.create_topic("t", 3, BTreeMap::new()).unwrap();
+        let view = FakeView {
+            leaders: BTreeMap::from([(0, Leader { id: 2, epoch: 7 })]),
+            addresses: BTreeMap::from([(2, ("node2".to_string(), 9093))]),
+        };
+        let mut resp = ProduceResponse::default();
+        let mut t = TopicProduceResponse::default();
+        t.name = TopicName(str_bytes("t"));
+        // Partition 0 moved to node 2, partition 1 has no leader yet, partition 2 succeeded.
+        for (index, error_code) in [(0, code::NOT_LEADER_OR_FOLLOWER), (1, code::NOT_LEADER_OR_FOLLOWER), (2, 0)] {
+            let mut r = PartitionProduceResponse::default();
+            r.index = index;
+            r.error_code = error_code;
+            t.partition_responses.push(r);
+        }
+        resp.responses.push(t);
+
+        for version in 3..=11 {
+            let mut hinted = resp.clone();
+            add_leader_hints(&mut hinted, version, &ctx.broker, &view);
+            let got = round_trip(ApiKey::Produce, version, &hinted);
+            let leaders: Vec<(i32, i32)> = got.responses[0]
+                .partition_responses
+                .iter()
+                .map(|r| (r.current_leader.leader_id.0, r.current_leader.leader_epoch))
+                .collect();
+            let endpoints: Vec<(i32, String, i32, Option<String>)> = got
+                .node_endpoints
+                .iter()
+                .map(|e| (e.node_id.0, e.host.to_string(), e.port, e.rack.as_ref().map(|r| r.to_string())))
+                .collect();
+            if version >= 10 {
+                assert_eq!(leaders, [(2, 7), (-1, -1), (-1, -1)], "v{version}");
+                assert_eq!(endpoints, [(2, "node2".to_string(), 9093, None)], "v{version}");
+            } else {
+                assert_eq!(leaders, [(-1, -1); 3], "v{version}");
+                assert!(endpoints.is_empty(), "v{version}");
+            }
+        }
     }
 }
