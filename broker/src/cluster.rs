@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::raft::log_store::LogStore;
 use crate::raft::metadata::{MetaCommand, Metadata, place};
 use crate::raft::network::RaftRouter;
-use crate::raft::replica::{PartitionHook, Replica};
+use crate::raft::replica::{GroupSpec, PartitionHook, Replica};
 use crate::rpc::{GroupId, Handler, HandlerFuture, MessageKind, NodeId, Rpc, RpcConfig};
 use crate::state::{Broker, CreateError};
 
@@ -476,13 +476,9 @@ impl Cluster {
                 let on_commit: Arc<dyn Fn() + Send + Sync> =
                     Arc::new(move || appended.appended.send_modify(|n| *n = n.wrapping_add(1)));
                 let replica = Replica::start(
-                    self.node,
-                    self.rpc.clone(),
-                    &self.router,
+                    (self.node, self.rpc.clone(), &self.router),
                     store,
-                    pm.group,
-                    &pm.replicas,
-                    true,
+                    GroupSpec { group: pm.group, voters: &pm.replicas, supervised: true },
                     move |reader, high_watermark| Arc::new(PartitionHook { reader, high_watermark, on_commit }),
                 )
                 .await?;

@@ -60,7 +60,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ElectLeadersRequest>) -> Opti
                         _ => (PREFERRED_LEADER_NOT_AVAILABLE, "The preferred replica is down or not caught up."),
                     }
                 }
-                (Some(_), _, _) if election_type > ELECTION_TYPE_UNCLEAN || election_type < 0 => {
+                (Some(_), _, _) if !(ELECTION_TYPE_PREFERRED..=ELECTION_TYPE_UNCLEAN).contains(&election_type) => {
                     (code::INVALID_REQUEST, "Unknown election type.")
                 }
                 // A single node (or an internal topic in a cluster): one replica, which leads.

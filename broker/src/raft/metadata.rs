@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::log_store::{LogStore, PROPOSAL_OFFSET};
 use super::network::RaftRouter;
-use super::replica::{ProposeError, Replica};
+use super::replica::{GroupSpec, ProposeError, Replica};
 use super::state_machine::ApplyHook;
 use super::{Applied, Entry, KafkaBatch};
 use crate::rpc::{GroupId, Handler, HandlerFuture, MessageKind, NodeId, Rpc};
@@ -186,7 +186,8 @@ impl Metadata {
         let state = Arc::new(RwLock::new(ClusterMeta::default()));
         let (tx, changed) = watch::channel(0);
         let hook_state = state.clone();
-        let replica = Replica::start(node, rpc.clone(), router, store, METADATA_GROUP, voters, false, move |_, _| {
+        let spec = GroupSpec { group: METADATA_GROUP, voters, supervised: false };
+        let replica = Replica::start((node, rpc.clone(), router), store, spec, move |_, _| {
             Arc::new(MetaHook { state: hook_state, changed: tx })
         })
         .await?;

@@ -33,6 +33,15 @@ const STARTUP_QUIET: Duration = Duration::from_secs(2);
 /// How long a leader that got its majority back waits for a quorum to confirm it still leads.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Which group a replica belongs to and how it runs.
+pub(crate) struct GroupSpec<'a> {
+    pub(crate) group: GroupId,
+    /// The voters, preferred leader first.
+    pub(crate) voters: &'a [NodeId],
+    /// Whether the cluster's failure detector runs its timer (partition groups).
+    pub(crate) supervised: bool,
+}
+
 /// Why a proposal was not applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ProposeError {
@@ -65,20 +74,18 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    /// Starts the replica on `store` with `hook` applying entries, registers it with `router`,
-    /// and makes sure the group gets initialized with `voters` (the first voter is the
-    /// preferred leader and initializes at once). A `supervised` replica's timer is managed by
-    /// the cluster ([`Replica::set_ticking`]); when reopened it starts quiet.
+    /// Starts this node's replica of `spec.group` on `store` with `hook` applying entries,
+    /// registers it with `router`, and makes sure the group gets initialized with `spec.voters`
+    /// (the first voter is the preferred leader and initializes at once). A supervised
+    /// replica's timer is managed by the cluster ([`Replica::set_ticking`]); when reopened it
+    /// starts quiet.
     pub(crate) async fn start(
-        node: NodeId,
-        rpc: Rpc,
-        router: &Arc<RaftRouter>,
+        (node, rpc, router): (NodeId, Rpc, &Arc<RaftRouter>),
         store: LogStore,
-        group: GroupId,
-        voters: &[NodeId],
-        supervised: bool,
+        spec: GroupSpec<'_>,
         hook: impl FnOnce(LogReader, Arc<AtomicU64>) -> Arc<dyn ApplyHook>,
     ) -> std::io::Result<Arc<Replica>> {
+        let GroupSpec { group, voters, supervised } = spec;
         let high_watermark = Arc::new(AtomicU64::new(0));
         let reopened = supervised && !store.is_empty();
         let sm = PartitionStateMachine::with_hook(hook(store.reader(), high_watermark.clone()));
