@@ -37,6 +37,8 @@ const PING_INTERVAL: Duration = Duration::from_millis(100);
 /// A peer not heard from for this long (or whose connection is gone) is down: the partitions it
 /// leads start electing.
 const LIVENESS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the other followers of a leaderless partition wait for the first candidate.
+const SECOND_CANDIDATE_DELAY: Duration = Duration::from_millis(1000);
 /// A quiet leader's heartbeat period.
 const QUIET_HEARTBEAT: Duration = Duration::from_secs(1);
 /// A follower that has not heard from its group's leader for this long (three quiet heartbeats)
@@ -212,7 +214,17 @@ impl Cluster {
             for r in replicas {
                 if r.is_follower() {
                     let heard = self.router.since_append(r.group).is_some_and(|d| d < LEADER_SILENCE_MAX);
-                    r.set_ticking(!(heard && r.leader().is_some_and(|l| l != self.node && self.is_live(l))));
+                    let led = heard && r.leader().is_some_and(|l| l != self.node && self.is_live(l));
+                    let leaderless = r.leaderless_for(!led);
+                    // All followers notice a dead leader at once (its connections reset), and
+                    // campaigning together splits the vote. One of them goes first: the
+                    // preferred replica if it is live, else the lowest live voter; the others
+                    // join only if no leader appears within SECOND_CANDIDATE_DELAY.
+                    let first = r
+                        .preferred
+                        .filter(|&p| self.is_live(p) && r.leader() != Some(p))
+                        .or_else(|| r.voters().into_iter().find(|&v| self.is_live(v) && r.leader() != Some(v)));
+                    r.set_ticking(leaderless.is_some_and(|d| first == Some(self.node) || d >= SECOND_CANDIDATE_DELAY));
                 } else {
                     r.set_ticking(false);
                     let voters = r.voters();

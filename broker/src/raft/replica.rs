@@ -71,6 +71,8 @@ pub(crate) struct Replica {
     quorum_reachable: AtomicBool,
     /// A leadership confirmation is under way ([`Replica::observe_quorum`]).
     confirming: AtomicBool,
+    /// Since when this follower has had no live leader (see [`Replica::leaderless_for`]).
+    leaderless_since: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl Replica {
@@ -108,6 +110,7 @@ impl Replica {
             quiet_until,
             quorum_reachable: AtomicBool::new(true),
             confirming: AtomicBool::new(false),
+            leaderless_since: parking_lot::Mutex::new(None),
         });
         let members: BTreeMap<NodeId, BasicNode> = voters.iter().map(|&id| (id, BasicNode::default())).collect();
         let preferred = voters.first() == Some(&node);
@@ -150,6 +153,17 @@ impl Replica {
     /// the leader.
     pub(crate) fn is_follower(&self) -> bool {
         self.raft.metrics().borrow_watched().state != ServerState::Leader
+    }
+
+    /// Records whether this follower has a live leader now; returns for how long it has not
+    /// had one (`None` while it has one).
+    pub(crate) fn leaderless_for(&self, leaderless: bool) -> Option<Duration> {
+        let mut since = self.leaderless_since.lock();
+        if !leaderless {
+            *since = None;
+            return None;
+        }
+        Some(since.get_or_insert_with(Instant::now).elapsed())
     }
 
     /// Records what the cluster's failure detector sees of this leader's voters. Losing the
