@@ -526,6 +526,41 @@ fn not_leader_answers_name_the_new_leader_and_its_address() {
     );
 }
 
+#[test]
+fn acks_1_is_answered_by_the_leader_alone_acks_all_by_a_quorum() {
+    // Goal: Kafka's acks semantics on a replicated partition. With both followers frozen, the
+    // leader still answers acks=1 (its own append) but never acknowledges acks=-1.
+    let mut cluster = CreekCluster::start(NODES);
+    let topic = unique_topic("acks");
+    cluster.create_topic(&topic, 1);
+    let (leader, _) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+    let addr = cluster.addr(leader);
+    let mut w = Wire::connect_timeout(&addr, LEADER_TIMEOUT).expect("connect to the leader");
+    let record = |v: &str| creek_protocol::batch::build_batch(0, 1, &[(None, Some(v.as_bytes()))]);
+    // Warm up: both kinds are acknowledged while the followers run.
+    assert_eq!(wire::try_produce_timeout(&mut w, &topic, 0, record("warm-1"), 1, 5000).map(|a| a.0), Some(0));
+    assert_eq!(wire::try_produce_timeout(&mut w, &topic, 0, record("warm-all"), -1, 5000).map(|a| a.0), Some(0));
+
+    let followers: Vec<i32> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
+    for &f in &followers {
+        cluster.pause(f);
+    }
+    // Right away, before the failure detector (500 ms) sees the followers gone.
+    let started = Instant::now();
+    let acks1 = wire::try_produce_timeout(&mut w, &topic, 0, record("acks-1"), 1, 5000);
+    let acks1_ms = started.elapsed().as_millis();
+    let all = wire::try_produce_timeout(&mut w, &topic, 0, record("acks-all"), -1, 2000);
+    for &f in &followers {
+        cluster.resume(f);
+    }
+    eprintln!("followers frozen: acks=1 answered {acks1:?} after {acks1_ms} ms; acks=-1 answered {all:?}");
+    assert!(matches!(acks1, Some((0, offset)) if offset >= 0), "acks=1 with frozen followers: {acks1:?}");
+    assert!(
+        matches!(all, Some((REQUEST_TIMED_OUT | NOT_LEADER_OR_FOLLOWER, _))),
+        "acks=-1 with frozen followers must not succeed: {all:?}"
+    );
+}
+
 fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|e| panic!("{name}={v}: {e}")))
 }

@@ -165,9 +165,10 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ProduceRequest>) -> Option<Pr
         let deadline = Duration::from_millis(timeout_ms.max(0) as u64);
         let outcomes = futures_util::future::join_all(proposals.into_iter().map(
             |(topic, index, partition, batches, append_time)| async move {
-                let outcome = tokio::time::timeout(deadline, propose(&partition, batches)).await.unwrap_or_else(|_| {
-                    Err((code::REQUEST_TIMED_OUT, "not committed within the request timeout".into()))
-                });
+                let outcome =
+                    tokio::time::timeout(deadline, propose(&partition, batches, acks)).await.unwrap_or_else(|_| {
+                        Err((code::REQUEST_TIMED_OUT, "not committed within the request timeout".into()))
+                    });
                 let log_start = partition.log.lock().log_start_offset();
                 (topic, index, outcome, append_time, log_start)
             },
@@ -335,14 +336,19 @@ fn refuse(r: &mut PartitionProduceResponse, topic: &str, index: i32, code: i16, 
 
 /// Proposes a partition's batches in order and waits for each to commit: the first batch's
 /// offset and whether it was a retried duplicate, or the error its producer gets.
-async fn propose(partition: &Partition, batches: Vec<bytes::Bytes>) -> Result<(i64, bool), (i16, String)> {
+/// acks=-1 waits for the commit (a quorum holds the batch durably); acks=1 (and 0) only for the
+/// leader's own append, as in Kafka.
+async fn propose(partition: &Partition, batches: Vec<bytes::Bytes>, acks: i16) -> Result<(i64, bool), (i16, String)> {
     let replica = partition.replica.get().expect("only replicated partitions propose");
     let mut first = None;
     for b in batches {
+        let proposal = async {
+            if acks == -1 { replica.propose(b).await } else { replica.propose_until_appended(b.to_vec()).await }
+        };
         // A leader cut off from its quorum cannot commit: tell the producer at once (it retries
         // on the new leader; producer state answers a retry of a batch that did commit).
         let proposed = tokio::select! {
-            r = replica.propose(b) => r,
+            r = proposal => r,
             () = lost_leadership(replica) => Err(ProposeError::NotLeader(None)),
         };
         let answer = match proposed {

@@ -33,7 +33,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use creek_protocol::batch::{BatchView, build_plain_control_batch, control_record, framed_len};
+use creek_protocol::batch::{BatchView, build_plain_control_batch, control_record, framed_len, set_base_offset};
 use creek_storage::{FlushTarget, LogConfig, PartitionLog, StorageError};
 use openraft::impls::BasicNode;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -62,7 +62,15 @@ pub(crate) const CONTROL_TYPE_REFUSED: i16 = 102;
 
 /// The `baseOffset` of a batch proposed to a leader's log: not stamped yet. The leader's store
 /// stamps it when it appends the entry (in log order), so concurrent proposals need no lock.
+/// Any negative `baseOffset` is a proposal; `-2 - token` also asks the store to tell the waiter
+/// registered for `token` (see [`LogReader::await_append`]) once the batch is in the leader's
+/// log (acks=1). `baseOffset` is not covered by the CRC.
 pub(crate) const PROPOSAL_OFFSET: i64 = -1;
+
+/// The proposal `baseOffset` carrying an append waiter's token.
+pub(crate) fn proposal_offset_with_token(token: i64) -> i64 {
+    -2 - token
+}
 
 /// Why a proposed batch was not stored, as its producer is answered: `code` 0 is a retried
 /// duplicate (answered with the original offsets), any other a Kafka error code. Encoded as the
@@ -134,6 +142,8 @@ struct State {
     slots: VecDeque<Slot>,
     vote: Option<Vote>,
     committed: Option<RaftLogId>,
+    /// Producers waiting for their proposal to reach the leader's log (acks=1), by token.
+    append_waiters: std::collections::HashMap<i64, tokio::sync::oneshot::Sender<super::Applied>>,
 }
 
 /// openraft's log storage for one partition. Dropping it without [`LogStore::close`] is a crash
@@ -287,7 +297,16 @@ impl State {
             assert_eq!(offset, read.next_offset, "read returns whole batches");
         }
         drop(log);
-        let mut state = State { log: shared_log, first_index, start_offset, purged, slots, vote, committed };
+        let mut state = State {
+            log: shared_log,
+            first_index,
+            start_offset,
+            purged,
+            slots,
+            vote,
+            committed,
+            append_waiters: Default::default(),
+        };
         state.set_retention_floor();
         Ok(state)
     }
@@ -387,13 +406,14 @@ impl State {
                         return Err(invalid(format!("entry {index}: a payload is exactly one batch")));
                     }
                     v.verify_crc().map_err(|e| invalid(format!("entry {index}: {e}")))?;
-                    if v.base_offset() == PROPOSAL_OFFSET {
+                    if v.base_offset() < 0 {
                         // This node leads and proposed the batch: it is stamped here, in log
                         // order, and stored as it will be replicated.
                         if !run_slots.is_empty() {
                             self.append_run(&mut run, &mut run_slots, now_ms)?;
                         }
-                        self.append_proposal(&b, term, now_ms)?;
+                        let token = (v.base_offset() <= -2).then(|| -2 - v.base_offset());
+                        self.append_proposal(&b, term, now_ms, token)?;
                         next_offset = self.log.lock().log_end_offset();
                         continue;
                     }
@@ -444,10 +464,11 @@ impl State {
     /// producer. A batch storage refuses (a retried duplicate, a sequence gap, a fenced epoch)
     /// still takes its Raft index, as a refusal control batch ([`CONTROL_TYPE_REFUSED`]) that
     /// every replica stores and the state machine turns into the producer's answer.
-    fn append_proposal(&mut self, batch: &[u8], term: u64, now_ms: i64) -> io::Result<()> {
+    fn append_proposal(&mut self, batch: &[u8], term: u64, now_ms: i64, token: Option<i64>) -> io::Result<()> {
         let epoch = i32::try_from(term)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("term {term} exceeds i32")))?;
         let mut bytes = batch.to_vec();
+        set_base_offset(&mut bytes, PROPOSAL_OFFSET);
         let mut log = self.log.lock();
         let base_offset = log.log_end_offset();
         let refusal = match log.append(&mut bytes, epoch, now_ms) {
@@ -464,7 +485,14 @@ impl State {
             let mut control = build_plain_control_batch(CONTROL_TYPE_REFUSED, &r.encode(), now_ms);
             log.append_replica(&mut control, epoch, now_ms).map_err(storage_err)?;
         }
+        let appended = match refusal {
+            Some(r) => super::Applied::Refused(r),
+            None => super::Applied::Batch { base_offset, last_offset: log.log_end_offset() - 1 },
+        };
         drop(log);
+        if let Some(waiter) = token.and_then(|t| self.append_waiters.remove(&t)) {
+            let _ = waiter.send(appended);
+        }
         if self.slots.is_empty() {
             self.start_offset = base_offset;
             self.set_retention_floor();
@@ -721,6 +749,20 @@ impl LogReader {
     #[cfg(test)]
     pub(crate) fn log_end_offset(&self) -> u64 {
         self.shared.lock().log.lock().log_end_offset()
+    }
+
+    /// Registers for the leader's append of the proposal carrying `token`
+    /// ([`proposal_offset_with_token`]): the receiver gets its offsets (or its refusal) as soon as
+    /// it is in this node's log, before it is durable or replicated.
+    pub(crate) fn await_append(&self, token: i64) -> tokio::sync::oneshot::Receiver<super::Applied> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.lock().append_waiters.insert(token, tx);
+        rx
+    }
+
+    /// Drops the waiter of a proposal that will not be appended here.
+    pub(crate) fn forget_append(&self, token: i64) {
+        self.shared.lock().append_waiters.remove(&token);
     }
 
     /// The Kafka offset after the entry at Raft `index`: the high watermark once it is applied.

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use creek_protocol::batch::BatchView;
+use creek_protocol::batch::{BatchView, set_base_offset};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::impls::BasicNode;
 use openraft::raft::ReadPolicy;
 use openraft::{EntryPayload, Raft, ServerState};
 
-use super::log_store::{LogReader, LogStore, Refusal};
+use super::log_store::{LogReader, LogStore, Refusal, proposal_offset_with_token};
 use super::network::{PartitionRaft, RaftRouter, RpcNetworkFactory};
 use super::state_machine::{ApplyHook, PartitionStateMachine};
 use super::{Applied, Entry, KafkaBatch, partition_config};
@@ -73,6 +73,9 @@ pub(crate) struct Replica {
     confirming: AtomicBool,
     /// Since when this follower has had no live leader (see [`Replica::leaderless_for`]).
     leaderless_since: parking_lot::Mutex<Option<Instant>>,
+    /// The log, for acks=1 waiters ([`Replica::propose_until_appended`]).
+    reader: LogReader,
+    next_token: std::sync::atomic::AtomicI64,
 }
 
 impl Replica {
@@ -90,7 +93,8 @@ impl Replica {
         let GroupSpec { group, voters, supervised } = spec;
         let high_watermark = Arc::new(AtomicU64::new(0));
         let reopened = supervised && !store.is_empty();
-        let sm = PartitionStateMachine::with_hook(hook(store.reader(), high_watermark.clone()));
+        let reader = store.reader();
+        let sm = PartitionStateMachine::with_hook(hook(reader.clone(), high_watermark.clone()));
         let network = RpcNetworkFactory::new(rpc, group);
         let raft = Raft::new(node, partition_config(), network, store, sm).await.map_err(std::io::Error::other)?;
         router.register(group, raft.clone());
@@ -111,6 +115,8 @@ impl Replica {
             quorum_reachable: AtomicBool::new(true),
             confirming: AtomicBool::new(false),
             leaderless_since: parking_lot::Mutex::new(None),
+            reader,
+            next_token: std::sync::atomic::AtomicI64::new(0),
         });
         let members: BTreeMap<NodeId, BasicNode> = voters.iter().map(|&id| (id, BasicNode::default())).collect();
         let preferred = voters.first() == Some(&node);
@@ -241,6 +247,25 @@ impl Replica {
     /// The Kafka offset after the last committed entry.
     pub(crate) fn high_watermark(&self) -> u64 {
         self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Proposes one batch and answers as soon as it is in this leader's log (Kafka's acks=1): not
+    /// yet durable or replicated, so a failover may lose it, as with Kafka. The proposal goes on
+    /// to commit in the background.
+    pub(crate) async fn propose_until_appended(self: &Arc<Self>, mut batch: Vec<u8>) -> Result<Applied, ProposeError> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        set_base_offset(&mut batch, proposal_offset_with_token(token));
+        let appended = self.reader.await_append(token);
+        let this = self.clone();
+        let mut write = tokio::spawn(async move { this.propose(Bytes::from(batch)).await });
+        tokio::select! {
+            a = appended => a.map_err(|_| ProposeError::Stopped("the log store went away".into())),
+            w = &mut write => {
+                // Finished before the append was noticed: committed, or refused before the log.
+                self.reader.forget_append(token);
+                w.map_err(|e| ProposeError::Stopped(e.to_string()))?
+            }
+        }
     }
 
     /// Proposes one batch (its `baseOffset` set to [`super::log_store::PROPOSAL_OFFSET`]) and
