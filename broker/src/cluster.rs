@@ -215,21 +215,23 @@ impl Cluster {
                 if r.is_follower() {
                     let heard = self.router.since_append(r.group).is_some_and(|d| d < LEADER_SILENCE_MAX);
                     let led = heard && r.leader().is_some_and(|l| l != self.node && self.is_live(l));
-                    let leaderless = r.leaderless_for(!led);
                     // All followers notice a dead leader at once (its connections reset), and
                     // campaigning together splits the vote. One of them goes first: the
                     // preferred replica if it is live, else the lowest live voter; the others
                     // join only if no leader appears within SECOND_CANDIDATE_DELAY.
-                    let first = r
-                        .preferred
-                        .filter(|&p| self.is_live(p) && r.leader() != Some(p))
-                        .or_else(|| r.voters().into_iter().find(|&v| self.is_live(v) && r.leader() != Some(v)));
-                    r.set_ticking(leaderless.is_some_and(|d| first == Some(self.node) || d >= SECOND_CANDIDATE_DELAY));
+                    let campaign = r.leaderless_for(!led).is_some_and(|d| {
+                        let leader = r.leader();
+                        let first = r
+                            .preferred
+                            .filter(|&p| self.is_live(p) && leader != Some(p))
+                            .or_else(|| r.assigned.iter().copied().find(|&v| self.is_live(v) && leader != Some(v)));
+                        first == Some(self.node) || d >= SECOND_CANDIDATE_DELAY
+                    });
+                    r.set_ticking(campaign);
                 } else {
                     r.set_ticking(false);
-                    let voters = r.voters();
-                    let live = voters.iter().filter(|&&v| self.is_live(v)).count();
-                    r.observe_quorum(live * 2 > voters.len());
+                    let live = r.assigned.iter().filter(|&&v| self.is_live(v)).count();
+                    r.observe_quorum(live * 2 > r.assigned.len());
                     if heartbeat {
                         r.heartbeat().await;
                     }

@@ -60,6 +60,9 @@ pub(crate) struct Replica {
     node: NodeId,
     /// The preferred leader: the first of the replicas the metadata assigned.
     pub(crate) preferred: Option<NodeId>,
+    /// The voters the group was started with (membership changes are not supported yet), for
+    /// the failure detector's checks, which must not clone openraft's metrics every tick.
+    pub(crate) assigned: Vec<NodeId>,
     raft: PartitionRaft,
     high_watermark: Arc<AtomicU64>,
     /// Whether openraft's timer (election timeouts, heartbeats) runs; see [`Replica::set_ticking`].
@@ -108,6 +111,7 @@ impl Replica {
             group,
             node,
             preferred: voters.first().copied(),
+            assigned: voters.to_vec(),
             raft,
             high_watermark,
             ticking: AtomicBool::new(!reopened),
