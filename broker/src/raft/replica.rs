@@ -30,6 +30,8 @@ const INITIALIZE_FALLBACK: Duration = Duration::from_secs(3);
 /// How long a reopened replica waits for its leader's heartbeat before it may campaign: two of a
 /// quiet leader's heartbeat periods.
 const STARTUP_QUIET: Duration = Duration::from_secs(2);
+/// [`Replica::confirmed_term`] when leadership is not confirmed in any term.
+const NOT_CONFIRMED: u64 = u64::MAX;
 /// How long a leader that got its majority back waits for a quorum to confirm it still leads.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -69,9 +71,10 @@ pub(crate) struct Replica {
     ticking: AtomicBool,
     /// A reopened replica (a restart) waits this long for its leader before it may campaign.
     quiet_until: Option<Instant>,
-    /// Whether a majority of the group's voters is reachable from here, as the cluster's
-    /// failure detector last saw it (see [`Replica::is_leader`]).
-    quorum_reachable: AtomicBool,
+    /// The term in which this node last confirmed its leadership with a quorum (ReadIndex), or
+    /// [`NOT_CONFIRMED`]; cleared when the failure detector sees the majority gone (see
+    /// [`Replica::is_leader`] and [`Replica::observe_quorum`]).
+    confirmed_term: AtomicU64,
     /// A leadership confirmation is under way ([`Replica::observe_quorum`]).
     confirming: AtomicBool,
     /// Since when this follower has had no live leader (see [`Replica::leaderless_for`]).
@@ -116,7 +119,7 @@ impl Replica {
             high_watermark,
             ticking: AtomicBool::new(!reopened),
             quiet_until,
-            quorum_reachable: AtomicBool::new(true),
+            confirmed_term: AtomicU64::new(NOT_CONFIRMED),
             confirming: AtomicBool::new(false),
             leaderless_since: parking_lot::Mutex::new(None),
             reader,
@@ -148,12 +151,14 @@ impl Replica {
 
     /// Whether this node leads the group and has applied an entry of its own term (its first,
     /// blank entry), so its high watermark covers everything committed before it: a new leader
-    /// serves nothing until then, and the high watermark clients see never moves back. A leader
-    /// cut off from a majority of its voters does not count: it could not commit anything, and
-    /// the others are electing a new leader, so clients are sent there.
+    /// serves nothing until then, and the high watermark clients see never moves back. It must
+    /// also have confirmed its leadership with a quorum in this term: a node restarted with a
+    /// leader's vote resumes as leader of its old term although the others may have moved on,
+    /// and a leader cut off from a majority could not commit anything while the others elect a
+    /// new one; neither may serve (stale reads), so clients are sent elsewhere.
     pub(crate) fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow_watched().clone();
-        self.quorum_reachable.load(Ordering::Acquire)
+        self.confirmed_term.load(Ordering::Acquire) == m.current_term
             && m.state == ServerState::Leader
             && m.current_leader == Some(self.node)
             && m.last_applied.is_some_and(|a| a.committed_leader_id().term == m.current_term)
@@ -177,16 +182,17 @@ impl Replica {
     }
 
     /// Records what the cluster's failure detector sees of this leader's voters. Losing the
-    /// majority stops serving at once. Getting it back is not enough to serve again: the
-    /// others may have elected a new leader meanwhile, so this one first confirms it still leads
+    /// majority stops serving at once. With a majority in reach, a leader that has not confirmed
+    /// its leadership in the current term (new, restarted, or back from a partition) does so
     /// with a heartbeat round answered by a quorum (openraft's ReadIndex); a deposed leader
     /// learns of the newer term instead and steps down.
     pub(crate) fn observe_quorum(self: &Arc<Self>, reachable: bool) {
         if !reachable {
-            self.quorum_reachable.store(false, Ordering::Release);
+            self.confirmed_term.store(NOT_CONFIRMED, Ordering::Release);
             return;
         }
-        if self.quorum_reachable.load(Ordering::Acquire) || self.confirming.swap(true, Ordering::AcqRel) {
+        let term = self.raft.metrics().borrow_watched().current_term;
+        if self.confirmed_term.load(Ordering::Acquire) == term || self.confirming.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
@@ -194,8 +200,9 @@ impl Replica {
             let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, this.raft.ensure_linearizable(ReadPolicy::ReadIndex))
                 .await
                 .is_ok_and(|r| r.is_ok());
-            if confirmed {
-                this.quorum_reachable.store(true, Ordering::Release);
+            let m = this.raft.metrics().borrow_watched().clone();
+            if confirmed && m.current_term == term && m.state == ServerState::Leader {
+                this.confirmed_term.store(term, Ordering::Release);
             }
             this.confirming.store(false, Ordering::Release);
         });
