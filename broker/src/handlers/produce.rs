@@ -125,7 +125,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ProduceRequest>) -> Option<Pr
                             .map(|range| {
                                 let mut b = records[range.clone()].to_vec();
                                 batch::set_base_offset(&mut b, PROPOSAL_OFFSET);
-                                bytes::Bytes::from(b)
+                                b
                             })
                             .collect();
                         let append_time = prepared.log_append_time.then_some(prepared.now);
@@ -338,12 +338,16 @@ fn refuse(r: &mut PartitionProduceResponse, topic: &str, index: i32, code: i16, 
 /// offset and whether it was a retried duplicate, or the error its producer gets.
 /// acks=-1 waits for the commit (a quorum holds the batch durably); acks=1 (and 0) only for the
 /// leader's own append, as in Kafka.
-async fn propose(partition: &Partition, batches: Vec<bytes::Bytes>, acks: i16) -> Result<(i64, bool), (i16, String)> {
+async fn propose(partition: &Partition, batches: Vec<Vec<u8>>, acks: i16) -> Result<(i64, bool), (i16, String)> {
     let replica = partition.replica.get().expect("only replicated partitions propose");
     let mut first = None;
     for b in batches {
         let proposal = async {
-            if acks == -1 { replica.propose(b).await } else { replica.propose_until_appended(b.to_vec()).await }
+            if acks == -1 {
+                replica.propose(bytes::Bytes::from(b)).await
+            } else {
+                replica.propose_until_appended(b).await
+            }
         };
         // A leader cut off from its quorum cannot commit: tell the producer at once (it retries
         // on the new leader; producer state answers a retry of a batch that did commit).

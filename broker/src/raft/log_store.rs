@@ -33,7 +33,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use creek_protocol::batch::{BatchView, build_plain_control_batch, control_record, framed_len, set_base_offset};
+use creek_protocol::batch::{BatchView, build_plain_control_batch, control_record, framed_len};
 use creek_storage::{FlushTarget, LogConfig, PartitionLog, StorageError};
 use openraft::impls::BasicNode;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -468,7 +468,6 @@ impl State {
         let epoch = i32::try_from(term)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("term {term} exceeds i32")))?;
         let mut bytes = batch.to_vec();
-        set_base_offset(&mut bytes, PROPOSAL_OFFSET);
         let mut log = self.log.lock();
         let base_offset = log.log_end_offset();
         let refusal = match log.append(&mut bytes, epoch, now_ms) {

@@ -157,7 +157,8 @@ impl Replica {
     /// and a leader cut off from a majority could not commit anything while the others elect a
     /// new one; neither may serve (stale reads), so clients are sent elsewhere.
     pub(crate) fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         self.confirmed_term.load(Ordering::Acquire) == m.current_term
             && m.state == ServerState::Leader
             && m.current_leader == Some(self.node)
@@ -251,8 +252,7 @@ impl Replica {
 
     /// The voters of the group's membership, in id order.
     pub(crate) fn voters(&self) -> Vec<NodeId> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        m.membership_config.membership().voter_ids().collect()
+        self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
     }
 
     /// The Kafka offset after the last committed entry.
@@ -310,18 +310,22 @@ pub(crate) struct PartitionHook {
 
 impl ApplyHook for PartitionHook {
     fn apply(&self, entry: &Entry) -> Applied {
-        if let Some(end) = self.reader.end_offset_of(entry.log_id.index()) {
+        // A stored batch carries its offsets; only Raft's own entries need the log's index.
+        let view = match &entry.payload {
+            EntryPayload::Normal(KafkaBatch(b)) => BatchView::new(b).ok(),
+            _ => None,
+        };
+        let end = match &view {
+            Some(v) => Some(v.last_offset() as u64 + 1),
+            None => self.reader.end_offset_of(entry.log_id.index()),
+        };
+        if let Some(end) = end {
             self.high_watermark.fetch_max(end, Ordering::AcqRel);
         }
-        let applied = match &entry.payload {
-            EntryPayload::Normal(KafkaBatch(b)) => match Refusal::of(b) {
+        let applied = match (&entry.payload, view) {
+            (EntryPayload::Normal(KafkaBatch(b)), Some(v)) => match Refusal::of(b) {
                 Some(r) => Applied::Refused(r),
-                None => match BatchView::new(b) {
-                    Ok(v) => {
-                        Applied::Batch { base_offset: v.base_offset() as u64, last_offset: v.last_offset() as u64 }
-                    }
-                    Err(_) => Applied::Nothing,
-                },
+                None => Applied::Batch { base_offset: v.base_offset() as u64, last_offset: v.last_offset() as u64 },
             },
             _ => Applied::Nothing,
         };
