@@ -174,6 +174,22 @@ async fn compact_partition(p: &Arc<Partition>, now: i64) {
     }
 }
 
+/// One sweep of replicated partitions' retention at a time ([`background`]).
+static RAFT_RELEASES: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(1)));
+/// How long retention waits for Raft to purge one partition's entries before moving on (a
+/// later round retries).
+const RAFT_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Rolls and retention of one partition, logged.
+fn housekeep(p: &Partition, now: i64) {
+    match p.log.lock().housekeeping(now) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(topic = %p.topic, partition = p.index, deleted = n, "retention deleted segments"),
+        Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "housekeeping failed"),
+    }
+}
+
 /// Periodic work: background flush by `flush.ms`, and rolls plus retention every
 /// `log.retention.check.interval.ms`. Stops when `shutdown` turns true.
 pub(crate) async fn background(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
@@ -207,14 +223,30 @@ pub(crate) async fn background(broker: Arc<Broker>, mut shutdown: watch::Receive
         let interval = broker.config.read().i64("log.retention.check.interval.ms");
         if now - last_housekeeping >= interval {
             last_housekeeping = now;
+            let mut held_by_raft = Vec::new();
             for p in broker.partitions() {
-                match p.log.lock().housekeeping(now) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(topic = %p.topic, partition = p.index, deleted = n, "retention deleted segments")
+                housekeep(&p, now);
+                if let Some(replica) = p.replica.get() {
+                    let log = p.log.lock();
+                    let target = log.retention_target(now);
+                    if target > log.retention_floor() {
+                        held_by_raft.push((p.clone(), replica.clone(), target));
                     }
-                    Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "housekeeping failed"),
                 }
+            }
+            // Retention of a replicated log waits for Raft to let go of the entries (a snapshot
+            // and a purge, which may wait for replication), one partition at a time, off this loop.
+            if !held_by_raft.is_empty()
+                && let Ok(permit) = RAFT_RELEASES.clone().try_acquire_owned()
+            {
+                tokio::spawn(async move {
+                    for (p, replica, target) in held_by_raft {
+                        if replica.release_below(target, RAFT_RELEASE_WAIT).await {
+                            housekeep(&p, now_ms());
+                        }
+                    }
+                    drop(permit);
+                });
             }
             // One compaction at a time broker-wide bounds its memory and I/O. A sweep visits
             // every compacted partition in turn, so none is starved by those before it; a round

@@ -497,8 +497,10 @@ fn open_partition(
     now: i64,
 ) -> anyhow::Result<Arc<Partition>> {
     let dir = partition_dir(data_dir, topic, index);
-    let log =
+    let mut log =
         PartitionLog::open(&dir, tc.log.clone(), now).with_context(|| format!("opening log {}", dir.display()))?;
+    crate::raft::log_store::hold_retention_if_replicated(&mut log)
+        .with_context(|| format!("reading the Raft state of {}", dir.display()))?;
     Ok(partition(topic, index, log, tc, now))
 }
 

@@ -1025,6 +1025,39 @@ impl PartitionLog {
         Ok(deleted)
     }
 
+    /// Where retention would move the log start now if there were no retention floor: the end
+    /// of the segments `housekeeping` would delete by `retention.ms` and `retention.bytes` (the
+    /// log end when every segment has expired), or the log start when nothing is due. A
+    /// replication layer releases its entries up to here, then raises the floor.
+    pub fn retention_target(&self, now_ms: i64) -> u64 {
+        let c = &self.config;
+        let mut target = self.log_start;
+        if !c.cleanup_delete {
+            return target;
+        }
+        if c.retention_ms >= 0 {
+            let expired = self
+                .segments
+                .iter()
+                .take_while(|s| !s.is_empty() && now_ms.saturating_sub(s.max_timestamp) > c.retention_ms)
+                .last();
+            if let Some(s) = expired {
+                target = target.max(s.next_offset);
+            }
+        }
+        if c.retention_bytes >= 0 {
+            let mut excess = self.size_bytes().saturating_sub(c.retention_bytes as u64);
+            for seg in &self.segments[..self.segments.len() - 1] {
+                if seg.valid_len > excess {
+                    break;
+                }
+                excess -= seg.valid_len;
+                target = target.max(seg.next_offset);
+            }
+        }
+        target
+    }
+
     pub fn set_config(&mut self, config: LogConfig) {
         self.config = config;
     }

@@ -92,8 +92,8 @@ impl CreekCluster {
     /// Like [`start`](Self::start), with an [`InternalProxies`] in front of every node's internal
     /// port (`internal.peers` lists the proxies; each node listens on its own real port), so that
     /// [`isolate`](Self::isolate) can cut a node off from its peers.
-    pub fn start_with_internal_proxies(n: usize) -> CreekCluster {
-        Self::start_inner(n, &[], true)
+    pub fn start_with_internal_proxies(n: usize, settings: &[(&str, &str)]) -> CreekCluster {
+        Self::start_inner(n, settings, true)
     }
 
     fn start_inner(n: usize, settings: &[(&str, &str)], proxied: bool) -> CreekCluster {

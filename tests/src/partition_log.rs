@@ -105,9 +105,20 @@ pub fn committed(batches: &[Batch], high_watermark: i64) -> &[Batch] {
 /// The whole partition up to its high watermark, read from `addr` (its leader) with raw Fetches:
 /// `(high watermark, batches)`. Errors say which Fetch failed (a leader that moved, a node down).
 pub fn fetch_log(addr: &str, topic: &str, partition: i32, limit: Duration) -> Result<(i64, Vec<Batch>), String> {
+    fetch_log_from(addr, topic, partition, 0, limit)
+}
+
+/// [`fetch_log`] from offset `start` (a log start that retention moved) instead of 0.
+pub fn fetch_log_from(
+    addr: &str,
+    topic: &str,
+    partition: i32,
+    start: i64,
+    limit: Duration,
+) -> Result<(i64, Vec<Batch>), String> {
     let mut w = Wire::connect_timeout(addr, limit).map_err(|e| format!("connect {addr}: {e}"))?;
     let mut out: Vec<Batch> = Vec::new();
-    let mut offset = 0;
+    let mut offset = start;
     let mut first_hw = None;
     loop {
         let (err, hw, records) = wire::try_fetch(&mut w, topic, partition, offset, 0)
@@ -170,11 +181,19 @@ pub fn check_dense_epochs(batches: &[Batch]) -> Result<(), String> {
 
 /// Asserts that every replica holds the committed prefix (every batch below `high_watermark`)
 /// and that the replicas' copies are byte-identical. `replicas` is `(node id, its batches)`.
+///
+/// Each replica runs retention itself, so their logs may start at different offsets: they are
+/// compared from the latest start.
 pub fn assert_replicas_identical(replicas: &[(i32, Vec<Batch>)], high_watermark: i64) {
+    let start = replicas.iter().filter_map(|(_, b)| b.first()).map(|b| b.base_offset).max().unwrap_or(0);
+    let from =
+        |batches: &[Batch]| -> Vec<Batch> { batches.iter().filter(|b| b.base_offset >= start).cloned().collect() };
     let (first_id, first) = &replicas[0];
-    let reference = committed(first, high_watermark);
+    let first = from(first);
+    let reference = committed(&first, high_watermark);
     for (id, batches) in replicas {
-        let mine = committed(batches, high_watermark);
+        let batches = from(batches);
+        let mine = committed(&batches, high_watermark);
         let end = mine.last().map_or(0, |b| b.last_offset + 1);
         assert_eq!(
             end,

@@ -14,8 +14,10 @@ use openraft::errors::RPCError;
 use openraft::impls::BasicNode;
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderError, TransferLeaderRequest, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderError, TransferLeaderRequest,
+    VoteRequest, VoteResponse,
 };
+use openraft::type_config::alias::{SnapshotMetaOf, StoredMembershipOf};
 use openraft::vote::RaftVote;
 use openraft::vote::leader_id_std::LeaderId;
 use openraft::{EntryPayload, LogId, Membership, Raft, ServerState};
@@ -24,7 +26,7 @@ use tempfile::TempDir;
 use super::codec::{self, STATUS_NO_GROUP};
 use super::log_store::{LogReader, LogStore};
 use super::network::{KIND_VOTE, PartitionRaft, RaftRouter, RpcNetworkFactory};
-use super::state_machine::PartitionStateMachine;
+use super::state_machine::{PartitionStateMachine, Snapshot, SnapshotData};
 use super::{ELECTION_TIMEOUT_MS, Entry, KafkaBatch, TypeConfig, Vote, partition_config};
 use crate::rpc::{GroupId, Limits, NodeId, Rpc, RpcConfig};
 
@@ -38,6 +40,7 @@ struct Node {
     router: Arc<RaftRouter>,
     raft: PartitionRaft,
     log: LogReader,
+    sm: PartitionStateMachine,
 }
 
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
@@ -62,20 +65,23 @@ async fn start_node(id: NodeId, addrs: &[SocketAddr], dir: &Path) -> Node {
     let store = LogStore::open(dir, LogConfig::default()).unwrap();
     let log = store.reader();
     let network = RpcNetworkFactory::new(rpc.clone(), GROUP);
-    let raft = Raft::new(id, partition_config(), network, store, PartitionStateMachine::default()).await.unwrap();
+    let sm = PartitionStateMachine::new(log.clone(), None);
+    let raft = Raft::new(id, partition_config(), network, store, sm.clone()).await.unwrap();
     router.register(GROUP, raft.clone());
-    Node { id, rpc, router, raft, log }
+    Node { id, rpc, router, raft, log, sm }
 }
 
 /// Stops a node as a crash would look to its peers (Raft and transport gone at once), and
 /// waits until nothing holds its partition log any more, so its directory may be reopened.
 async fn kill(node: Node) {
-    node.router.unregister(GROUP);
-    node.raft.shutdown().await.unwrap();
-    node.rpc.shutdown().await;
+    let Node { id, rpc, router, raft, log, sm } = node;
+    drop(sm); // it reads the log too
+    router.unregister(GROUP);
+    raft.shutdown().await.unwrap();
+    rpc.shutdown().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !node.log.is_sole_owner() {
-        assert!(Instant::now() < deadline, "node {}'s log is still held after shutdown", node.id);
+    while !log.is_sole_owner() {
+        assert!(Instant::now() < deadline, "node {id}'s log is still held after shutdown");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -101,22 +107,29 @@ async fn wait_leader(nodes: &[&Node], within: Duration) -> usize {
 }
 
 /// The leader side of a Kafka write, reduced to its essentials: stamp the batch with the offset
-/// where it will land (the leader's log end) and propose it. Correct only with one proposal at a
-/// time on a leader that has applied its term's first entry; the Produce path will stamp and
-/// propose under the partition's lock (next increment).
-async fn propose(leader: &Node, seq: usize) {
-    let offset = leader.log.log_end_offset();
-    let values: Vec<Vec<u8>> = (0..3).map(|r| format!("batch-{seq}-record-{r}").into_bytes()).collect();
-    let records: Vec<_> = values.iter().map(|v| (Some(&b"k"[..]), Some(v.as_slice()))).collect();
-    let mut batch = build_batch(0, 1_700_000_000_000 + seq as i64, &records);
-    set_base_offset(&mut batch, offset as i64);
-    leader.raft.client_write(KafkaBatch(Bytes::from(batch))).await.unwrap();
+/// where it will land (the leader's log end) and propose it to whichever of `nodes` leads,
+/// trying again while leadership moves (a busy machine may delay a heartbeat past the lease).
+/// Correct only with one proposal at a time.
+async fn propose(nodes: &[&Node], seq: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = nodes[wait_leader(nodes, Duration::from_secs(10)).await];
+        let offset = leader.log.log_end_offset();
+        let values: Vec<Vec<u8>> = (0..3).map(|r| format!("batch-{seq}-record-{r}").into_bytes()).collect();
+        let records: Vec<_> = values.iter().map(|v| (Some(&b"k"[..]), Some(v.as_slice()))).collect();
+        let mut batch = build_batch(0, 1_700_000_000_000 + seq as i64, &records);
+        set_base_offset(&mut batch, offset as i64);
+        match leader.raft.client_write(KafkaBatch(Bytes::from(batch))).await {
+            Ok(_) => return,
+            Err(e) => assert!(Instant::now() < deadline, "proposal {seq} to node {}: {e}", leader.id),
+        }
+    }
 }
 
 /// Every batch of a log, in order, read the way Kafka consumers read it.
 fn batches(log: &LogReader) -> Vec<Bytes> {
     let mut out = Vec::new();
-    let mut offset = 0;
+    let mut offset = log.log_start_offset();
     while offset < log.log_end_offset() {
         let read = log.read(offset, 1 << 20).unwrap();
         let mut bytes = read.bytes;
@@ -139,12 +152,17 @@ async fn assert_replicas_identical(nodes: &[&Node], leader: &Node, data_batches:
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    // Byte for byte, Raft's own control batches included (built without a clock).
-    let want = batches(&leader.log);
+    // Byte for byte, Raft's own control batches included (built without a clock), from the
+    // latest log start (a replica that installed a snapshot starts there).
+    let start = nodes.iter().map(|n| n.log.log_start_offset()).max().unwrap_or(0);
+    let from = |log: &LogReader| -> Vec<Bytes> {
+        batches(log).into_iter().filter(|b| BatchView::new(b).unwrap().base_offset() as u64 >= start).collect()
+    };
+    let want = from(&leader.log);
     let data = batches(&leader.log).iter().filter(|b| !BatchView::new(b).unwrap().is_control()).count();
     assert_eq!(data, data_batches, "every proposed batch is in the leader's log once");
     for n in nodes {
-        let got = batches(&n.log);
+        let got = from(&n.log);
         assert_eq!(got.len(), want.len(), "node {} batch count", n.id);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(g == w, "node {} batch {i} differs from the leader's", n.id);
@@ -152,13 +170,9 @@ async fn assert_replicas_identical(nodes: &[&Node], leader: &Node, data_batches:
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_elect_replicate_fail_over_and_catch_up() {
-    // Goal: a 3-voter partition group over real sockets elects a leader, commits 500 batches
-    // identically on all replicas, survives the leader's death (a new leader within a few
-    // seconds, more writes committed by the two left) and the dead node, restarted on its data
-    // directory, catches up to the same log.
-    let started = Instant::now();
+/// Three nodes on fresh directories, node 1 initializing the group with all three as voters: the
+/// directories (kept alive), their paths, the nodes' addresses and the nodes.
+async fn start_three() -> (Vec<TempDir>, Vec<PathBuf>, Vec<SocketAddr>, Vec<Option<Node>>) {
     let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let paths: Vec<PathBuf> = dirs.iter().map(|d| d.path().to_path_buf()).collect();
     let addrs = free_addrs(3);
@@ -169,12 +183,23 @@ async fn three_replicas_elect_replicate_fail_over_and_catch_up() {
     let members: BTreeMap<NodeId, BasicNode> =
         peers(&addrs).into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
     nodes[0].as_ref().unwrap().raft.initialize(members).await.unwrap();
+    (dirs, paths, addrs, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_elect_replicate_fail_over_and_catch_up() {
+    // Goal: a 3-voter partition group over real sockets elects a leader, commits 500 batches
+    // identically on all replicas, survives the leader's death (a new leader within a few
+    // seconds, more writes committed by the two left) and the dead node, restarted on its data
+    // directory, catches up to the same log.
+    let started = Instant::now();
+    let (_dirs, paths, addrs, mut nodes) = start_three().await;
 
     let live: Vec<&Node> = nodes.iter().flatten().collect();
     let leader = wait_leader(&live, Duration::from_secs(10)).await;
     let leader_id = live[leader].id;
     for seq in 0..500 {
-        propose(live[leader], seq).await;
+        propose(&live, seq).await;
     }
     assert_replicas_identical(&live, live[leader], 500).await;
     let replicated_at = started.elapsed();
@@ -204,7 +229,7 @@ async fn three_replicas_elect_replicate_fail_over_and_catch_up() {
     let failover = killed_at.elapsed();
     assert_ne!(live[leader].id, leader_id);
     for seq in 500..600 {
-        propose(live[leader], seq).await;
+        propose(&live, seq).await;
     }
     assert_replicas_identical(&live, live[leader], 600).await;
     let (new_leader_id, term) = (live[leader].id, live[leader].raft.metrics().borrow_watched().current_term);
@@ -215,7 +240,7 @@ async fn three_replicas_elect_replicate_fail_over_and_catch_up() {
     nodes[old_index] = Some(restarted);
     let live: Vec<&Node> = nodes.iter().flatten().collect();
     let leader = wait_leader(&live, Duration::from_secs(10)).await;
-    propose(live[leader], 600).await;
+    propose(&live, 600).await;
     assert_replicas_identical(&live, live[leader], 601).await;
     assert_eq!((live[leader].id, live[leader].raft.metrics().borrow_watched().current_term), (new_leader_id, term));
 
@@ -224,6 +249,70 @@ async fn three_replicas_elect_replicate_fail_over_and_catch_up() {
          {ELECTION_TIMEOUT_MS:?} ms); total {:?}",
         started.elapsed()
     );
+    for n in nodes.into_iter().flatten() {
+        kill(n).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_installs_the_leaders_snapshot_and_continues_from_its_offset() {
+    // Goal: once every replica has snapshotted and purged its log below an offset (what
+    // retention asks for), a follower restarted with an empty directory gets the snapshot, starts
+    // its log there and ends byte-identical to the leader from there on; replicas that purged
+    // open again after a restart and keep replicating.
+    let (_dirs, paths, addrs, mut nodes) = start_three().await;
+    let live: Vec<&Node> = nodes.iter().flatten().collect();
+    let leader = wait_leader(&live, Duration::from_secs(10)).await;
+    for seq in 0..200 {
+        propose(&live, seq).await;
+    }
+    assert_replicas_identical(&live, live[leader], 200).await;
+    let upto = live[leader].log.log_end_offset() / 2;
+    let mut point = None;
+    for n in &live {
+        let (last, next) = n.log.snapshot_point(upto).unwrap();
+        point = Some((last, next));
+        n.sm.request_snapshot(last, next);
+        n.raft.trigger().snapshot().await.unwrap();
+    }
+    let (last, next) = point.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in &live {
+        while n.raft.metrics().borrow_watched().purged.is_none_or(|p| p < last) {
+            assert!(Instant::now() < deadline, "node {} did not purge up to {last}", n.id);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(n.log.raft_start_offset(), next);
+    }
+
+    // Node 3 loses its disk: the leader no longer has the entries it needs, only the snapshot.
+    let wiped = live.iter().position(|n| n.id != live[leader].id).unwrap();
+    let wiped_id = live[wiped].id;
+    kill(nodes[wiped_id as usize - 1].take().unwrap()).await;
+    std::fs::remove_dir_all(&paths[wiped_id as usize - 1]).unwrap();
+    std::fs::create_dir_all(&paths[wiped_id as usize - 1]).unwrap();
+    nodes[wiped_id as usize - 1] = Some(start_node(wiped_id, &addrs, &paths[wiped_id as usize - 1]).await);
+    let live: Vec<&Node> = nodes.iter().flatten().collect();
+    let leader = wait_leader(&live, Duration::from_secs(10)).await;
+    for seq in 200..220 {
+        propose(&live, seq).await;
+    }
+    assert_replicas_identical(&live, live[leader], 220).await;
+    let rejoined = live.iter().find(|n| n.id == wiped_id).unwrap();
+    assert_eq!(rejoined.log.log_start_offset(), next, "the wiped replica starts at the snapshot");
+    assert_eq!(rejoined.raft.metrics().borrow_watched().snapshot, Some(last));
+
+    // Every node restarts on its directory (purged logs, stored snapshots) and goes on.
+    for slot in nodes.iter_mut() {
+        kill(slot.take().unwrap()).await;
+    }
+    for id in 1..=3 {
+        nodes[id as usize - 1] = Some(start_node(id, &addrs, &paths[id as usize - 1]).await);
+    }
+    let live: Vec<&Node> = nodes.iter().flatten().collect();
+    let leader = wait_leader(&live, Duration::from_secs(15)).await;
+    propose(&live, 220).await;
+    assert_replicas_identical(&live, live[leader], 221).await;
     for n in nodes.into_iter().flatten() {
         kill(n).await;
     }
@@ -306,6 +395,23 @@ fn raft_messages_round_trip_and_hostile_bytes_never_panic() {
     let (_, body) = codec::split_status(codec::encode_vote_response(&vresp)).unwrap();
     assert_eq!(codec::decode_vote_response(body.clone()).unwrap(), vresp);
     assert_hostile_bytes_are_safe(&body, codec::decode_vote_response);
+
+    let EntryPayload::Membership(m) = sample_entries()[1].payload.clone() else { unreachable!() };
+    let snapshot = Snapshot {
+        meta: SnapshotMetaOf::<TypeConfig> {
+            last_log_id: Some(LogId::new_term_index(3, 40)),
+            last_membership: StoredMembershipOf::<TypeConfig>::new(Some(LogId::new_term_index(1, 1)), m),
+        },
+        snapshot: SnapshotData { next_offset: 1234 },
+    };
+    let encoded = codec::encode_snapshot_request(&vote, &snapshot);
+    let (v, decoded) = codec::decode_snapshot_request(encoded.clone()).unwrap();
+    assert_eq!((v, &decoded.meta, decoded.snapshot), (vote, &snapshot.meta, snapshot.snapshot));
+    assert_hostile_bytes_are_safe(&encoded, codec::decode_snapshot_request);
+    let sresp = SnapshotResponse::<TypeConfig>::new(vote);
+    let (_, body) = codec::split_status(codec::encode_snapshot_response(&sresp)).unwrap();
+    assert_eq!(codec::decode_snapshot_response(body.clone()).unwrap().vote, vote);
+    assert_hostile_bytes_are_safe(&body, codec::decode_snapshot_response);
 
     let treq = TransferLeaderRequest::<TypeConfig>::new(vote, 3, Some(LogId::new_term_index(3, 12)));
     let encoded = codec::encode_transfer_request(&treq);

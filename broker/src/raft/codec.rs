@@ -13,6 +13,9 @@
 //!   3 higher vote + vote.
 //! - Vote (and PreVote) request: vote, last log id, u8 leadership transfer.
 //! - Vote response: vote, u8 granted, last log id.
+//! - Snapshot (a partition snapshot is metadata only, so one message carries it whole): vote,
+//!   last log id, membership log id, u32 length and the membership value, u64 next Kafka offset.
+//!   Response: vote.
 //!
 //! Every response payload starts with a status byte ([`STATUS_OK`], [`STATUS_NO_GROUP`],
 //! [`STATUS_RAFT_ERROR`]); only `STATUS_OK` is followed by a body.
@@ -29,11 +32,13 @@ use openraft::vote::leader_id_std::LeaderId;
 use openraft::{EntryPayload, LogId};
 
 use super::log_store::{decode_membership, encode_membership};
+use super::state_machine::{Snapshot, SnapshotData};
 use super::{Entry, KafkaBatch, RaftLogId, TypeConfig, Vote};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderError, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderError, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::type_config::alias::{SnapshotMetaOf, StoredMembershipOf};
 
 /// The response body follows.
 pub(crate) const STATUS_OK: u8 = 0;
@@ -306,6 +311,51 @@ pub(crate) fn decode_transfer_response(buf: Bytes) -> Result<TransferLeaderRespo
         _ => return Err(DecodeError("unknown transfer-leader answer")),
     };
     r.finish(resp)
+}
+
+/// A whole partition snapshot from the leader (see the module docs).
+pub(crate) fn encode_snapshot_request(vote: &Vote, snapshot: &Snapshot) -> Bytes {
+    let membership = encode_membership(snapshot.meta.last_membership.membership());
+    let mut out = BytesMut::with_capacity(VOTE_BYTES + 2 * 17 + 4 + membership.len() + 8);
+    put_vote(&mut out, vote);
+    put_log_id(&mut out, &snapshot.meta.last_log_id);
+    put_log_id(&mut out, snapshot.meta.last_membership.log_id());
+    out.put_u32(membership.len() as u32);
+    out.extend_from_slice(&membership);
+    out.put_u64(snapshot.snapshot.next_offset);
+    out.freeze()
+}
+
+pub(crate) fn decode_snapshot_request(buf: Bytes) -> Result<(Vote, Snapshot)> {
+    let mut r = Reader { buf };
+    let vote = r.vote()?;
+    let last_log_id = r.log_id()?;
+    let membership_id = r.log_id()?;
+    let len = r.u32()? as usize;
+    let value = r.take(len)?;
+    let membership = decode_membership(&value).map_err(|_| DecodeError("bad membership"))?;
+    let next_offset = r.u64()?;
+    if last_log_id.is_none() {
+        return Err(DecodeError("a snapshot without a last log id"));
+    }
+    let meta = SnapshotMetaOf::<TypeConfig> {
+        last_log_id,
+        last_membership: StoredMembershipOf::<TypeConfig>::new(membership_id, membership),
+    };
+    r.finish((vote, Snapshot { meta, snapshot: SnapshotData { next_offset } }))
+}
+
+pub(crate) fn encode_snapshot_response(resp: &SnapshotResponse<TypeConfig>) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + VOTE_BYTES);
+    out.put_u8(STATUS_OK);
+    put_vote(&mut out, &resp.vote);
+    out.freeze()
+}
+
+pub(crate) fn decode_snapshot_response(buf: Bytes) -> Result<SnapshotResponse<TypeConfig>> {
+    let mut r = Reader { buf };
+    let vote = r.vote()?;
+    r.finish(SnapshotResponse::new(vote))
 }
 
 /// A response that carries only a status (no group, Raft error).

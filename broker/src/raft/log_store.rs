@@ -10,6 +10,11 @@
 //!   (a follower's first entry after a snapshot).
 //! - `raft-committed.state`: `0`, term and index of the committed log id, written on `close`
 //!   only (openraft treats it as a hint; an older value is safe).
+//! - `raft-snapshot.state`: `0`, the snapshot's last log id (term, index), the Kafka offset after
+//!   it, the log id of the membership it holds (term and index, or `-`) and that membership as
+//!   hex of the control value below. A partition's snapshot is only this: the log is the data, so
+//!   a snapshot marks where the Raft log may start (see [`StoredSnapshot`]). Written durably before
+//!   any purge it allows, and before an installed snapshot resets the log.
 //!
 //! Entries read back are zero-copy views of the segment maps. Storage may zero and reuse the
 //! bytes of truncated batches, so nobody may hold entries across their own truncation: openraft
@@ -37,7 +42,7 @@ use creek_protocol::batch::{BatchView, build_plain_control_batch, control_record
 use creek_storage::{FlushTarget, LogConfig, PartitionLog, StorageError};
 use openraft::impls::BasicNode;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
-use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::type_config::alias::{EntryOf, LogIdOf, SnapshotMetaOf, StoredMembershipOf, VoteOf};
 use openraft::vote::RaftVote;
 use openraft::vote::leader_id_std::LeaderId;
 use openraft::{EntryPayload, LogId, Membership, OptionalSend, RaftLogReader};
@@ -110,6 +115,7 @@ impl Refusal {
 const VOTE_FILE: &str = "raft-vote";
 const START_FILE: &str = "raft-log-start";
 const COMMITTED_FILE: &str = "raft-committed";
+pub(super) const SNAPSHOT_FILE: &str = "raft-snapshot";
 const FORMAT_VERSION: &str = "0";
 /// Bytes read from a segment per read call when collecting entries.
 const READ_CHUNK_BYTES: usize = 1 << 20;
@@ -123,6 +129,59 @@ const MEMBERSHIP_BYTES_MAX: usize = 1 << 20;
 struct Slot {
     base_offset: u64,
     term: u64,
+}
+
+/// A partition group's snapshot: openraft's meta (the last log id it covers and the membership
+/// then) and the Kafka offset right after that entry. A replica that installs it holds nothing
+/// below `next_offset` and continues there; the leader's retention has already deleted (or is
+/// about to delete) what lies below, so the replica holds what the leader holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredSnapshot {
+    pub(crate) meta: SnapshotMetaOf<TypeConfig>,
+    pub(crate) next_offset: u64,
+}
+
+impl StoredSnapshot {
+    fn last(&self) -> RaftLogId {
+        self.meta.last_log_id.expect("a stored snapshot covers an entry")
+    }
+
+    pub(super) fn encode(&self) -> String {
+        let last = self.last();
+        let m = &self.meta.last_membership;
+        let m_id = match m.log_id() {
+            Some(id) => format!("{}\n{}", term_of(id), id.index()),
+            None => "-\n-".to_string(),
+        };
+        let hex: String = encode_membership(m.membership()).iter().map(|b| format!("{b:02x}")).collect();
+        format!("{FORMAT_VERSION}\n{}\n{}\n{}\n{m_id}\n{hex}\n", term_of(&last), last.index(), self.next_offset)
+    }
+
+    fn decode(lines: &[String]) -> io::Result<StoredSnapshot> {
+        if lines.len() != 6 {
+            return Err(invalid(format!("{SNAPSHOT_FILE}: expected 6 fields")));
+        }
+        let last = parse_log_id(lines, 0)?.ok_or_else(|| invalid(format!("{SNAPSHOT_FILE}: no last log id")))?;
+        let next_offset = parse_u64(&lines[2])?;
+        let m_id = parse_log_id(lines, 3)?;
+        let hex = lines[5].as_bytes();
+        if !hex.len().is_multiple_of(2) {
+            return Err(invalid(format!("{SNAPSHOT_FILE}: odd hex length")));
+        }
+        let bytes = hex
+            .chunks(2)
+            .map(|pair| std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| invalid(format!("{SNAPSHOT_FILE}: bad hex")))?;
+        let membership = decode_membership(&bytes)?;
+        Ok(StoredSnapshot {
+            meta: SnapshotMetaOf::<TypeConfig> {
+                last_log_id: Some(last),
+                last_membership: StoredMembershipOf::<TypeConfig>::new(m_id, membership),
+            },
+            next_offset,
+        })
+    }
 }
 
 /// A partition log shared by its Raft store and the broker's Kafka handlers (which read it and,
@@ -142,6 +201,8 @@ struct State {
     slots: VecDeque<Slot>,
     vote: Option<Vote>,
     committed: Option<RaftLogId>,
+    /// The latest snapshot built or installed here.
+    snapshot: Option<StoredSnapshot>,
     /// Producers waiting for their proposal to reach the leader's log (acks=1), by token.
     append_waiters: std::collections::HashMap<i64, tokio::sync::oneshot::Sender<super::Applied>>,
 }
@@ -255,48 +316,28 @@ async fn run_flusher(shared: Arc<Mutex<State>>, mut rx: mpsc::Receiver<(FlushTar
 }
 
 impl State {
-    /// Reads the Raft state files and rebuilds the index from the batch headers.
+    /// Reads the Raft state files and rebuilds the index from the batch headers. A snapshot
+    /// install that a crash interrupted (the snapshot is durable, the log was not yet reset to
+    /// it, or the reset was not yet recorded) is finished here.
     fn load(shared_log: SharedLog) -> io::Result<State> {
         let log = shared_log.lock();
         let vote = read_lines(&log, VOTE_FILE)?.map(|l| parse_vote(&l)).transpose()?;
         let committed = read_lines(&log, COMMITTED_FILE)?.map(|l| parse_log_id(&l, 0)).transpose()?.flatten();
+        let snapshot = read_lines(&log, SNAPSHOT_FILE)?.map(|l| StoredSnapshot::decode(&l)).transpose()?;
         let (first_index, start_offset, purged) = match read_lines(&log, START_FILE)? {
             Some(l) if l.len() == 4 => (parse_u64(&l[0])?, parse_u64(&l[1])?, parse_log_id(&l, 2)?),
             Some(_) => return Err(invalid(format!("{START_FILE}: expected 4 fields"))),
             None => (0, log.log_start_offset(), None),
         };
-        if start_offset < log.log_start_offset() {
-            return Err(invalid(format!(
-                "the Kafka log start {} has passed the Raft log start {start_offset}: retention or DeleteRecords removed Raft entries",
-                log.log_start_offset()
-            )));
-        }
-        if start_offset > log.log_end_offset() {
-            return Err(invalid(format!(
-                "the Raft log starts at offset {start_offset}, past the log end {}",
-                log.log_end_offset()
-            )));
-        }
-        let mut slots = VecDeque::new();
-        let mut offset = start_offset;
-        while offset < log.log_end_offset() {
-            let read = log.read(offset, READ_CHUNK_BYTES).map_err(storage_err)?;
-            let mut at = 0;
-            while at < read.bytes.len() {
-                let v = BatchView::new(&read.bytes[at..]).map_err(|e| invalid(e.to_string()))?;
-                if v.base_offset() as u64 != offset {
-                    return Err(invalid(format!(
-                        "expected a batch at offset {offset}, found {}: batches were removed above the Raft log start",
-                        v.base_offset()
-                    )));
-                }
-                slots.push_back(Slot { base_offset: offset, term: term_of_batch(&v)? });
-                offset = v.last_offset() as u64 + 1;
-                at += v.total_len();
-            }
-            assert_eq!(offset, read.next_offset, "read returns whole batches");
-        }
+        let scanned = scan(&log, start_offset);
         drop(log);
+        let pending = snapshot.clone().filter(|s| purged.is_none_or(|p| p.index() < s.last().index()));
+        let (slots, install) = match (scanned, pending) {
+            (Ok(slots), None) => (slots, None),
+            (Ok(slots), Some(s)) => (slots, Some(s)),
+            (Err(_), Some(s)) => (VecDeque::new(), Some(s)),
+            (Err(e), None) => return Err(e),
+        };
         let mut state = State {
             log: shared_log,
             first_index,
@@ -305,10 +346,82 @@ impl State {
             slots,
             vote,
             committed,
+            snapshot,
             append_waiters: Default::default(),
         };
+        match install {
+            // Built here and not purged yet, or installed over a log that already held it.
+            Some(s) if state.holds(&s) => {}
+            Some(s) => {
+                tracing::info!(
+                    snapshot = %s.last(), next_offset = s.next_offset,
+                    "finishing a snapshot install interrupted by a restart"
+                );
+                state.reset_to_snapshot(&s)?;
+            }
+            None => {}
+        }
         state.set_retention_floor();
         Ok(state)
+    }
+
+    /// Whether the log holds the snapshot's last entry, ending where the snapshot says.
+    fn holds(&self, s: &StoredSnapshot) -> bool {
+        let last = s.last();
+        let Some(k) = last.index().checked_sub(self.first_index) else { return false };
+        self.slots.get(k as usize).is_some_and(|slot| slot.term == term_of(&last))
+            && self.end_offset_of(last.index()) == Some(s.next_offset)
+    }
+
+    /// Makes the log what a replica that installed `s` holds: nothing, continuing at the
+    /// snapshot's next offset with the Raft entry after it. The reset is storage's atomic "start
+    /// over at" (its own checkpoint is the commit point), recorded in the start file after.
+    fn reset_to_snapshot(&mut self, s: &StoredSnapshot) -> io::Result<()> {
+        self.log.lock().reset_to(s.next_offset).map_err(storage_err)?;
+        self.slots.clear();
+        self.first_index = s.last().index() + 1;
+        self.start_offset = s.next_offset;
+        self.purged = Some(s.last());
+        self.write_start()?;
+        self.set_retention_floor();
+        self.check();
+        Ok(())
+    }
+
+    /// Records a snapshot this node built, durably, before openraft may purge up to it.
+    fn save_built_snapshot(&mut self, s: StoredSnapshot) -> io::Result<()> {
+        if !self.holds(&s) && self.purged.is_none_or(|p| p < s.last()) {
+            return Err(invalid(format!("snapshot at {} does not match the log", s.last())));
+        }
+        self.log.lock().write_state_file(SNAPSHOT_FILE, s.encode().as_bytes()).map_err(storage_err)?;
+        self.snapshot = Some(s);
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: recorded durably first, then the log is
+    /// reset to it unless it already holds the snapshot's last entry (openraft then only purges
+    /// up to it) or has purged past it.
+    fn install_snapshot(&mut self, s: StoredSnapshot) -> io::Result<()> {
+        self.log.lock().write_state_file(SNAPSHOT_FILE, s.encode().as_bytes()).map_err(storage_err)?;
+        self.snapshot = Some(s.clone());
+        if self.holds(&s) || self.purged.is_some_and(|p| p >= s.last()) {
+            return Ok(());
+        }
+        self.reset_to_snapshot(&s)
+    }
+
+    /// The last entry that ends at or below Kafka offset `upto`, and the offset after it: where a
+    /// snapshot lets retention delete everything below `upto`.
+    fn snapshot_point(&self, upto: u64) -> Option<(RaftLogId, u64)> {
+        // An entry ends where the next one starts (the last one at the log end), so with `c`
+        // entries starting at or below `upto`, those before the `c`-th end at or below it, and the
+        // last entry too if the log ends at or below `upto`.
+        let c = self.slots.partition_point(|s| s.base_offset <= upto);
+        let after =
+            if c == self.slots.len() && self.log.lock().log_end_offset() <= upto { c } else { c.checked_sub(1)? };
+        let last = after.checked_sub(1)?;
+        let end = self.slots.get(after).map_or_else(|| self.log.lock().log_end_offset(), |s| s.base_offset);
+        Some((log_id(self.slots[last].term, self.first_index + last as u64), end))
     }
 
     /// Keeps storage's retention, DeleteRecords and compaction below the Raft log start (the
@@ -594,6 +707,55 @@ impl State {
     }
 }
 
+/// The index of the log from Raft's start offset `start_offset` on: one slot per batch.
+fn scan(log: &PartitionLog, start_offset: u64) -> io::Result<VecDeque<Slot>> {
+    if start_offset < log.log_start_offset() {
+        return Err(invalid(format!(
+            "the Kafka log start {} has passed the Raft log start {start_offset}: retention or DeleteRecords removed Raft entries",
+            log.log_start_offset()
+        )));
+    }
+    if start_offset > log.log_end_offset() {
+        return Err(invalid(format!(
+            "the Raft log starts at offset {start_offset}, past the log end {}",
+            log.log_end_offset()
+        )));
+    }
+    let mut slots = VecDeque::new();
+    let mut offset = start_offset;
+    while offset < log.log_end_offset() {
+        let read = log.read(offset, READ_CHUNK_BYTES).map_err(storage_err)?;
+        let mut at = 0;
+        while at < read.bytes.len() {
+            let v = BatchView::new(&read.bytes[at..]).map_err(|e| invalid(e.to_string()))?;
+            if v.base_offset() as u64 != offset {
+                return Err(invalid(format!(
+                    "expected a batch at offset {offset}, found {}: batches were removed above the Raft log start",
+                    v.base_offset()
+                )));
+            }
+            slots.push_back(Slot { base_offset: offset, term: term_of_batch(&v)? });
+            offset = v.last_offset() as u64 + 1;
+            at += v.total_len();
+        }
+        if offset != read.next_offset {
+            return Err(invalid("a read returned a partial batch"));
+        }
+    }
+    Ok(slots)
+}
+
+/// Holds retention, DeleteRecords and compaction back on a log that was a Raft log, from its
+/// open until its store starts and sets the real floor: storage's default floor is none, and a
+/// restarted broker runs housekeeping before its cluster starts the partition's replica.
+pub(crate) fn hold_retention_if_replicated(log: &mut PartitionLog) -> Result<(), StorageError> {
+    if log.read_state_file(START_FILE)?.is_some() {
+        let start = log.log_start_offset();
+        log.set_retention_floor(start);
+    }
+    Ok(())
+}
+
 /// The Raft entry stored as `batch` at `index`.
 fn decode_entry(batch: Bytes, index: u64, slot: Slot) -> io::Result<Entry> {
     let v = BatchView::new(&batch).map_err(|e| invalid(e.to_string()))?;
@@ -767,6 +929,37 @@ impl LogReader {
     /// The Kafka offset after the entry at Raft `index`: the high watermark once it is applied.
     pub(crate) fn end_offset_of(&self, index: u64) -> Option<u64> {
         self.shared.lock().end_offset_of(index)
+    }
+
+    /// The latest snapshot built or installed here.
+    pub(crate) fn snapshot(&self) -> Option<StoredSnapshot> {
+        self.shared.lock().snapshot.clone()
+    }
+
+    /// Records a snapshot built here, durably (blocking I/O).
+    pub(crate) fn save_built_snapshot(&self, s: StoredSnapshot) -> io::Result<()> {
+        self.shared.lock().save_built_snapshot(s)
+    }
+
+    /// Installs a snapshot from the leader (blocking I/O): see [`StoredSnapshot`].
+    pub(crate) fn install_snapshot(&self, s: StoredSnapshot) -> io::Result<()> {
+        self.shared.lock().install_snapshot(s)
+    }
+
+    /// The last entry ending at or below Kafka offset `upto`, with the offset after it.
+    pub(crate) fn snapshot_point(&self, upto: u64) -> Option<(RaftLogId, u64)> {
+        self.shared.lock().snapshot_point(upto)
+    }
+
+    /// The Kafka offset where the Raft log starts (storage keeps everything from here).
+    pub(crate) fn raft_start_offset(&self) -> u64 {
+        self.shared.lock().start_offset
+    }
+
+    /// The first offset the Kafka log holds.
+    #[cfg(test)]
+    pub(crate) fn log_start_offset(&self) -> u64 {
+        self.shared.lock().log.lock().log_start_offset()
     }
 
     /// Whether this reader is the last holder of the log (the store and openraft's readers are

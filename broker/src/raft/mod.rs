@@ -35,11 +35,10 @@
 //! of their group. The state machine ([`state_machine`]) only records the applied log id and the
 //! membership: the log is the data. Timing is [`partition_config`].
 //!
-//! Not built yet: the per-segment sidecar index; and installing a snapshot, which must also move
-//! the Kafka log end to the snapshot's next offset (storage's `PartitionLog::reset_to`, Kafka's
-//! "truncate fully and start at"), since the next entry after a snapshot carries that offset and
-//! `append` refuses any other. That needs the snapshot meta to carry the offset (the state
-//! machine is metadata-only and snapshots are off), so the store does not call it yet.
+//! Snapshots ([`state_machine`]) are metadata only and exist so that retention can delete a
+//! replicated log's oldest segments: a replica that needs purged entries installs one, and its
+//! log restarts empty at the snapshot's Kafka offset. Not built yet: the per-segment sidecar
+//! index.
 
 #[cfg(test)]
 mod cluster_tests;
@@ -92,7 +91,10 @@ pub(crate) fn partition_config() -> Arc<openraft::Config> {
         election_timeout_min: ELECTION_TIMEOUT_MS.0,
         election_timeout_max: ELECTION_TIMEOUT_MS.1,
         max_payload_entries: 64,
+        // Snapshots only when retention asks for one (see `state_machine`); the entries behind
+        // one are purged at once, since retention wants their segments gone.
         snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
         // A node that was cut off or restarted asks before it campaigns, so it cannot depose a
         // live leader by bumping the term.
         enable_pre_vote: Some(true),

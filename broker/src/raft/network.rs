@@ -11,10 +11,9 @@
 //!   encoded response; an unknown group is answered with `STATUS_NO_GROUP`, an instance that
 //!   refuses (shut down) with `STATUS_RAFT_ERROR`, an undecodable request with no answer at all
 //!   (the caller times out or sees `NoAnswer`).
-//! - **Snapshots are not sent.** `full_snapshot` fails with `Unreachable`: a partition's
-//!   snapshot is metadata only (see [`super::state_machine`]), snapshots are never built, so the
-//!   log is never purged and followers catch up from entries. [`KIND_SNAPSHOT`] is reserved for
-//!   issue 5, item 5 (a wiped replica rejoining).
+//! - **Snapshots** go whole in one [`KIND_SNAPSHOT`] message: a partition snapshot is metadata
+//!   only (see [`super::state_machine`]), sent to a follower that needs entries the leader has
+//!   purged after retention.
 //! - TransferLeader keeps openraft's default (unsupported); leader balancing is item 4.
 
 use std::collections::HashMap;
@@ -33,7 +32,7 @@ use openraft::{OptionalSend, Raft};
 use parking_lot::RwLock;
 
 use super::codec::{self, DecodeError, STATUS_NO_GROUP, STATUS_OK, STATUS_RAFT_ERROR};
-use super::state_machine::PartitionStateMachine;
+use super::state_machine::{PartitionStateMachine, Snapshot, SnapshotData};
 use super::{TypeConfig, Vote};
 use crate::rpc::{GroupId, Handler, HandlerFuture, MessageKind, NodeId, Rpc, RpcError};
 
@@ -41,8 +40,7 @@ use crate::rpc::{GroupId, Handler, HandlerFuture, MessageKind, NodeId, Rpc, RpcE
 pub(crate) const KIND_APPEND: MessageKind = MessageKind(1);
 pub(crate) const KIND_VOTE: MessageKind = MessageKind(2);
 pub(crate) const KIND_PRE_VOTE: MessageKind = MessageKind(3);
-/// Reserved: full snapshot transfer (not sent yet).
-#[allow(dead_code)] // reserved for snapshot transfer (issue 5, item 5)
+/// A whole snapshot (InstallSnapshot).
 pub(crate) const KIND_SNAPSHOT: MessageKind = MessageKind(4);
 pub(crate) const KIND_TRANSFER: MessageKind = MessageKind(5);
 
@@ -123,7 +121,7 @@ fn decode_err(e: DecodeError) -> RpcErr {
 }
 
 impl RaftNetworkV2<TypeConfig> for RpcNetwork {
-    type SnapshotData = ();
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -164,14 +162,14 @@ impl RaftNetworkV2<TypeConfig> for RpcNetwork {
 
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: openraft::type_config::alias::SnapshotOf<TypeConfig, ()>,
+        vote: Vote,
+        snapshot: Snapshot,
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(Unreachable::from_string(
-            "snapshot transfer is not supported yet (issue 5, item 5): partition logs are never purged",
-        )))
+        let payload = codec::encode_snapshot_request(&vote, &snapshot);
+        let body = self.call(KIND_SNAPSHOT, RPCTypes::InstallSnapshot, payload, &option).await?;
+        codec::decode_snapshot_response(body).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 }
 
@@ -233,6 +231,13 @@ async fn dispatch(raft: PartitionRaft, kind: MessageKind, payload: Bytes) -> Res
             let resp = if kind == KIND_VOTE { raft.vote(req).await } else { raft.pre_vote(req).await };
             match resp {
                 Ok(resp) => Some(codec::encode_vote_response(&resp)),
+                Err(_) => raft_error(),
+            }
+        }
+        KIND_SNAPSHOT => {
+            let (vote, snapshot) = codec::decode_snapshot_request(payload)?;
+            match raft.install_full_snapshot(vote, snapshot).await {
+                Ok(resp) => Some(codec::encode_snapshot_response(&resp)),
                 Err(_) => raft_error(),
             }
         }

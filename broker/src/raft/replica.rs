@@ -81,6 +81,8 @@ pub(crate) struct Replica {
     leaderless_since: parking_lot::Mutex<Option<Instant>>,
     /// The log, for acks=1 waiters ([`Replica::propose_until_appended`]).
     reader: LogReader,
+    /// Shares the group's applied state, to ask it for snapshots ([`Replica::release_below`]).
+    state_machine: PartitionStateMachine,
     next_token: std::sync::atomic::AtomicI64,
 }
 
@@ -100,7 +102,8 @@ impl Replica {
         let high_watermark = Arc::new(AtomicU64::new(0));
         let reopened = supervised && !store.is_empty();
         let reader = store.reader();
-        let sm = PartitionStateMachine::with_hook(hook(reader.clone(), high_watermark.clone()));
+        let sm = PartitionStateMachine::new(reader.clone(), Some(hook(reader.clone(), high_watermark.clone())));
+        let state_machine = sm.clone();
         let network = RpcNetworkFactory::new(rpc, group);
         let raft = Raft::new(node, partition_config(), network, store, sm).await.map_err(std::io::Error::other)?;
         router.register(group, raft.clone());
@@ -123,6 +126,7 @@ impl Replica {
             confirming: AtomicBool::new(false),
             leaderless_since: parking_lot::Mutex::new(None),
             reader,
+            state_machine,
             next_token: std::sync::atomic::AtomicI64::new(0),
         });
         let members: BTreeMap<NodeId, BasicNode> = voters.iter().map(|&id| (id, BasicNode::default())).collect();
@@ -290,6 +294,51 @@ impl Replica {
         }
     }
 
+    /// Lets retention delete this replica's log below Kafka offset `upto` (at most the high
+    /// watermark): builds a snapshot at the last entry ending there and waits, up to `wait`, for
+    /// openraft to purge the entries it covers, which raises storage's retention floor. Returns
+    /// whether the Raft log now starts at or above the snapshot point. A leader purges only
+    /// entries no replication stream still reads; a follower further behind installs the
+    /// snapshot instead.
+    pub(crate) async fn release_below(&self, upto: u64, wait: Duration) -> bool {
+        let upto = upto.min(self.high_watermark());
+        if self.reader.raft_start_offset() >= upto {
+            return true;
+        }
+        let Some((last, next_offset)) = self.reader.snapshot_point(upto) else { return false };
+        let applied = self.raft.metrics().borrow_watched().last_applied;
+        if applied.is_none_or(|a| a < last) {
+            return false;
+        }
+        let deadline = Instant::now() + wait;
+        let built = |m: &openraft::RaftMetrics<super::TypeConfig>| m.snapshot.is_some_and(|s| s >= last);
+        if !built(&self.raft.metrics().borrow_watched()) {
+            self.state_machine.request_snapshot(last, next_offset);
+            if self.raft.trigger().snapshot().await.is_err() {
+                return false;
+            }
+        }
+        // openraft purges on its own once the snapshot is built (it keeps no entries behind one);
+        // asking again covers a snapshot built earlier whose purge was held back.
+        let mut asked = false;
+        loop {
+            let m = self.raft.metrics().borrow_watched().clone();
+            if m.purged.is_some_and(|p| p >= last) {
+                return true;
+            }
+            if built(&m) && !asked {
+                asked = true;
+                if self.raft.trigger().purge_log(last.index()).await.is_err() {
+                    return false;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the replica; its store closes (and flushes) when openraft drops it.
     pub(crate) async fn shutdown(&self, router: &RaftRouter) {
         router.unregister(self.group);
@@ -331,5 +380,9 @@ impl ApplyHook for PartitionHook {
         };
         (self.on_commit)();
         applied
+    }
+
+    fn restored(&self, next_offset: u64) {
+        self.high_watermark.fetch_max(next_offset, Ordering::AcqRel);
     }
 }

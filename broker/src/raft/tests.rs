@@ -19,7 +19,7 @@ use openraft::{EntryPayload, LogId, Membership, RaftLogReader, StorageError};
 use parking_lot::Mutex;
 use tempfile::TempDir;
 
-use super::log_store::{CONTROL_TYPE_BLANK, CONTROL_TYPE_MEMBERSHIP, LogStore};
+use super::log_store::{CONTROL_TYPE_BLANK, CONTROL_TYPE_MEMBERSHIP, LogStore, StoredSnapshot};
 use super::{KafkaBatch, TypeConfig};
 
 type Entry = EntryOf<TypeConfig>;
@@ -446,5 +446,117 @@ async fn retention_and_delete_records_never_remove_entries_raft_has_not_purged()
     store.with_log(|log| log.housekeeping(late).unwrap());
     assert_eq!(store.with_log(|log| log.log_start_offset()), raft_start);
     assert!(same(&all_entries(&mut store).await, &entries[26..]));
+    store.close().await.unwrap();
+}
+
+/// 40 entries of term 1 (a blank, then 2-record batches at offsets 1, 3, ...) in small segments.
+async fn forty_entries(dir: &std::path::Path) -> (LogStore, Vec<Entry>) {
+    let mut store = LogStore::open(dir, small_segments()).unwrap();
+    let mut entries = vec![blank(1, 0)];
+    for index in 1..40 {
+        entries.push(data(1, index, 1 + (index - 1) * 2, 2));
+    }
+    for chunk in entries.chunks(4) {
+        append(&mut store, chunk.to_vec()).await;
+    }
+    (store, entries)
+}
+
+fn stored_snapshot(last: RaftLogId, next_offset: u64) -> StoredSnapshot {
+    let nodes = (1..=3u64).map(|id| (id, BasicNode::default())).collect::<std::collections::BTreeMap<_, _>>();
+    let m = Membership::new(vec![[1u64, 2, 3].into_iter().collect()], nodes).unwrap();
+    StoredSnapshot {
+        meta: SnapshotMetaOf::<TypeConfig> {
+            last_log_id: Some(last),
+            last_membership: StoredMembershipOf::<TypeConfig>::new(Some(log_id(1, 0)), m),
+        },
+        next_offset,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_lets_retention_go_and_an_installed_one_restarts_the_log_at_its_offset() {
+    // Goal: a snapshot built at the entry before a retention target lets openraft purge and
+    // retention delete up to there, and survives a restart; a replica installing it holds nothing
+    // below its offset and takes the leader's next entry.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, entries) = forty_entries(dir.path()).await;
+    let reader = store.reader();
+    // Entry 20 holds offsets 39..=40, entry 21 starts at 41: upto 41 or 42 both end at entry 20.
+    assert_eq!(reader.snapshot_point(42), Some((log_id(1, 20), 41)));
+    assert_eq!(reader.snapshot_point(41), Some((log_id(1, 20), 41)));
+    assert_eq!(reader.snapshot_point(0), None, "nothing ends at or below offset 0");
+    assert_eq!(reader.snapshot_point(u64::MAX), Some((log_id(1, 39), 79)), "the last entry ends at the log end");
+    let snap = stored_snapshot(log_id(1, 20), 41);
+    assert!(reader.save_built_snapshot(stored_snapshot(log_id(2, 20), 41)).is_err(), "not this log's entry");
+    reader.save_built_snapshot(snap.clone()).unwrap();
+    store.purge(log_id(1, 20)).await.unwrap();
+    assert_eq!(reader.raft_start_offset(), 41);
+    store.with_log(|log| log.housekeeping(i64::MAX / 2).unwrap());
+    let start = store.with_log(|log| log.log_start_offset());
+    assert!(start > 1 && start <= 41, "retention went up to the snapshot: log start {start}");
+    drop(reader);
+    drop(store); // crash
+
+    let mut store = LogStore::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(store.reader().snapshot(), Some(snap.clone()));
+    assert!(same(&all_entries(&mut store).await, &entries[21..]));
+    drop(store);
+
+    // A replica with a different, shorter history installs the snapshot: it starts over at 41.
+    let other = tempfile::tempdir().unwrap();
+    let mut replica = LogStore::open(other.path(), small_segments()).unwrap();
+    append(&mut replica, vec![blank(1, 0), data(1, 1, 1, 5)]).await;
+    let reader = replica.reader();
+    reader.install_snapshot(snap.clone()).unwrap();
+    assert_eq!((reader.log_start_offset(), reader.log_end_offset()), (41, 41));
+    let state = replica.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(1, 20)), Some(log_id(1, 20))));
+    append(&mut replica, entries[21..25].to_vec()).await;
+    assert!(same(&all_entries(&mut replica).await, &entries[21..25]));
+    // Installing it again (openraft does on every start) changes nothing.
+    reader.install_snapshot(snap.clone()).unwrap();
+    assert!(same(&all_entries(&mut replica).await, &entries[21..25]));
+    drop(reader);
+    drop(replica);
+    let mut replica = LogStore::open(other.path(), small_segments()).unwrap();
+    assert!(same(&all_entries(&mut replica).await, &entries[21..25]));
+    replica.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_install_interrupted_by_a_crash_is_finished_on_open() {
+    // Goal: a crash at any step of an install (snapshot recorded; log reset; start recorded)
+    // opens as the installed snapshot, never as a mix of the old log and the new start.
+    let snap = stored_snapshot(log_id(1, 20), 41);
+    for crash_after_reset in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = forty_entries(dir.path()).await;
+        // The snapshot's entry 20 ends elsewhere in this log (offset 41 vs its own), so it
+        // does not hold the snapshot: e.g. a follower with a divergent tail.
+        let diverged = stored_snapshot(log_id(3, 20), 41);
+        store.with_log(|log| {
+            log.write_state_file(super::log_store::SNAPSHOT_FILE, diverged.encode().as_bytes()).unwrap();
+            if crash_after_reset {
+                log.reset_to(41).unwrap();
+            }
+        });
+        drop(store); // crash
+        let mut store = LogStore::open(dir.path(), small_segments()).unwrap();
+        let reader = store.reader();
+        assert_eq!((reader.log_start_offset(), reader.log_end_offset()), (41, 41), "reset: {crash_after_reset}");
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(3, 20)));
+        assert!(all_entries(&mut store).await.is_empty());
+        drop(reader);
+        store.close().await.unwrap();
+    }
+    // A snapshot this log holds (built here, purge not reached before the crash) keeps the log.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, entries) = forty_entries(dir.path()).await;
+    store.reader().save_built_snapshot(snap).unwrap();
+    drop(store);
+    let mut store = LogStore::open(dir.path(), small_segments()).unwrap();
+    assert!(same(&all_entries(&mut store).await, &entries));
     store.close().await.unwrap();
 }
