@@ -8,6 +8,8 @@
 //! - **Topics**: CreateTopics (and auto-creation) on any node proposes a `CreateTopic` to the
 //!   metadata group; every node applies it, creates the partitions' logs and starts a Raft
 //!   replica for each partition it holds ([`Cluster::reconcile`]).
+//! - **Topic changes**: config changes, new partitions and deletions are metadata commands too;
+//!   the reconciler applies them on every node (a node that was down catches up when it returns).
 //! - **Replication factor**: this increment replicates every partition to every node (the
 //!   replication factor is the node count); placement spreads the preferred leaders.
 //! - **Coordinators**: the group and transaction coordinators still keep their state in local,
@@ -26,11 +28,14 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::raft::log_store::LogStore;
-use crate::raft::metadata::{MetaCommand, Metadata, place};
+use crate::raft::metadata::{CONFIGS_CHANGED, MetaCommand, Metadata, place};
 use crate::raft::network::RaftRouter;
 use crate::raft::replica::{GroupSpec, PartitionHook, Replica};
 use crate::rpc::{GroupId, Handler, HandlerFuture, MessageKind, NodeId, Rpc, RpcConfig};
 use crate::state::{Broker, CreateError};
+
+/// A topic's config overrides.
+type Configs = std::collections::BTreeMap<String, String>;
 
 /// Every node pings every other this often over the internal RPC (one small message per pair).
 const PING_INTERVAL: Duration = Duration::from_millis(100);
@@ -390,34 +395,162 @@ impl Cluster {
             replicas: place(&self.nodes, partitions as usize, n, offset),
             configs,
         };
-        // No metadata leader (an election, a node starting) is retried here until the deadline.
         let deadline = tokio::time::Instant::now() + CREATE_WAIT;
-        loop {
-            match self.meta.propose(&cmd).await {
-                Ok(Ok(())) => break,
-                Ok(Err(m)) if m.contains("already exists") => {
-                    // An earlier attempt whose answer was lost may have created it.
-                    if self.meta.read(|meta| meta.topics.get(name).is_some_and(|t| t.id == id)) {
-                        break;
-                    }
+        match self.propose_retrying(&cmd, deadline).await? {
+            Ok(()) => {}
+            Err(m) if m.contains("already exists") => {
+                // An earlier attempt whose answer was lost may have created it.
+                if !self.meta.read(|meta| meta.topics.get(name).is_some_and(|t| t.id == id)) {
                     return Err((code::TOPIC_ALREADY_EXISTS, m));
                 }
-                Ok(Err(m)) => return Err((code::INVALID_REQUEST, m)),
-                Err(m) if tokio::time::Instant::now() >= deadline => return Err((code::NOT_CONTROLLER, m)),
+            }
+            Err(m) => return Err((code::INVALID_REQUEST, m)),
+        }
+        // The reconciler opens the topic once the command applies here.
+        self.wait_applied_here(deadline, || broker.topic(name).is_some(), name).await
+    }
+
+    /// Proposes `cmd` to the metadata group, retrying while it has no reachable leader (an
+    /// election, a node starting) until `deadline`: the command's own answer, or NOT_CONTROLLER.
+    async fn propose_retrying(
+        &self,
+        cmd: &MetaCommand,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<(), String>, (i16, String)> {
+        loop {
+            match self.meta.propose(cmd).await {
+                Ok(answer) => return Ok(answer),
+                Err(m) if tokio::time::Instant::now() >= deadline => {
+                    return Err((crate::handlers::code::NOT_CONTROLLER, m));
+                }
                 Err(m) => {
-                    tracing::debug!(topic = name, error = %m, "metadata not writable yet; retrying");
+                    tracing::debug!(error = %m, "metadata not writable yet; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
-        // The reconciler opens the topic once the command applies here.
-        while broker.topic(name).is_none() {
+    }
+
+    /// Waits until the reconciler has applied a committed change on this node (`done`).
+    async fn wait_applied_here(
+        &self,
+        deadline: tokio::time::Instant,
+        done: impl Fn() -> bool,
+        topic: &str,
+    ) -> Result<(), (i16, String)> {
+        while !done() {
             if tokio::time::Instant::now() >= deadline {
-                return Err((code::REQUEST_TIMED_OUT, format!("topic {name} was created but is not open here yet")));
+                return Err((
+                    crate::handlers::code::REQUEST_TIMED_OUT,
+                    format!("the change to topic {topic} is committed but not applied on this node yet"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
+    }
+
+    /// The cluster's record of topic `name`: its id, config overrides and partition count.
+    fn topic_meta(&self, name: &str) -> Result<(String, Configs, usize), (i16, String)> {
+        let found =
+            self.meta.read(|m| m.topics.get(name).map(|t| (t.id.clone(), t.configs.clone(), t.partitions.len())));
+        found.ok_or_else(|| {
+            (
+                crate::handlers::code::UNKNOWN_TOPIC_OR_PARTITION,
+                "This server does not host this topic-partition.".to_string(),
+            )
+        })
+    }
+
+    /// Changes topic `name`'s config overrides through the metadata group: `edit` turns the
+    /// current overrides into the new ones (or refuses), and is run again if another node changed
+    /// them meanwhile. Done once this node applies the new overrides.
+    pub(crate) async fn edit_topic_configs(
+        &self,
+        broker: &Broker,
+        name: &str,
+        edit: impl Fn(
+            &std::collections::BTreeMap<String, String>,
+        ) -> Result<std::collections::BTreeMap<String, String>, (i16, String)>,
+    ) -> Result<(), (i16, String)> {
+        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+        loop {
+            let (id, expected, _) = self.topic_meta(name)?;
+            let configs = edit(&expected)?;
+            let cmd = MetaCommand::SetTopicConfigs { name: name.to_string(), id, expected, configs: configs.clone() };
+            match self.propose_retrying(&cmd, deadline).await? {
+                Ok(()) => {
+                    let applied = || broker.topic(name).is_none_or(|t| *t.overrides.read() == configs);
+                    return self.wait_applied_here(deadline, applied, name).await;
+                }
+                Err(m) if m == CONFIGS_CHANGED && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(m) => return Err((crate::handlers::code::INVALID_REQUEST, m)),
+            }
+        }
+    }
+
+    /// Deletes topic `name` through the metadata group; done once it is gone from this node.
+    pub(crate) async fn delete_topic(&self, broker: &Broker, name: &str) -> Result<(), (i16, String)> {
+        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+        let (id, _, _) = self.topic_meta(name)?;
+        let cmd = MetaCommand::DeleteTopic { name: name.to_string(), id: id.clone() };
+        match self.propose_retrying(&cmd, deadline).await? {
+            Ok(()) => {}
+            // Deleted by a concurrent request, or an earlier attempt whose answer was lost.
+            Err(_) if self.meta.read(|m| m.deleted_topics.contains(&id)) => {}
+            Err(m) => return Err((crate::handlers::code::UNKNOWN_TOPIC_OR_PARTITION, m)),
+        }
+        let gone = || broker.topic(name).is_none_or(|t| t.id.simple().to_string() != id);
+        self.wait_applied_here(deadline, gone, name).await
+    }
+
+    /// Grows topic `name` to `count` partitions through the metadata group, placed like a new
+    /// topic's unless `assignments` gives each new partition's replicas (every node, preferred
+    /// leader first). Done once this node has them.
+    pub(crate) async fn add_partitions(
+        &self,
+        broker: &Broker,
+        name: &str,
+        count: usize,
+        assignments: Option<Vec<Vec<NodeId>>>,
+    ) -> Result<(), (i16, String)> {
+        use crate::handlers::code;
+        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+        let (id, _, have) = self.topic_meta(name)?;
+        if count <= have {
+            return Err((code::INVALID_PARTITIONS, format!("Topic already has {have} partition(s).")));
+        }
+        let n = self.nodes.len();
+        let replicas = match assignments {
+            Some(a) => {
+                let all: std::collections::BTreeSet<NodeId> = self.nodes.iter().copied().collect();
+                if let Some(bad) = a
+                    .iter()
+                    .find(|r| r.len() != n || r.iter().copied().collect::<std::collections::BTreeSet<_>>() != all)
+                {
+                    return Err((
+                        code::INVALID_REPLICA_ASSIGNMENT,
+                        format!(
+                            "this cluster replicates every partition to all nodes {all:?}; the assignment {bad:?} does not"
+                        ),
+                    ));
+                }
+                a
+            }
+            None => {
+                let offset = self.meta.read(|m| m.topics.len());
+                place(&self.nodes, count, n, offset).split_off(have)
+            }
+        };
+        let cmd = MetaCommand::AddPartitions { name: name.to_string(), id, from: have, replicas };
+        match self.propose_retrying(&cmd, deadline).await? {
+            Ok(()) => {}
+            Err(m) => return Err((code::INVALID_PARTITIONS, m)),
+        }
+        let grown = || broker.topic(name).is_none_or(|t| t.partition_count() >= count);
+        self.wait_applied_here(deadline, grown, name).await
     }
 
     /// Announces this broker's Kafka address until the metadata group accepts it.
@@ -459,6 +592,11 @@ impl Cluster {
 
     async fn reconcile_once(&self, broker: &Arc<Broker>) -> anyhow::Result<()> {
         let meta = self.meta.snapshot();
+        for topic in broker.topics() {
+            if meta.deleted_topics.contains(&topic.id.simple().to_string()) {
+                self.remove_topic(broker, &topic).await?;
+            }
+        }
         for (name, t) in &meta.topics {
             let id = Uuid::parse_str(&t.id).with_context(|| format!("topic {name} id"))?;
             let topic = match broker.topic(name) {
@@ -475,6 +613,16 @@ impl Cluster {
             if topic.id != id {
                 tracing::error!(topic = %name, local = %topic.id, cluster = %id, "a local topic of the same name has another id; not replicating it");
                 continue;
+            }
+            if *topic.overrides.read() != t.configs {
+                let (b, tp, configs) = (broker.clone(), topic.clone(), t.configs.clone());
+                tokio::task::spawn_blocking(move || b.set_topic_configs(&tp, configs)).await??;
+                tracing::info!(topic = %name, "applied the cluster's topic configs");
+            }
+            if topic.partition_count() < t.partitions.len() {
+                let (b, tp, count) = (broker.clone(), topic.clone(), t.partitions.len() as u32);
+                tokio::task::spawn_blocking(move || b.add_partitions(&tp, count)).await??;
+                tracing::info!(topic = %name, partitions = t.partitions.len(), "added the cluster's new partitions");
             }
             for (index, pm) in t.partitions.iter().enumerate() {
                 if !pm.replicas.contains(&self.node) {
@@ -501,6 +649,23 @@ impl Cluster {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Stops this node's replicas of a deleted topic and removes its data.
+    async fn remove_topic(&self, broker: &Arc<Broker>, topic: &Arc<crate::state::Topic>) -> anyhow::Result<()> {
+        let groups: Vec<GroupId> =
+            topic.partitions.read().iter().filter_map(|p| p.replica.get().map(|r| r.group)).collect();
+        let stopping: Vec<Arc<Replica>> = {
+            let mut replicas = self.replicas.lock();
+            let (gone, kept) = std::mem::take(&mut *replicas).into_iter().partition(|r| groups.contains(&r.group));
+            *replicas = kept;
+            gone
+        };
+        futures_util::future::join_all(stopping.iter().map(|r| r.shutdown(&self.router))).await;
+        let (b, name) = (broker.clone(), topic.name.clone());
+        tokio::task::spawn_blocking(move || b.delete_topic(&name)).await??;
+        tracing::info!(topic = %topic.name, "removed a topic the cluster deleted");
         Ok(())
     }
 

@@ -130,6 +130,58 @@ pub fn create_topics_request(
     req
 }
 
+/// IncrementalAlterConfigs SET of one topic config; returns the error code.
+pub fn set_topic_config(w: &mut Wire, topic: &str, name: &str, value: &str) -> i16 {
+    let mut c = incremental_alter_configs_request::AlterableConfig::default();
+    c.name = StrBytes::from_string(name.to_string());
+    c.config_operation = 0;
+    c.value = Some(StrBytes::from_string(value.to_string()));
+    let mut res = incremental_alter_configs_request::AlterConfigsResource::default();
+    res.resource_type = 2;
+    res.resource_name = StrBytes::from_string(topic.to_string());
+    res.configs = vec![c];
+    let mut req = IncrementalAlterConfigsRequest::default();
+    req.resources = vec![res];
+    let resp: IncrementalAlterConfigsResponse = w.call(ApiKey::IncrementalAlterConfigs, 1, &req);
+    resp.responses[0].error_code
+}
+
+/// DescribeConfigs of one topic config: (error code, its value and config source if described).
+pub fn topic_config(w: &mut Wire, topic: &str, name: &str) -> (i16, Option<(String, i8)>) {
+    let mut res = describe_configs_request::DescribeConfigsResource::default();
+    res.resource_type = 2;
+    res.resource_name = StrBytes::from_string(topic.to_string());
+    res.configuration_keys = Some(vec![StrBytes::from_string(name.to_string())]);
+    let mut req = DescribeConfigsRequest::default();
+    req.resources = vec![res];
+    let resp: DescribeConfigsResponse = w.call(ApiKey::DescribeConfigs, 4, &req);
+    let r = &resp.results[0];
+    let config = r.configs.iter().find(|c| c.name.as_str() == name);
+    (r.error_code, config.map(|c| (c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(), c.config_source)))
+}
+
+/// CreatePartitions growing `topic` to `count` partitions; returns the error code.
+pub fn create_partitions(w: &mut Wire, topic: &str, count: i32) -> i16 {
+    let mut t = create_partitions_request::CreatePartitionsTopic::default();
+    t.name = topic_name(topic);
+    t.count = count;
+    t.assignments = None;
+    let mut req = CreatePartitionsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 30_000;
+    let resp: CreatePartitionsResponse = w.call(ApiKey::CreatePartitions, 3, &req);
+    resp.results[0].error_code
+}
+
+/// DeleteTopics of one topic by name; returns the error code.
+pub fn delete_topic(w: &mut Wire, topic: &str) -> i16 {
+    let mut req = DeleteTopicsRequest::default();
+    req.topic_names = vec![topic_name(topic)];
+    req.timeout_ms = 30_000;
+    let resp: DeleteTopicsResponse = w.call(ApiKey::DeleteTopics, 4, &req);
+    resp.responses[0].error_code
+}
+
 /// Produces `records` (one or more v2 batches) to a partition; returns (error code, base offset).
 /// With acks=0 there is no response and `(0, -1)` is returned.
 pub fn produce(w: &mut Wire, topic: &str, partition: i32, records: Vec<u8>, acks: i16) -> (i16, i64) {

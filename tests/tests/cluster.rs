@@ -308,3 +308,79 @@ fn leaders_return_to_preferred_replicas_by_themselves() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Waits up to 30 s for `check` to hold, or panics with `what` and the nodes' logs.
+fn eventually(cluster: &CreekCluster, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what} within 30 s\n{}", cluster.log_tails());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether node `id`'s Metadata for all topics lists `topic`.
+fn lists_topic(cluster: &CreekCluster, id: i32, topic: &str) -> bool {
+    let md = cluster.metadata(id, None).unwrap_or_else(|e| panic!("Metadata from node {id}: {e}"));
+    md.topics.iter().any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+}
+
+#[test]
+fn topic_configs_partitions_and_deletion_apply_on_every_node() {
+    // Goal: a config change, new partitions and a deletion asked of any one node apply on every
+    // node (through the metadata group), a node that was down while a topic was deleted removes
+    // it when it returns, and the name can then be used again for a new, empty topic.
+    use creek_tests::wire::{self, Wire};
+    let mut cluster = CreekCluster::start(3);
+    let topic = unique_topic("admin");
+    cluster.create_topic(&topic, 2);
+    cluster.wait_for_leaders(&topic, 2, Duration::from_secs(30));
+
+    let mut w = Wire::connect(&cluster.addr(2));
+    assert_eq!(wire::set_topic_config(&mut w, &topic, "retention.ms", "123456789"), 0);
+    for id in cluster.ids() {
+        eventually(&cluster, &format!("node {id} describes retention.ms=123456789"), || {
+            let mut w = Wire::connect(&cluster.addr(id));
+            wire::topic_config(&mut w, &topic, "retention.ms").1.is_some_and(|(v, _)| v == "123456789")
+        });
+    }
+    let mut w = Wire::connect(&cluster.addr(1));
+    assert_eq!(wire::set_topic_config(&mut w, &topic, "retention.ms", "not a number"), 40, "INVALID_CONFIG");
+
+    let mut w = Wire::connect(&cluster.addr(3));
+    assert_eq!(wire::create_partitions(&mut w, &topic, 4), 0);
+    let leaders = cluster.wait_for_leaders(&topic, 4, Duration::from_secs(60));
+    let (leader, _) = leaders[3];
+    let mut w = Wire::connect(&cluster.addr(leader));
+    let batch = creek_protocol::batch::build_batch(0, 1, &[(None, Some(&b"in a new partition"[..]))]);
+    assert_eq!(wire::produce(&mut w, &topic, 3, batch, -1).0, 0, "acks=-1 produce to new partition 3");
+    for id in cluster.ids() {
+        assert!(cluster.data_dir(id).join(format!("{topic}-3")).is_dir(), "node {id} holds partition 3");
+    }
+
+    cluster.stop(3);
+    let mut w = Wire::connect(&cluster.addr(1));
+    assert_eq!(wire::delete_topic(&mut w, &topic), 0);
+    for id in [1, 2] {
+        eventually(&cluster, &format!("node {id} drops `{topic}`"), || {
+            !lists_topic(&cluster, id, &topic) && !cluster.data_dir(id).join(format!("{topic}-0")).exists()
+        });
+    }
+    let mut w = Wire::connect(&cluster.addr(2));
+    assert_eq!(wire::delete_topic(&mut w, &topic), 3, "UNKNOWN_TOPIC_OR_PARTITION once deleted");
+    cluster.restart(3);
+    cluster.wait_serving(3, Duration::from_secs(30));
+    eventually(&cluster, "node 3 drops the topic deleted while it was down", || {
+        !lists_topic(&cluster, 3, &topic) && !cluster.data_dir(3).join(format!("{topic}-0")).exists()
+    });
+
+    cluster.create_topic(&topic, 1);
+    let (leader, _) = cluster.wait_for_leaders(&topic, 1, Duration::from_secs(30))[0];
+    let mut w = Wire::connect(&cluster.addr(leader));
+    let batch = creek_protocol::batch::build_batch(0, 1, &[(None, Some(&b"again"[..]))]);
+    assert_eq!(wire::produce(&mut w, &topic, 0, batch, -1).0, 0);
+    let values: Vec<Option<Vec<u8>>> =
+        wire::read_partition_records(&cluster.addr(leader), &topic, 0).into_iter().map(|r| r.value).collect();
+    assert_eq!(values, vec![Some(b"again".to_vec())], "the re-created topic holds only the new record");
+    let mut w = Wire::connect(&cluster.addr(3));
+    assert_eq!(wire::topic_config(&mut w, &topic, "retention.ms").1.map(|(v, _)| v), Some("604800000".to_string()));
+}

@@ -489,19 +489,32 @@ fn retention_deletes_replicated_segments_and_a_wiped_node_starts_at_the_leaders_
 }
 
 /// Produces one 1 KiB record per number in `range` to the leader of partition 0, acks=-1, and
-/// records each (offset, value).
+/// records each acked (offset, value). A write the leader refuses (leadership moving) is sent
+/// again to the new leader under a new value, since the refused one may still commit.
 fn produce_padded(cluster: &CreekCluster, topic: &str, range: std::ops::Range<usize>, acked: &mut Vec<(i64, String)>) {
-    let (leader, _) = cluster.wait_for_leaders(topic, 1, LEADER_TIMEOUT)[0];
-    let mut w = Wire::connect(&cluster.addr(leader));
     let padding = "x".repeat(1000);
+    let mut leader = cluster.wait_for_leaders(topic, 1, LEADER_TIMEOUT)[0].0;
+    let mut w = Wire::connect(&cluster.addr(leader));
+    let deadline = Instant::now() + LEADER_TIMEOUT;
     for i in range {
-        let value = format!("ret-{i}-{padding}");
-        // A current timestamp: only retention.bytes applies, not retention.ms.
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
-        let batch = creek_protocol::batch::build_batch(0, now as i64, &[(None, Some(value.as_bytes()))]);
-        let (code, offset) = wire::produce(&mut w, topic, 0, batch, -1);
-        assert_eq!(code, 0, "produce {i} to leader {leader}");
-        acked.push((offset, value));
+        for attempt in 0.. {
+            let value = format!("ret-{i}-{attempt}-{padding}");
+            // A current timestamp: only retention.bytes applies, not retention.ms.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+            let batch = creek_protocol::batch::build_batch(0, now as i64, &[(None, Some(value.as_bytes()))]);
+            match wire::try_produce(&mut w, topic, 0, batch, -1) {
+                Some((0, offset)) => {
+                    acked.push((offset, value));
+                    break;
+                }
+                other => {
+                    assert!(Instant::now() < deadline, "produce {i} to leader {leader}: {other:?}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    leader = cluster.wait_for_leaders(topic, 1, LEADER_TIMEOUT)[0].0;
+                    w = Wire::connect(&cluster.addr(leader));
+                }
+            }
+        }
     }
 }
 

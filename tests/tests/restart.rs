@@ -3,26 +3,14 @@
 use creek_protocol::batch::build_batch;
 use creek_tests::CreekProcess;
 use creek_tests::wire::{self, Wire};
-use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::{
-    ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, MetadataRequest, MetadataResponse,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
 
 const TOPIC: &str = "durable";
 
 fn topic_config(w: &mut Wire, name: &str) -> (String, i8) {
-    let mut res = DescribeConfigsResource::default();
-    res.resource_type = 2;
-    res.resource_name = StrBytes::from_static_str(TOPIC);
-    res.configuration_keys = Some(vec![StrBytes::from_string(name.to_string())]);
-    let mut req = DescribeConfigsRequest::default();
-    req.resources = vec![res];
-    let resp: DescribeConfigsResponse = w.call(ApiKey::DescribeConfigs, 4, &req);
-    let r = &resp.results[0];
-    assert_eq!(r.error_code, 0, "DescribeConfigs error");
-    let c = r.configs.iter().find(|c| c.name.as_str() == name).expect("requested config is described");
-    (c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(), c.config_source)
+    let (code, config) = wire::topic_config(w, TOPIC, name);
+    assert_eq!(code, 0, "DescribeConfigs error");
+    config.expect("requested config is described")
 }
 
 fn topic_id(w: &mut Wire) -> uuid::Uuid {

@@ -1,4 +1,5 @@
-//! AlterConfigs (the legacy, full-replace API): a topic's overrides become exactly the given set.
+//! AlterConfigs (the legacy, full-replace API): a topic's overrides become exactly the given set
+//! (in a cluster, through the metadata group, so every node applies them).
 //!
 //! Broker resources are refused with INVALID_REQUEST: Creek has no durable store for dynamic
 //! broker configs yet (the metadata Raft group will hold them), and a change that silently
@@ -27,11 +28,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<AlterConfigsRequest>) -> Opti
             Some(Ok(())) => {
                 let configs: Vec<(String, Option<String>)> =
                     res.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect();
-                match res.resource_type {
-                    RESOURCE_TOPIC => super::refuse_in_cluster(ctx, "Changing topic configs"),
-                    _ => Ok(()),
-                }
-                .and_then(|()| alter(ctx, res.resource_type, &res.resource_name, &configs, body.validate_only))
+                alter(ctx, res.resource_type, &res.resource_name, &configs, body.validate_only).await
             }
         };
         resp.responses.push(response(res.resource_type, res.resource_name, outcome));
@@ -39,7 +36,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<AlterConfigsRequest>) -> Opti
     Some(resp)
 }
 
-fn alter(
+async fn alter(
     ctx: &Ctx,
     resource_type: i8,
     name: &str,
@@ -64,6 +61,10 @@ fn alter(
     }
     if validate_only {
         return Ok(());
+    }
+    if let Some(cluster) = ctx.broker.cluster.get() {
+        // Every node applies the change from the metadata group.
+        return cluster.edit_topic_configs(&ctx.broker, name, |_| Ok(overrides.clone())).await;
     }
     ctx.broker.set_topic_configs(&topic, overrides).map_err(storage_refusal)
 }

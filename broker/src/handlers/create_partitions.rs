@@ -1,5 +1,6 @@
 //! CreatePartitions: grows topics, checking counts and manual assignments; validate_only; one
-//! result per requested topic, in request order.
+//! result per requested topic, in request order. In a cluster the new partitions go through the
+//! metadata group and every node opens them and starts their replicas.
 
 use std::collections::HashSet;
 
@@ -30,8 +31,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreatePartitionsRequest>) -> 
             }
             Err((code::INVALID_REQUEST, "Duplicate topic name.".to_string()))
         } else {
-            super::refuse_in_cluster(ctx, "Adding partitions")
-                .and_then(|()| grow(ctx, &name, t.count, t.assignments.as_deref(), node_id, body.validate_only))
+            grow(ctx, &name, t.count, t.assignments.as_deref(), node_id, body.validate_only).await
         };
         let mut r = CreatePartitionsTopicResult::default();
         r.name = t.name;
@@ -44,7 +44,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreatePartitionsRequest>) -> 
     Some(resp)
 }
 
-fn grow(
+async fn grow(
     ctx: &Ctx,
     name: &str,
     count: i32,
@@ -57,6 +57,19 @@ fn grow(
     })?;
     let have = topic.partition_count() as i32;
     check_count(name, have, count)?;
+    if let Some(cluster) = ctx.broker.cluster.get() {
+        // The metadata group places the new partitions; every node opens them.
+        let assignments = match assignments {
+            Some(a) => Some(check_cluster_assignments(a, (count - have) as usize)?),
+            None => None,
+        };
+        if validate_only {
+            return Ok(());
+        }
+        cluster.add_partitions(&ctx.broker, name, count as usize, assignments).await?;
+        tracing::info!(topic = name, from = have, to = count, "added partitions in the cluster");
+        return Ok(());
+    }
     if let Some(a) = assignments {
         check_assignments(a, (count - have) as usize, node_id)?;
     }
@@ -88,6 +101,35 @@ fn check_count(name: &str, have: i32, count: i32) -> Result<(), Refusal> {
         ));
     }
     Ok(())
+}
+
+/// A cluster's manual assignments: one per new partition, as node ids (the cluster checks that
+/// each names every node).
+fn check_cluster_assignments(
+    assignments: &[CreatePartitionsAssignment],
+    added: usize,
+) -> Result<Vec<Vec<u64>>, Refusal> {
+    if assignments.len() != added {
+        return Err((
+            code::INVALID_REPLICA_ASSIGNMENT,
+            format!(
+                "Attempted to add {added} additional partition(s), but only {} assignment(s) were specified.",
+                assignments.len()
+            ),
+        ));
+    }
+    assignments
+        .iter()
+        .map(|a| {
+            a.broker_ids
+                .iter()
+                .map(|b| {
+                    u64::try_from(b.0)
+                        .map_err(|_| (code::INVALID_REPLICA_ASSIGNMENT, format!("{} is not a broker id", b.0)))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Manual assignments: one per new partition, each a non-empty list of distinct, known brokers.

@@ -1,4 +1,5 @@
-//! DeleteTopics: by name (v1+) or topic id (v6), refused when `delete.topic.enable` is false.
+//! DeleteTopics: by name (v1+) or topic id (v6), refused when `delete.topic.enable` is false. In a
+//! cluster the deletion goes through the metadata group and every node applies it.
 
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
@@ -56,8 +57,6 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DeleteTopicsRequest>) -> Opti
             // Before v3 there was no TOPIC_DELETION_DISABLED.
             let code = if version < 3 { code::INVALID_REQUEST } else { code::TOPIC_DELETION_DISABLED };
             Err((code, "Topic deletion is disabled.".to_string()))
-        } else if let Err(refusal) = super::refuse_in_cluster(ctx, "Deleting topics") {
-            Err(refusal)
         } else {
             match &target {
                 Target::Both(..) => {
@@ -70,14 +69,14 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DeleteTopicsRequest>) -> Opti
                     None => Err(unknown_topic()),
                     Some(t) => {
                         id = t.id;
-                        delete(ctx, n)
+                        delete(ctx, n).await
                     }
                 },
                 Target::Id(wanted) => match ctx.broker.topic_by_id(*wanted) {
                     None => Err((code::UNKNOWN_TOPIC_ID, "This server does not host this topic ID.".to_string())),
                     Some(t) => {
                         name = Some(t.name.clone());
-                        delete(ctx, &t.name)
+                        delete(ctx, &t.name).await
                     }
                 },
             }
@@ -94,7 +93,11 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DeleteTopicsRequest>) -> Opti
     Some(resp)
 }
 
-fn delete(ctx: &Ctx, name: &str) -> Result<(), Refusal> {
+async fn delete(ctx: &Ctx, name: &str) -> Result<(), Refusal> {
+    if let Some(cluster) = ctx.broker.cluster.get() {
+        // Every node stops its replicas and removes the data when the deletion applies.
+        return cluster.delete_topic(&ctx.broker, name).await;
+    }
     match ctx.broker.delete_topic(name) {
         Ok(true) => Ok(()),
         // Deleted by a concurrent request between the lookup and here.

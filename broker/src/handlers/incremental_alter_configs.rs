@@ -1,5 +1,6 @@
 //! IncrementalAlterConfigs: SET, DELETE, APPEND and SUBTRACT on a topic's overrides, applied
-//! atomically per resource. Broker resources are refused as in AlterConfigs (see its docs).
+//! atomically per resource (in a cluster, through the metadata group, so every node applies
+//! them). Broker resources are refused as in AlterConfigs (see its docs).
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use super::alter_configs::{
     RepeatGate, check_resource_type, check_topic_config, check_unique_keys, list_items, refuse_broker_change,
     storage_refusal,
 };
-use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC, Refusal, find_topic};
+use super::describe_configs::{RESOURCE_BROKER, Refusal, find_topic};
 use super::{Ctx, Request, code, str_bytes};
 use crate::config::{BrokerConfig, Kind, topic_def, topic_value};
 
@@ -58,11 +59,7 @@ pub(super) async fn handle(
                     .iter()
                     .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
                     .collect();
-                match res.resource_type {
-                    RESOURCE_TOPIC => super::refuse_in_cluster(ctx, "Changing topic configs"),
-                    _ => Ok(()),
-                }
-                .and_then(|()| alter(ctx, res.resource_type, &res.resource_name, &ops, body.validate_only))
+                alter(ctx, res.resource_type, &res.resource_name, &ops, body.validate_only).await
             }
         };
         let mut r = AlterConfigsResourceResponse::default();
@@ -77,7 +74,7 @@ pub(super) async fn handle(
     Some(resp)
 }
 
-fn alter(
+async fn alter(
     ctx: &Ctx,
     resource_type: i8,
     name: &str,
@@ -102,6 +99,10 @@ fn alter(
     }
     // The broker config is read before the metadata lock is taken, never inside it.
     let bc = broker.config.read().clone();
+    if let Some(cluster) = broker.cluster.get() {
+        // Every node applies the change from the metadata group.
+        return cluster.edit_topic_configs(broker, name, |current| apply(current, &ops, &bc)).await;
+    }
     broker.edit_topic_configs(&topic, |current| apply(current, &ops, &bc)).map_err(storage_refusal)?
 }
 
@@ -223,6 +224,7 @@ mod handler_tests {
     use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
 
     use super::*;
+    use crate::handlers::describe_configs::RESOURCE_TOPIC;
     use crate::handlers::describe_configs::fixture::{broker, encodes_at_every_version, request};
 
     fn resource(ty: i8, name: &str, ops: &[(&str, i8, Option<&str>)]) -> AlterConfigsResource {

@@ -262,12 +262,3 @@ pub(crate) fn producer_error_code(e: &creek_storage::ProducerError) -> i16 {
         ProducerError::Malformed(_) => code::INVALID_RECORD,
     }
 }
-
-/// Refuses an admin change a replicated cluster cannot yet make on every node alike (it would
-/// change this node's copy only).
-pub(crate) fn refuse_in_cluster(ctx: &Ctx, what: &str) -> Result<(), (i16, String)> {
-    match ctx.broker.cluster.get() {
-        Some(_) => Err((code::POLICY_VIOLATION, format!("{what} is not supported in a replicated cluster yet"))),
-        None => Ok(()),
-    }
-}

@@ -49,7 +49,18 @@ pub(crate) enum MetaCommand {
     /// A new topic; partition `i` is replicated on `replicas[i]`, the first one preferred as
     /// leader.
     CreateTopic { name: String, id: String, replicas: Vec<Vec<NodeId>>, configs: BTreeMap<String, String> },
+    /// Replaces topic `id`'s config overrides with `configs` if they are still `expected` (a
+    /// compare-and-set, so two concurrent edits on different nodes cannot lose one).
+    SetTopicConfigs { name: String, id: String, expected: BTreeMap<String, String>, configs: BTreeMap<String, String> },
+    /// Deletes topic `id`; every node stops its replicas and removes its data.
+    DeleteTopic { name: String, id: String },
+    /// Appends partitions to topic `id`, which must still have `from` partitions, replicated on
+    /// `replicas[i]` like a new topic's.
+    AddPartitions { name: String, id: String, from: usize, replicas: Vec<Vec<NodeId>> },
 }
+
+/// What a refused [`MetaCommand::SetTopicConfigs`] says when the configs changed under it.
+pub(crate) const CONFIGS_CHANGED: &str = "the topic's configs changed concurrently";
 
 /// One partition as the metadata records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +82,8 @@ pub(crate) struct ClusterMeta {
     /// Kafka `host:port` per registered broker.
     pub(crate) brokers: BTreeMap<NodeId, (String, u16)>,
     pub(crate) topics: BTreeMap<String, TopicMeta>,
+    /// Ids of deleted topics: a node that still holds one removes it.
+    pub(crate) deleted_topics: std::collections::BTreeSet<String>,
     next_group: u64,
 }
 
@@ -89,17 +102,56 @@ impl ClusterMeta {
                 if replicas.is_empty() || replicas.iter().any(|r| r.is_empty()) {
                     return Err(format!("topic {name}: every partition needs at least one replica"));
                 }
-                let partitions = replicas
-                    .into_iter()
-                    .map(|replicas| {
-                        self.next_group += 1;
-                        PartitionMeta { group: GroupId(self.next_group), replicas }
-                    })
-                    .collect();
+                let partitions = self.new_partitions(replicas);
                 self.topics.insert(name, TopicMeta { id, partitions, configs });
                 Ok(())
             }
+            MetaCommand::SetTopicConfigs { name, id, expected, configs } => {
+                let t = self.topic_mut(&name, &id)?;
+                if t.configs != expected {
+                    return Err(CONFIGS_CHANGED.to_string());
+                }
+                t.configs = configs;
+                Ok(())
+            }
+            MetaCommand::DeleteTopic { name, id } => {
+                self.topic_mut(&name, &id)?;
+                self.topics.remove(&name);
+                self.deleted_topics.insert(id);
+                Ok(())
+            }
+            MetaCommand::AddPartitions { name, id, from, replicas } => {
+                if replicas.iter().any(|r| r.is_empty()) {
+                    return Err(format!("topic {name}: every partition needs at least one replica"));
+                }
+                let have = self.topic_mut(&name, &id)?.partitions.len();
+                if have != from {
+                    return Err(format!("The topic {name} has {have} partitions now, not {from}."));
+                }
+                let added = self.new_partitions(replicas);
+                self.topic_mut(&name, &id)?.partitions.extend(added);
+                Ok(())
+            }
         }
+    }
+
+    /// Topic `name`, if it is still the one with `id`.
+    fn topic_mut(&mut self, name: &str, id: &str) -> Result<&mut TopicMeta, String> {
+        match self.topics.get_mut(name) {
+            Some(t) if t.id == id => Ok(t),
+            _ => Err(format!("Topic '{name}' does not exist.")),
+        }
+    }
+
+    /// Partitions with the next group ids, replicated on `replicas[i]`.
+    fn new_partitions(&mut self, replicas: Vec<Vec<NodeId>>) -> Vec<PartitionMeta> {
+        replicas
+            .into_iter()
+            .map(|replicas| {
+                self.next_group += 1;
+                PartitionMeta { group: GroupId(self.next_group), replicas }
+            })
+            .collect()
     }
 }
 
@@ -300,5 +352,46 @@ mod tests {
         let t = &meta.topics["t"];
         assert_eq!(t.partitions.iter().map(|p| p.group.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!(decode_commands(b"not a batch").is_err());
+    }
+
+    #[test]
+    fn topic_changes_apply_only_to_the_topic_they_name() {
+        let id = "00000000000000000000000000000001".to_string();
+        let mut meta = ClusterMeta::default();
+        let create = MetaCommand::CreateTopic {
+            name: "t".into(),
+            id: id.clone(),
+            replicas: vec![vec![1, 2]],
+            configs: BTreeMap::new(),
+        };
+        meta.apply(create.clone()).unwrap();
+        let retention: BTreeMap<String, String> = [("retention.ms".to_string(), "1000".to_string())].into();
+        let set =
+            |expected: &BTreeMap<String, String>, configs: &BTreeMap<String, String>| MetaCommand::SetTopicConfigs {
+                name: "t".into(),
+                id: id.clone(),
+                expected: expected.clone(),
+                configs: configs.clone(),
+            };
+        meta.apply(set(&BTreeMap::new(), &retention)).unwrap();
+        assert_eq!(meta.apply(set(&BTreeMap::new(), &BTreeMap::new())), Err(CONFIGS_CHANGED.to_string()));
+        assert_eq!(meta.topics["t"].configs, retention);
+        let add = MetaCommand::AddPartitions { name: "t".into(), id: id.clone(), from: 1, replicas: vec![vec![2, 1]] };
+        meta.apply(add.clone()).unwrap();
+        assert!(meta.apply(add).is_err(), "a second request to grow from 1 partition");
+        assert_eq!(meta.topics["t"].partitions.iter().map(|p| p.group.0).collect::<Vec<_>>(), vec![1, 2]);
+        let other = MetaCommand::DeleteTopic { name: "t".into(), id: "another".into() };
+        assert!(meta.apply(other).is_err(), "a delete of an older topic of the same name");
+        meta.apply(MetaCommand::DeleteTopic { name: "t".into(), id: id.clone() }).unwrap();
+        assert!(meta.topics.is_empty() && meta.deleted_topics.contains(&id));
+        // Re-created under a new id, the name gets new groups.
+        let again = MetaCommand::CreateTopic {
+            name: "t".into(),
+            id: "00000000000000000000000000000002".into(),
+            replicas: vec![vec![1, 2]],
+            configs: BTreeMap::new(),
+        };
+        meta.apply(again).unwrap();
+        assert_eq!(meta.topics["t"].partitions[0].group.0, 3);
     }
 }
