@@ -173,6 +173,22 @@ pub fn create_partitions(w: &mut Wire, topic: &str, count: i32) -> i16 {
     resp.results[0].error_code
 }
 
+/// DeleteRecords below `offset` in one partition: (error code, low watermark).
+pub fn delete_records(w: &mut Wire, topic: &str, partition: i32, offset: i64) -> (i16, i64) {
+    let mut p = delete_records_request::DeleteRecordsPartition::default();
+    p.partition_index = partition;
+    p.offset = offset;
+    let mut t = delete_records_request::DeleteRecordsTopic::default();
+    t.name = topic_name(topic);
+    t.partitions = vec![p];
+    let mut req = DeleteRecordsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 30_000;
+    let resp: DeleteRecordsResponse = w.call(ApiKey::DeleteRecords, 2, &req);
+    let r = &resp.topics[0].partitions[0];
+    (r.error_code, r.low_watermark)
+}
+
 /// DeleteTopics of one topic by name; returns the error code.
 pub fn delete_topic(w: &mut Wire, topic: &str) -> i16 {
     let mut req = DeleteTopicsRequest::default();

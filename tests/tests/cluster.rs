@@ -384,3 +384,65 @@ fn topic_configs_partitions_and_deletion_apply_on_every_node() {
     let mut w = Wire::connect(&cluster.addr(3));
     assert_eq!(wire::topic_config(&mut w, &topic, "retention.ms").1.map(|(v, _)| v), Some("604800000".to_string()));
 }
+
+#[test]
+fn delete_records_moves_the_log_start_on_every_replica() {
+    // Goal: DeleteRecords on a replicated partition, even in the middle of a batch, is answered by
+    // the leader with the new log start, followers refuse it, and every replica carries it out: a
+    // new leader after a crash starts at the same offset and serves the records from there.
+    use creek_tests::wire::{self, Wire};
+    let mut cluster = CreekCluster::start(3);
+    let topic = unique_topic("deleterecords");
+    cluster.create_topic(&topic, 1);
+    let (leader, epoch) = cluster.wait_for_leaders(&topic, 1, Duration::from_secs(30))[0];
+    let mut w = Wire::connect(&cluster.addr(leader));
+    for i in 0..30 {
+        let value = format!("single-{i}");
+        let batch = creek_protocol::batch::build_batch(0, 1, &[(None, Some(value.as_bytes()))]);
+        assert_eq!(wire::produce(&mut w, &topic, 0, batch, -1).0, 0);
+    }
+    let values: Vec<String> = (0..10).map(|i| format!("multi-{i}")).collect();
+    let records: Vec<_> = values.iter().map(|v| (None::<&[u8]>, Some(v.as_bytes()))).collect();
+    let (code, base) = wire::produce(&mut w, &topic, 0, creek_protocol::batch::build_batch(0, 1, &records), -1);
+    assert_eq!(code, 0);
+    let cut = base + 4; // the record "multi-4", inside the batch
+
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let mut wf = Wire::connect(&cluster.addr(follower));
+    assert_eq!(wire::delete_records(&mut wf, &topic, 0, cut).0, 6, "NOT_LEADER_OR_FOLLOWER on a follower");
+    assert_eq!(wire::delete_records(&mut w, &topic, 0, base + 100).0, 1, "OFFSET_OUT_OF_RANGE past the end");
+    assert_eq!(wire::delete_records(&mut w, &topic, 0, cut), (0, cut));
+    assert_eq!(wire::list_offset(&mut w, &topic, 0, -2), (0, cut));
+
+    cluster.kill(leader);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let new_leader = loop {
+        if let Some((l, e)) = cluster.leader_of(&topic, 0)
+            && l != leader
+            && e > epoch
+        {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new leader\n{}", cluster.log_tails());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut w = Wire::connect(&cluster.addr(new_leader));
+    assert_eq!(wire::list_offset(&mut w, &topic, 0, -2), (0, cut), "log start on the new leader {new_leader}");
+    let (_, batches) =
+        creek_tests::partition_log::fetch_log_from(&cluster.addr(new_leader), &topic, 0, cut, Duration::from_secs(10))
+            .expect("read from the new log start");
+    // A Fetch returns whole batches; consumers skip the records below the offset they asked for.
+    let kept: Vec<(i64, Option<Vec<u8>>)> =
+        batches.iter().flat_map(|b| b.values()).filter(|(offset, _)| *offset >= cut).collect();
+    let want: Vec<(i64, Option<Vec<u8>>)> =
+        (4..10).map(|i| (base + i, Some(format!("multi-{i}").into_bytes()))).collect();
+    assert_eq!(kept, want, "multi-4 to multi-9 are left, at their offsets");
+
+    cluster.restart(leader);
+    cluster.wait_replicating(leader, &topic, Duration::from_secs(30));
+    let mut w = Wire::connect(&cluster.addr(new_leader));
+    let (_, end) = wire::list_offset(&mut w, &topic, 0, -1);
+    // Up to the high watermark; the deletion's own control batch then follows at `end`.
+    assert_eq!(wire::delete_records(&mut w, &topic, 0, -1), (0, end), "up to the high watermark");
+    assert_eq!(wire::list_offset(&mut w, &topic, 0, -2), (0, end));
+}

@@ -1,13 +1,21 @@
 //! DeleteRecords: moves partitions' log start up (-1 = the high watermark), refused on topics
-//! whose cleanup.policy does not include `delete`.
+//! whose cleanup.policy does not include `delete`. On a replicated partition the leader proposes
+//! the deletion as a Raft entry (a Creek control batch), every replica carries it out once it is
+//! committed, and the leader answers when its own log start has moved.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
 use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use super::alter_configs::list_items;
 use super::{Ctx, Request, code};
 use crate::config::{topic_def, topic_value};
-use crate::state::Partition;
+use crate::raft::log_store::delete_records_batch;
+use crate::raft::replica::Replica;
+use crate::state::{Partition, now_ms};
 
 /// The offset that means "up to the high watermark".
 const HIGH_WATERMARK: i64 = -1;
@@ -16,6 +24,7 @@ const LOW_WATERMARK_INVALID: i64 = -1;
 
 pub(super) async fn handle(ctx: &Ctx, req: Request<DeleteRecordsRequest>) -> Option<DeleteRecordsResponse> {
     let mut resp = DeleteRecordsResponse::default();
+    let wait = Duration::from_millis(req.body.timeout_ms.clamp(0, 60_000) as u64);
     for t in req.body.topics {
         let topic = ctx.broker.topic(&t.name.0);
         let deletable = topic.as_ref().is_some_and(|topic| {
@@ -30,9 +39,13 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DeleteRecordsRequest>) -> Opt
             pr.partition_index = p.partition_index;
             let outcome = match topic.as_ref().and_then(|topic| topic.partition(p.partition_index)) {
                 None => Err(code::UNKNOWN_TOPIC_OR_PARTITION),
-                // Not replicated yet: each node would move its own log start.
-                Some(_) if !deletable || ctx.broker.cluster.get().is_some() => Err(code::POLICY_VIOLATION),
-                Some(part) => delete_before(&part, p.offset),
+                Some(_) if !deletable => Err(code::POLICY_VIOLATION),
+                Some(part) => match part.replica.get() {
+                    Some(replica) => delete_replicated(&part, replica, p.offset, wait).await,
+                    // An unreplicated partition in a cluster: each node would move its own log start.
+                    None if ctx.broker.cluster.get().is_some() => Err(code::POLICY_VIOLATION),
+                    None => delete_before(&part, p.offset),
+                },
             };
             match outcome {
                 Ok(low_watermark) => pr.low_watermark = low_watermark,
@@ -46,6 +59,33 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DeleteRecordsRequest>) -> Opt
         resp.topics.push(tr);
     }
     Some(resp)
+}
+
+/// DeleteRecords on a replicated partition (see the module docs): the new log start.
+async fn delete_replicated(part: &Partition, replica: &Arc<Replica>, offset: i64, wait: Duration) -> Result<i64, i16> {
+    part.check_leader(true)?;
+    let high_watermark = replica.high_watermark();
+    let target = match offset {
+        HIGH_WATERMARK => high_watermark,
+        o if o < 0 || o as u64 > high_watermark => return Err(code::OFFSET_OUT_OF_RANGE),
+        o => o as u64,
+    };
+    let log_start = || part.log.lock().log_start_offset();
+    if log_start() >= target {
+        return Ok(log_start() as i64);
+    }
+    // Not committed (leadership moved, the group stopped): the client retries with the leader.
+    if replica.propose(Bytes::from(delete_records_batch(target, now_ms()))).await.is_err() {
+        return Err(code::NOT_LEADER_OR_FOLLOWER);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    while log_start() < target {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(code::REQUEST_TIMED_OUT);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(log_start() as i64)
 }
 
 /// Deletes records below `offset` and returns the new log start.

@@ -27,7 +27,8 @@
 //! [`CONTROL_TYPE_BLANK`] with value `00 00` (version 0), and [`CONTROL_TYPE_MEMBERSHIP`] whose
 //! value is version `00 00`, then big-endian: u32 config count, per config a u32 id count and
 //! u64 ids; u32 node count, per node a u64 id, a u32 address length and the UTF-8 address. Kafka
-//! uses types 0 (abort), 1 (commit) and KRaft 2..=6; 100 and up are Creek's, as are its key
+//! uses types 0 (abort), 1 (commit) and KRaft 2..=6; 100 and up are Creek's (100 blank, 101
+//! membership, 102 a refused proposal, 103 DeleteRecords), as are its key
 //! versions 100–104 in `__consumer_offsets`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -64,6 +65,30 @@ pub(crate) const CONTROL_TYPE_MEMBERSHIP: i16 = 101;
 /// Control record type of a batch the leader refused (see [`Refusal`]): it takes the Raft index
 /// of the proposal so every replica answers the producer the same way.
 pub(crate) const CONTROL_TYPE_REFUSED: i16 = 102;
+
+/// Control record type of a DeleteRecords: every replica moves its log start to the offset in
+/// the value (version `00 00`, then the offset as a big-endian i64) once the entry is committed.
+pub(crate) const CONTROL_TYPE_DELETE_RECORDS: i16 = 103;
+
+/// A DeleteRecords proposal: records below `offset` go on every replica.
+pub(crate) fn delete_records_batch(offset: u64, now_ms: i64) -> Vec<u8> {
+    let mut value = vec![0, 0];
+    value.extend_from_slice(&(offset as i64).to_be_bytes());
+    let mut batch = build_plain_control_batch(CONTROL_TYPE_DELETE_RECORDS, &value, now_ms);
+    creek_protocol::batch::set_base_offset(&mut batch, PROPOSAL_OFFSET);
+    batch
+}
+
+/// The offset a stored DeleteRecords batch deletes below, if `batch` is one.
+pub(crate) fn delete_records_offset(batch: &[u8]) -> Option<u64> {
+    let v = BatchView::new(batch).ok()?;
+    match raft_control_type(&v)? {
+        (CONTROL_TYPE_DELETE_RECORDS, [0, 0, rest @ ..]) if rest.len() == 8 => {
+            u64::try_from(i64::from_be_bytes(rest.try_into().ok()?)).ok()
+        }
+        _ => None,
+    }
+}
 
 /// The `baseOffset` of a batch proposed to a leader's log: not stamped yet. The leader's store
 /// stamps it when it appends the entry (in log order), so concurrent proposals need no lock.
@@ -203,6 +228,8 @@ struct State {
     committed: Option<RaftLogId>,
     /// The latest snapshot built or installed here.
     snapshot: Option<StoredSnapshot>,
+    /// The log start committed DeleteRecords entries ask for (the replica's deleter acts on it).
+    deletions: tokio::sync::watch::Sender<u64>,
     /// Producers waiting for their proposal to reach the leader's log (acks=1), by token.
     append_waiters: std::collections::HashMap<i64, tokio::sync::oneshot::Sender<super::Applied>>,
 }
@@ -347,6 +374,7 @@ impl State {
             vote,
             committed,
             snapshot,
+            deletions: tokio::sync::watch::Sender::new(0),
             append_waiters: Default::default(),
         };
         match install {
@@ -583,7 +611,11 @@ impl State {
         let mut bytes = batch.to_vec();
         let mut log = self.log.lock();
         let base_offset = log.log_end_offset();
-        let refusal = match log.append(&mut bytes, epoch, now_ms) {
+        // Creek's own control batches (a DeleteRecords) have no producer to check.
+        let ours = BatchView::new(&bytes).ok().is_some_and(|v| raft_control_type(&v).is_some());
+        let stored =
+            if ours { log.append_replica(&mut bytes, epoch, now_ms) } else { log.append(&mut bytes, epoch, now_ms) };
+        let refusal = match stored {
             Ok(info) if !info.duplicate => None,
             Ok(info) => {
                 Some(Refusal { code: 0, base_offset: info.base_offset as i64, last_offset: info.last_offset as i64 })
@@ -783,8 +815,11 @@ fn raft_control_type<'a>(v: &BatchView<'a>) -> Option<(i16, &'a [u8])> {
         return None;
     }
     let r = control_record(v).ok()?;
-    (r.version == 0 && matches!(r.control_type, CONTROL_TYPE_BLANK | CONTROL_TYPE_MEMBERSHIP | CONTROL_TYPE_REFUSED))
-        .then_some((r.control_type, r.value))
+    let creek_type = matches!(
+        r.control_type,
+        CONTROL_TYPE_BLANK | CONTROL_TYPE_MEMBERSHIP | CONTROL_TYPE_REFUSED | CONTROL_TYPE_DELETE_RECORDS
+    );
+    (r.version == 0 && creek_type).then_some((r.control_type, r.value))
 }
 
 fn term_of_batch(v: &BatchView<'_>) -> io::Result<u64> {
@@ -949,6 +984,37 @@ impl LogReader {
     /// The last entry ending at or below Kafka offset `upto`, with the offset after it.
     pub(crate) fn snapshot_point(&self, upto: u64) -> Option<(RaftLogId, u64)> {
         self.shared.lock().snapshot_point(upto)
+    }
+
+    /// Asks for the log start to move up to `offset` (a committed DeleteRecords).
+    pub(crate) fn request_deletion(&self, offset: u64) {
+        self.shared.lock().deletions.send_if_modified(|wanted| {
+            let raise = offset > *wanted;
+            *wanted = (*wanted).max(offset);
+            raise
+        });
+    }
+
+    /// Follows the log start committed DeleteRecords entries ask for.
+    pub(crate) fn deletions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.lock().deletions.subscribe()
+    }
+
+    /// The end of the entry holding offset `offset - 1` (what Raft must release so that records
+    /// below `offset` may go), or `offset` itself if the Raft log holds nothing below it.
+    pub(crate) fn release_point(&self, offset: u64) -> u64 {
+        let s = self.shared.lock();
+        let c = s.slots.partition_point(|slot| slot.base_offset < offset);
+        if c == 0 {
+            return offset;
+        }
+        s.slots.get(c).map_or_else(|| s.log.lock().log_end_offset(), |slot| slot.base_offset)
+    }
+
+    /// Moves the Kafka log start up to `offset` (DeleteRecords; never past the retention
+    /// floor): the new log start.
+    pub(crate) fn delete_records_before(&self, offset: u64) -> Result<u64, StorageError> {
+        self.shared.lock().log.lock().delete_records_before(offset)
     }
 
     /// The Kafka offset where the Raft log starts (storage keeps everything from here).

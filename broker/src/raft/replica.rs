@@ -18,7 +18,7 @@ use openraft::impls::BasicNode;
 use openraft::raft::ReadPolicy;
 use openraft::{EntryPayload, Raft, ServerState};
 
-use super::log_store::{LogReader, LogStore, Refusal, proposal_offset_with_token};
+use super::log_store::{LogReader, LogStore, Refusal, delete_records_offset, proposal_offset_with_token};
 use super::network::{PartitionRaft, RaftRouter, RpcNetworkFactory};
 use super::state_machine::{ApplyHook, PartitionStateMachine};
 use super::{Applied, Entry, KafkaBatch, partition_config};
@@ -129,6 +129,7 @@ impl Replica {
             state_machine,
             next_token: std::sync::atomic::AtomicI64::new(0),
         });
+        tokio::spawn(delete_records(Arc::downgrade(&replica), replica.reader.deletions()));
         let members: BTreeMap<NodeId, BasicNode> = voters.iter().map(|&id| (id, BasicNode::default())).collect();
         let preferred = voters.first() == Some(&node);
         let starting = replica.clone();
@@ -348,6 +349,41 @@ impl Replica {
     }
 }
 
+/// How long a DeleteRecords waits for Raft to release the entries below its offset before the
+/// deleter tries again.
+const DELETE_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Carries out committed DeleteRecords entries on this replica: Raft releases the entries below
+/// the offset (a snapshot, then a purge), then storage moves the log start. Ends with the
+/// replica or its store.
+async fn delete_records(replica: std::sync::Weak<Replica>, mut wanted: tokio::sync::watch::Receiver<u64>) {
+    let mut done = 0;
+    loop {
+        let offset = *wanted.borrow_and_update();
+        if offset > done {
+            let Some(r) = replica.upgrade() else { return };
+            let upto = r.reader.release_point(offset);
+            if r.release_below(upto, DELETE_RELEASE_WAIT).await {
+                match r.reader.delete_records_before(offset) {
+                    Ok(start) => {
+                        done = offset;
+                        tracing::info!(group = r.group.0, log_start = start, "deleted records");
+                    }
+                    Err(e) => tracing::warn!(group = r.group.0, offset, error = %e, "deleting records failed"),
+                }
+            }
+            if done < offset {
+                drop(r);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        if wanted.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A partition's apply hook: moves the high watermark to the end of each applied entry, answers
 /// the producer of a data batch with its offsets (or the leader's refusal), and then calls
 /// `on_commit` (the broker wakes its long-polling fetches).
@@ -370,6 +406,11 @@ impl ApplyHook for PartitionHook {
         };
         if let Some(end) = end {
             self.high_watermark.fetch_max(end, Ordering::AcqRel);
+        }
+        if let EntryPayload::Normal(KafkaBatch(b)) = &entry.payload
+            && let Some(offset) = delete_records_offset(b)
+        {
+            self.reader.request_deletion(offset);
         }
         let applied = match (&entry.payload, view) {
             (EntryPayload::Normal(KafkaBatch(b)), Some(v)) => match Refusal::of(b) {
