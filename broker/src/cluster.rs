@@ -86,6 +86,8 @@ pub(crate) struct Cluster {
     heard: Arc<Mutex<HashMap<NodeId, Instant>>>,
     /// Becomes true once the metadata group accepted this broker's registration.
     registered: watch::Sender<bool>,
+    /// `replica.lag.time.max.ms`: how long a follower may go without catching up and stay in sync.
+    replica_lag: Duration,
 }
 
 /// Serves other nodes' ElectLeaders: the leader starts the transfer.
@@ -149,6 +151,7 @@ impl Cluster {
             replicas: Mutex::new(Vec::new()),
             heard,
             registered: watch::channel(false).0,
+            replica_lag: Duration::from_millis(broker.config.read().i64("replica.lag.time.max.ms").max(1) as u64),
         });
         if broker.cluster.set(cluster.clone()).is_err() {
             anyhow::bail!("the cluster was started twice");
@@ -239,10 +242,25 @@ impl Cluster {
                     r.observe_quorum(live * 2 > r.assigned.len());
                     if heartbeat {
                         r.heartbeat().await;
+                        r.sample_in_sync();
                     }
                 }
             }
         }
+    }
+
+    /// A partition's in-sync replicas as Metadata reports them: on its leader, the voters that
+    /// caught up within `replica.lag.time.max.ms`; elsewhere, the voters this node sees alive.
+    pub(crate) fn in_sync(&self, replica: &Replica) -> Vec<NodeId> {
+        if replica.is_leader()
+            && let Some(ids) = replica.in_sync(self.replica_lag)
+        {
+            return ids;
+        }
+        let mut ids: Vec<NodeId> =
+            replica.assigned.iter().copied().filter(|&v| v == self.node || self.is_live(v)).collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The node that runs the group and transaction coordinators.

@@ -93,6 +93,12 @@ pub(crate) const BROKER_CONFIGS: &[ConfigDef] = &[
         "In a cluster, move each partition's leadership back to its preferred (first) replica when that is up and caught up.",
     ),
     def(
+        "replica.lag.time.max.ms",
+        Kind::Long,
+        "30000",
+        "In a cluster, a follower that has not caught up with its leader for this long leaves the partition's in-sync replicas (Metadata's ISR).",
+    ),
+    def(
         "leader.imbalance.check.interval.seconds",
         Kind::Long,
         "300",

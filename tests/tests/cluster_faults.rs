@@ -817,3 +817,53 @@ fn seeded_fault_schedule_keeps_invariants() {
         kept.len()
     );
 }
+
+/// The in-sync replicas node `id` reports for partition 0, if it answers.
+fn isr(cluster: &CreekCluster, id: i32, topic: &str) -> Option<Vec<i32>> {
+    let md = cluster.metadata(id, Some(&[topic])).ok()?;
+    let p = md.topics.first()?.partitions.first()?;
+    let mut ids: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
+    ids.sort_unstable();
+    Some(ids)
+}
+
+/// Waits until node `id` reports `want` as partition 0's ISR.
+fn wait_isr(cluster: &CreekCluster, topic: &str, id: i32, want: &[i32], what: &str) {
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let got = isr(cluster, id, topic);
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: node {id} reports ISR {got:?}, not {want:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_stalled_follower_leaves_the_isr_and_returns_when_caught_up() {
+    // Goal: Metadata's ISR tells a lagging replica apart: a follower frozen for longer than
+    // replica.lag.time.max.ms while writes go on drops out of the leader's ISR (and out of the
+    // other follower's, which sees it down), and is back in once it has caught up.
+    let mut cluster = CreekCluster::start_with(NODES, &[("replica.lag.time.max.ms", "2000")]);
+    let topic = unique_topic("isr");
+    cluster.create_topic(&topic, 1);
+    let (leader, _) = cluster.wait_for_leaders(&topic, 1, LEADER_TIMEOUT)[0];
+    let all = cluster.ids();
+    wait_isr(&cluster, &topic, leader, &all, "all in sync at first");
+    let stalled = *all.iter().find(|&&id| id != leader).expect("a follower");
+    let other = *all.iter().find(|&&id| id != leader && id != stalled).expect("another follower");
+    cluster.pause(stalled);
+    let mut w = Wire::connect(&cluster.addr(leader));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let batch = creek_protocol::batch::build_batch(0, 1, &[(None, Some(&b"while stalled"[..]))]);
+        assert_eq!(wire::produce(&mut w, &topic, 0, batch, -1).0, 0, "a quorum of two still commits");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let without: Vec<i32> = all.iter().copied().filter(|&id| id != stalled).collect();
+    wait_isr(&cluster, &topic, leader, &without, "the stalled follower leaves the leader's ISR");
+    wait_isr(&cluster, &topic, other, &without, "the other follower sees it out too");
+    cluster.resume(stalled);
+    wait_isr(&cluster, &topic, leader, &all, "back in sync after resuming");
+}

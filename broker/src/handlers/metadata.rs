@@ -170,10 +170,8 @@ fn describe(topic: &Topic, node_id: i32, version: i16, cluster: Option<&Cluster>
                 let ids = |nodes: Vec<u64>| nodes.into_iter().map(|n| BrokerId(n as i32)).collect::<Vec<_>>();
                 match p.replica.get() {
                     Some(r) => {
-                        // The in-sync set is reported as the voters for now: a lagging voter
-                        // is not told apart yet.
                         mp.replica_nodes = ids(c.replicas_of(&topic.name, p.index));
-                        mp.isr_nodes = ids(r.voters());
+                        mp.isr_nodes = ids(c.in_sync(r));
                         match c.visible_leader(r) {
                             Some(l) => mp.leader_id = BrokerId(l as i32),
                             None => {

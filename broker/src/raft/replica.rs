@@ -5,7 +5,7 @@
 //! moved by [`PartitionHook`] as entries apply; leadership and the leader epoch are openraft's
 //! current leader and term.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +34,18 @@ const STARTUP_QUIET: Duration = Duration::from_secs(2);
 const NOT_CONFIRMED: u64 = u64::MAX;
 /// How long a leader that got its majority back waits for a quorum to confirm it still leads.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A leader's view of its followers' lag, sampled about once a second: a follower that has
+/// replicated everything the leader held at the previous sample has caught up as of that sample.
+#[derive(Default)]
+struct InSync {
+    /// The term these samples belong to (a new term starts over).
+    term: u64,
+    /// The leader's last log index at the previous sample.
+    last_index: Option<u64>,
+    /// When each follower last caught up.
+    caught_up: std::collections::HashMap<NodeId, Instant>,
+}
 
 /// Which group a replica belongs to and how it runs.
 pub(crate) struct GroupSpec<'a> {
@@ -81,6 +93,8 @@ pub(crate) struct Replica {
     leaderless_since: parking_lot::Mutex<Option<Instant>>,
     /// The log, for acks=1 waiters ([`Replica::propose_until_appended`]).
     reader: LogReader,
+    /// What a leader knows of its followers' lag (see [`Replica::sample_in_sync`]).
+    in_sync: parking_lot::Mutex<InSync>,
     /// Shares the group's applied state, to ask it for snapshots ([`Replica::release_below`]).
     state_machine: PartitionStateMachine,
     next_token: std::sync::atomic::AtomicI64,
@@ -126,6 +140,7 @@ impl Replica {
             confirming: AtomicBool::new(false),
             leaderless_since: parking_lot::Mutex::new(None),
             reader,
+            in_sync: parking_lot::Mutex::new(InSync::default()),
             state_machine,
             next_token: std::sync::atomic::AtomicI64::new(0),
         });
@@ -250,14 +265,52 @@ impl Replica {
         }
     }
 
+    /// Records which followers have caught up since the previous call (the cluster's failure
+    /// detector calls it about once a second on leaders). A new leader counts every voter as
+    /// caught up at its election, as Kafka keeps the ISR across a leader change.
+    pub(crate) fn sample_in_sync(&self) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state != ServerState::Leader {
+            return;
+        }
+        let now = Instant::now();
+        let mut s = self.in_sync.lock();
+        if s.term != m.current_term {
+            *s = InSync { term: m.current_term, last_index: m.last_log_index, caught_up: HashMap::new() };
+            for &v in &self.assigned {
+                s.caught_up.insert(v, now);
+            }
+            return;
+        }
+        if let Some(replication) = &m.replication {
+            for (&node, matched) in replication.iter() {
+                if s.last_index.is_none_or(|want| matched.is_some_and(|l| l.index() >= want)) {
+                    s.caught_up.insert(node, now);
+                }
+            }
+        }
+        s.caught_up.insert(self.node, now);
+        s.last_index = m.last_log_index;
+    }
+
+    /// The voters that caught up with this leader within `lag` (itself included), in id order;
+    /// `None` when this node has no samples as leader of the current term.
+    pub(crate) fn in_sync(&self, lag: Duration) -> Option<Vec<NodeId>> {
+        let term = self.raft.metrics().borrow_watched().current_term;
+        let s = self.in_sync.lock();
+        if s.term != term || s.caught_up.is_empty() {
+            return None;
+        }
+        let mut ids: Vec<NodeId> =
+            self.assigned.iter().copied().filter(|v| s.caught_up.get(v).is_some_and(|t| t.elapsed() <= lag)).collect();
+        ids.sort_unstable();
+        Some(ids)
+    }
+
     /// The current term, which is the partition's leader epoch.
     pub(crate) fn epoch(&self) -> i32 {
         i32::try_from(self.raft.metrics().borrow_watched().current_term).unwrap_or(i32::MAX)
-    }
-
-    /// The voters of the group's membership, in id order.
-    pub(crate) fn voters(&self) -> Vec<NodeId> {
-        self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
     }
 
     /// The Kafka offset after the last committed entry.
