@@ -10,8 +10,10 @@
 //!   replica for each partition it holds ([`Cluster::reconcile`]).
 //! - **Topic changes**: config changes, new partitions and deletions are metadata commands too;
 //!   the reconciler applies them on every node (a node that was down catches up when it returns).
-//! - **Replication factor**: this increment replicates every partition to every node (the
-//!   replication factor is the node count); placement spreads the preferred leaders.
+//! - **Replication factor**: 1 to the node count (-1: every node, at most three); placement
+//!   spreads replicas and preferred leaders. A node that hosts no replica of a partition learns
+//!   its leader from the nodes that do ([`KIND_LEADERS`], polled every 250 ms while such
+//!   partitions exist) for Metadata, KIP-951 hints and ElectLeaders.
 //! - **Coordinators**: the group and transaction coordinators still keep their state in local,
 //!   unreplicated internal topics. Only the lowest node id coordinates ([`Cluster::coordinator`]),
 //!   so a cluster has one of each; moving them with leadership is issue 5, item 6.
@@ -55,6 +57,15 @@ const KIND_PING: MessageKind = MessageKind(17);
 /// message's group names the partition; answer: one byte, 0 started, 1 not leading here).
 const KIND_ELECT_PREFERRED: MessageKind = MessageKind(18);
 
+/// Message kind asking a node for the leaders it knows of the partitions it hosts (no payload;
+/// answer: u32 count, then per partition u64 group id, u64 leader or `u64::MAX` for none, u64
+/// term), for nodes that host only some partitions.
+const KIND_LEADERS: MessageKind = MessageKind(19);
+/// How often a node that does not host every partition asks its peers for their leaders.
+const REMOTE_LEADERS_INTERVAL: Duration = Duration::from_millis(250);
+/// Replication factor -1 means every node, up to this many.
+const DEFAULT_REPLICATION_MAX: usize = 3;
+
 /// How often a node retries registering itself until the metadata group has a leader.
 const REGISTER_RETRY: Duration = Duration::from_millis(300);
 /// How long CreateTopics waits for the topic to exist on the node that was asked.
@@ -88,6 +99,47 @@ pub(crate) struct Cluster {
     registered: watch::Sender<bool>,
     /// `replica.lag.time.max.ms`: how long a follower may go without catching up and stay in sync.
     replica_lag: Duration,
+    /// The leader and term of each partition this node does not host, as its replicas report
+    /// them ([`KIND_LEADERS`]).
+    remote_leaders: Mutex<HashMap<GroupId, (Option<NodeId>, u64)>>,
+}
+
+/// Answers [`KIND_LEADERS`]: the leader this node sees for every partition it hosts.
+struct LeadersHandler(std::sync::Weak<Cluster>);
+
+impl Handler for LeadersHandler {
+    fn handle(&self, _from: NodeId, _group: GroupId, _kind: MessageKind, _payload: Bytes) -> HandlerFuture {
+        let mut out = Vec::new();
+        if let Some(c) = self.0.upgrade() {
+            let replicas = c.replicas.lock().clone();
+            out.reserve(4 + replicas.len() * 24);
+            out.extend_from_slice(&(replicas.len() as u32).to_be_bytes());
+            for r in replicas {
+                out.extend_from_slice(&r.group.0.to_be_bytes());
+                out.extend_from_slice(&c.visible_leader(&r).unwrap_or(u64::MAX).to_be_bytes());
+                out.extend_from_slice(&(r.epoch().max(0) as u64).to_be_bytes());
+            }
+        }
+        Box::pin(async move { Some(Bytes::from(out)) })
+    }
+}
+
+/// Decodes a [`KIND_LEADERS`] answer; `None` if it is malformed.
+fn decode_leaders(answer: &[u8]) -> Option<Vec<(GroupId, Option<NodeId>, u64)>> {
+    let count = u32::from_be_bytes(answer.get(..4)?.try_into().ok()?) as usize;
+    let body = &answer[4..];
+    if body.len() != count.checked_mul(24)? {
+        return None;
+    }
+    let u64_at = |chunk: &[u8], at: usize| u64::from_be_bytes(chunk[at..at + 8].try_into().expect("8 bytes"));
+    Some(
+        body.chunks_exact(24)
+            .map(|c| {
+                let leader = u64_at(c, 8);
+                (GroupId(u64_at(c, 0)), (leader != u64::MAX).then_some(leader), u64_at(c, 16))
+            })
+            .collect(),
+    )
 }
 
 /// Serves other nodes' ElectLeaders: the leader starts the transfer.
@@ -152,6 +204,7 @@ impl Cluster {
             heard,
             registered: watch::channel(false).0,
             replica_lag: Duration::from_millis(broker.config.read().i64("replica.lag.time.max.ms").max(1) as u64),
+            remote_leaders: Mutex::new(HashMap::new()),
         });
         if broker.cluster.set(cluster.clone()).is_err() {
             anyhow::bail!("the cluster was started twice");
@@ -159,6 +212,8 @@ impl Cluster {
         cluster
             .router
             .register_service(KIND_ELECT_PREFERRED, Arc::new(ElectPreferredHandler(Arc::downgrade(&cluster))));
+        cluster.router.register_service(KIND_LEADERS, Arc::new(LeadersHandler(Arc::downgrade(&cluster))));
+        tokio::spawn(cluster.clone().follow_remote_leaders(stop.clone()));
         tokio::spawn(cluster.clone().register(advertised, stop.clone()));
         tokio::spawn(cluster.clone().reconcile(broker.clone(), stop.clone()));
         tokio::spawn(cluster.clone().supervise(broker, stop));
@@ -263,6 +318,70 @@ impl Cluster {
         ids
     }
 
+    /// Keeps [`Cluster::remote_leaders`] current while some partition is not hosted here: every
+    /// [`REMOTE_LEADERS_INTERVAL`] asks each live peer for its leaders, and per partition keeps
+    /// the answer of the highest term (a known leader over none).
+    async fn follow_remote_leaders(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(REMOTE_LEADERS_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+            let hosts_all = self
+                .meta
+                .read(|m| m.topics.values().flat_map(|t| &t.partitions).all(|p| p.replicas.contains(&self.node)));
+            if hosts_all {
+                continue;
+            }
+            let peers: Vec<NodeId> =
+                self.nodes.iter().copied().filter(|&n| n != self.node && self.is_live(n)).collect();
+            let asks = peers
+                .iter()
+                .map(|&peer| self.rpc.call(peer, GroupId(0), KIND_LEADERS, Bytes::new(), REMOTE_LEADERS_INTERVAL * 4));
+            let mut table: HashMap<GroupId, (Option<NodeId>, u64)> = HashMap::new();
+            for answer in futures_util::future::join_all(asks).await.into_iter().flatten() {
+                for (group, leader, term) in decode_leaders(&answer).unwrap_or_default() {
+                    let e = table.entry(group).or_insert((leader, term));
+                    if term > e.1 || (term == e.1 && e.0.is_none()) {
+                        *e = (leader, term);
+                    }
+                }
+            }
+            *self.remote_leaders.lock() = table;
+        }
+    }
+
+    /// The Raft group and replicas of a partition.
+    fn partition_meta(&self, topic: &str, partition: i32) -> Option<(GroupId, Vec<NodeId>)> {
+        self.meta.read(|m| {
+            let p = m.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)?;
+            Some((p.group, p.replicas.clone()))
+        })
+    }
+
+    /// The leader and epoch of a partition this node does not host, as its replicas last
+    /// reported them, if that leader is live.
+    pub(crate) fn remote_leader(&self, topic: &str, partition: i32) -> Option<(NodeId, u64)> {
+        let (group, _) = self.partition_meta(topic, partition)?;
+        match self.remote_leaders.lock().get(&group) {
+            Some(&(Some(leader), term)) if self.is_live(leader) => Some((leader, term)),
+            _ => None,
+        }
+    }
+
+    /// ElectLeaders (preferred) for a partition hosted by other nodes: as
+    /// [`Cluster::elect_preferred`], with the leader its replicas report.
+    pub(crate) async fn elect_preferred_elsewhere(&self, topic: &str, partition: i32, wait: Duration) -> i16 {
+        let Some((group, replicas)) = self.partition_meta(topic, partition) else { return 3 };
+        let Some(&preferred) = replicas.first() else { return 80 };
+        self.elect(group, preferred, || self.remote_leader(topic, partition).map(|(l, _)| l), wait).await
+    }
+
+    /// Whether this node hosts no replica of the partition (its leader lives elsewhere).
+    pub(crate) fn hosted_elsewhere(&self, topic: &str, partition: i32) -> bool {
+        self.partition_meta(topic, partition).is_some_and(|(_, replicas)| !replicas.contains(&self.node))
+    }
+
     /// The node that runs the group and transaction coordinators.
     pub(crate) fn coordinator(&self) -> NodeId {
         self.nodes[0]
@@ -335,7 +454,18 @@ impl Cluster {
     /// REQUEST_TIMED_OUT (7).
     pub(crate) async fn elect_preferred(&self, r: &Arc<Replica>, wait: Duration) -> i16 {
         let Some(preferred) = r.preferred else { return 80 };
-        if r.leader() == Some(preferred) {
+        self.elect(r.group, preferred, || r.leader(), wait).await
+    }
+
+    /// Hands `group` to `preferred` through its current leader (`leads`, here or elsewhere).
+    async fn elect(
+        &self,
+        group: GroupId,
+        preferred: NodeId,
+        leads: impl Fn() -> Option<NodeId>,
+        wait: Duration,
+    ) -> i16 {
+        if leads() == Some(preferred) {
             return 84;
         }
         if !self.is_live(preferred) {
@@ -346,17 +476,17 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + wait;
         let mut started = false;
         loop {
-            if r.leader() == Some(preferred) {
+            if leads() == Some(preferred) {
                 return 0;
             }
             if tokio::time::Instant::now() >= deadline {
                 return if started { 7 } else { 80 };
             }
             if !started {
-                started = match r.leader() {
-                    Some(l) if l == self.node => self.hand_to_preferred(r.group).await,
+                started = match leads() {
+                    Some(l) if l == self.node => self.hand_to_preferred(group).await,
                     Some(l) if self.is_live(l) => {
-                        let answer = self.rpc.call(l, r.group, KIND_ELECT_PREFERRED, Bytes::new(), wait).await;
+                        let answer = self.rpc.call(l, group, KIND_ELECT_PREFERRED, Bytes::new(), wait).await;
                         matches!(answer.as_deref(), Ok([0]))
                     }
                     _ => false,
@@ -382,8 +512,8 @@ impl Cluster {
         })
     }
 
-    /// Creates a topic through the metadata group and waits until this node has it. Every node
-    /// holds every partition, so `replication` must be -1 or the node count.
+    /// Creates a topic through the metadata group and waits until this node has it, with
+    /// `replication` replicas per partition (-1: every node, at most three), placed by [`place`].
     pub(crate) async fn create_topic(
         &self,
         broker: &Broker,
@@ -394,12 +524,16 @@ impl Cluster {
     ) -> Result<(), (i16, String)> {
         use crate::handlers::code;
         let n = self.nodes.len();
-        if replication != -1 && usize::try_from(replication).ok() != Some(n) {
-            return Err((
-                code::INVALID_REPLICATION_FACTOR,
-                format!("this cluster replicates every partition to all {n} nodes: use replication factor -1 or {n}"),
-            ));
-        }
+        let rf = match replication {
+            -1 => self.default_replication(),
+            r if r >= 1 && r as usize <= n => r as usize,
+            r => {
+                return Err((
+                    code::INVALID_REPLICATION_FACTOR,
+                    format!("Replication factor: {r} larger than available brokers: {n}, or below 1."),
+                ));
+            }
+        };
         broker.check_create(name).map_err(|e| match e {
             CreateError::Exists => (code::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists.")),
             CreateError::InvalidName(m) => (code::INVALID_TOPIC_EXCEPTION, m),
@@ -410,7 +544,7 @@ impl Cluster {
         let cmd = MetaCommand::CreateTopic {
             name: name.to_string(),
             id: id.clone(),
-            replicas: place(&self.nodes, partitions as usize, n, offset),
+            replicas: place(&self.nodes, partitions as usize, rf, offset),
             configs,
         };
         let deadline = tokio::time::Instant::now() + CREATE_WAIT;
@@ -540,26 +674,26 @@ impl Cluster {
         if count <= have {
             return Err((code::INVALID_PARTITIONS, format!("Topic already has {have} partition(s).")));
         }
-        let n = self.nodes.len();
+        // New partitions get the topic's replication factor.
+        let rf = self.meta.read(|m| m.topics.get(name).and_then(|t| t.partitions.first()).map(|p| p.replicas.len()));
+        let rf = rf.unwrap_or(1);
         let replicas = match assignments {
             Some(a) => {
-                let all: std::collections::BTreeSet<NodeId> = self.nodes.iter().copied().collect();
-                if let Some(bad) = a
-                    .iter()
-                    .find(|r| r.len() != n || r.iter().copied().collect::<std::collections::BTreeSet<_>>() != all)
-                {
+                let known = |r: &Vec<NodeId>| {
+                    let distinct: std::collections::BTreeSet<NodeId> = r.iter().copied().collect();
+                    distinct.len() == r.len() && r.iter().all(|id| self.nodes.contains(id))
+                };
+                if let Some(bad) = a.iter().find(|r| r.len() != rf || !known(r)) {
                     return Err((
                         code::INVALID_REPLICA_ASSIGNMENT,
-                        format!(
-                            "this cluster replicates every partition to all nodes {all:?}; the assignment {bad:?} does not"
-                        ),
+                        format!("{bad:?} is not {rf} distinct nodes of this cluster ({:?})", self.nodes),
                     ));
                 }
                 a
             }
             None => {
                 let offset = self.meta.read(|m| m.topics.len());
-                place(&self.nodes, count, n, offset).split_off(have)
+                place(&self.nodes, count, rf, offset).split_off(have)
             }
         };
         let cmd = MetaCommand::AddPartitions { name: name.to_string(), id, from: have, replicas };
@@ -569,6 +703,11 @@ impl Cluster {
         }
         let grown = || broker.topic(name).is_none_or(|t| t.partition_count() >= count);
         self.wait_applied_here(deadline, grown, name).await
+    }
+
+    /// The replication factor -1 stands for: every node, at most three.
+    pub(crate) fn default_replication(&self) -> usize {
+        self.nodes.len().min(DEFAULT_REPLICATION_MAX)
     }
 
     /// Announces this broker's Kafka address until the metadata group accepts it.

@@ -249,9 +249,24 @@ fn move_leaders_off_node_1(cluster: &mut CreekCluster, topic: &str) {
     cluster.wait_replicating(1, topic, Duration::from_secs(30));
 }
 
+/// ElectLeaders (preferred, every partition) asked of node `id`: `topic`'s (partition, error).
+fn elect_preferred_leaders(cluster: &CreekCluster, id: i32, topic: &str) -> Vec<(i32, i16)> {
+    use kafka_protocol::messages::{ApiKey, ElectLeadersRequest, ElectLeadersResponse};
+    let mut req = ElectLeadersRequest::default();
+    req.election_type = 0;
+    req.timeout_ms = 10_000;
+    req.topic_partitions = None;
+    let mut w = creek_tests::wire::Wire::connect(&cluster.addr(id));
+    let resp: ElectLeadersResponse = w.call(ApiKey::ElectLeaders, 2, &req);
+    resp.replica_election_results
+        .iter()
+        .filter(|t| t.topic.0.as_str() == topic)
+        .flat_map(|t| t.partition_result.iter().map(|p| (p.partition_id, p.error_code)))
+        .collect()
+}
+
 #[test]
 fn elect_leaders_hands_partitions_back_to_preferred_replicas() {
-    use kafka_protocol::messages::{ApiKey, ElectLeadersRequest, ElectLeadersResponse};
     // Automatic rebalancing off: only ElectLeaders moves leaders back.
     let mut cluster = CreekCluster::start_with(3, &[("auto.leader.rebalance.enable", "false")]);
     let topic = unique_topic("preferred");
@@ -264,20 +279,9 @@ fn elect_leaders_hands_partitions_back_to_preferred_replicas() {
         "a partition left its preferred leader: {before:?}"
     );
 
-    let mut req = ElectLeadersRequest::default();
-    req.election_type = 0;
-    req.timeout_ms = 10_000;
-    req.topic_partitions = None;
-    let mut w = creek_tests::wire::Wire::connect(&cluster.addr(3));
-    let resp: ElectLeadersResponse = w.call(ApiKey::ElectLeaders, 2, &req);
-    let results: Vec<(i32, i16)> = resp
-        .replica_election_results
-        .iter()
-        .filter(|t| t.topic.0.as_str() == topic)
-        .flat_map(|t| t.partition_result.iter().map(|p| (p.partition_id, p.error_code)))
-        .collect();
+    let results = elect_preferred_leaders(&cluster, 3, &topic);
     eprintln!("ElectLeaders: {results:?} (before: {before:?})");
-    assert_eq!(results.len(), 3, "one result per partition: {resp:?}");
+    assert_eq!(results.len(), 3, "one result per partition: {results:?}");
     for (index, &(leader, preferred)) in before.iter().enumerate() {
         let code = results.iter().find(|(p, _)| *p == index as i32).map(|r| r.1);
         let expected = if leader == preferred { 84 } else { 0 };
@@ -286,8 +290,7 @@ fn elect_leaders_hands_partitions_back_to_preferred_replicas() {
     let after = leaders_and_preferred(&cluster, 3, &topic);
     assert!(after.iter().all(|&(leader, preferred)| leader == preferred), "leaders after ElectLeaders: {after:?}");
     // Asked again, there is nothing to do.
-    let resp: ElectLeadersResponse = w.call(ApiKey::ElectLeaders, 2, &req);
-    assert!(resp.replica_election_results.iter().flat_map(|t| &t.partition_result).all(|p| p.error_code == 84));
+    assert!(elect_preferred_leaders(&cluster, 3, &topic).iter().all(|&(_, code)| code == 84));
 }
 
 #[test]
@@ -445,4 +448,75 @@ fn delete_records_moves_the_log_start_on_every_replica() {
     // Up to the high watermark; the deletion's own control batch then follows at `end`.
     assert_eq!(wire::delete_records(&mut w, &topic, 0, -1), (0, end), "up to the high watermark");
     assert_eq!(wire::list_offset(&mut w, &topic, 0, -2), (0, end));
+}
+
+/// Partition 0..n of `topic` as node `id` reports them: (leader, epoch, replicas).
+fn partitions_seen(cluster: &CreekCluster, id: i32, topic: &str) -> Vec<(i32, i32, Vec<i32>)> {
+    let md = cluster.metadata(id, Some(&[topic])).unwrap_or_else(|e| panic!("Metadata from node {id}: {e}"));
+    let t = md.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic)).expect("topic listed");
+    let mut ps: Vec<_> = t
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.leader_id.0, p.leader_epoch, p.replica_nodes.iter().map(|b| b.0).collect()))
+        .collect();
+    ps.sort_by_key(|p| p.0);
+    ps.into_iter().map(|(_, l, e, r)| (l, e, r)).collect()
+}
+
+#[test]
+fn replication_factor_three_on_four_nodes_spreads_partitions_and_fails_over() {
+    // Goal: on 4 nodes a topic gets 3 replicas per partition (the default for -1), placed so each
+    // node hosts 3 of 4 partitions; every node, hosting or not, names the same leaders; a producer
+    // keeps every acked record through the kill of a partition's leader, a node that does not
+    // host that partition reports its new leader, and ElectLeaders asked of that node hands the
+    // partition back to its preferred replica.
+    let mut cluster = CreekCluster::start_with(4, &[("auto.leader.rebalance.enable", "false")]);
+    let topic = unique_topic("rf3");
+    cluster.create_topic(&topic, 4);
+    cluster.wait_for_leaders(&topic, 4, Duration::from_secs(60));
+    let seen = partitions_seen(&cluster, 1, &topic);
+    for (index, (_, _, replicas)) in seen.iter().enumerate() {
+        assert_eq!(replicas.len(), 3, "partition {index} replicas {replicas:?}");
+    }
+    for id in cluster.ids() {
+        let hosted = seen.iter().filter(|(_, _, r)| r.contains(&id)).count();
+        assert_eq!(hosted, 3, "node {id} hosts 3 of 4 partitions: {seen:?}");
+        for (index, (_, _, replicas)) in seen.iter().enumerate() {
+            let raft_state = cluster.data_dir(id).join(format!("{topic}-{index}")).join("raft-vote.state");
+            assert_eq!(raft_state.exists(), replicas.contains(&id), "node {id}, partition {index}");
+        }
+    }
+    for id in cluster.ids() {
+        eventually(&cluster, &format!("node {id} names every partition's leader like node 1"), || {
+            let mine: Vec<(i32, i32)> =
+                partitions_seen(&cluster, id, &topic).iter().map(|(l, e, _)| (*l, *e)).collect();
+            let theirs: Vec<(i32, i32)> =
+                partitions_seen(&cluster, 1, &topic).iter().map(|(l, e, _)| (*l, *e)).collect();
+            mine == theirs && mine.iter().all(|(l, _)| *l > 0)
+        });
+    }
+
+    let mut producer = AckedProducer::start(&cluster, &topic);
+    producer.wait_acks(&cluster, 300, "acks before the kill");
+    let (leader, epoch, replicas) = partitions_seen(&cluster, 1, &topic)[0].clone();
+    let outsider = cluster.ids().into_iter().find(|id| !replicas.contains(id)).expect("a node without partition 0");
+    cluster.kill(leader);
+    eventually(&cluster, &format!("node {outsider} (no replica) names partition 0's new leader"), || {
+        let (l, e, _) = partitions_seen(&cluster, outsider, &topic)[0].clone();
+        l > 0 && l != leader && e > epoch
+    });
+    producer.wait_acks(&cluster, 300, "acks after the kill");
+    cluster.restart(leader);
+    cluster.wait_replicating(leader, &topic, Duration::from_secs(60));
+    let (run, acks) = producer.stop();
+    assert_acked_stored_once(&cluster, &topic, &run, &acks);
+
+    let codes: Vec<i16> = elect_preferred_leaders(&cluster, outsider, &topic).iter().map(|&(_, c)| c).collect();
+    assert!(
+        codes.len() == 4 && codes.iter().all(|c| [0, 84].contains(c)),
+        "ElectLeaders from node {outsider}: {codes:?}"
+    );
+    eventually(&cluster, "every partition led by its preferred replica", || {
+        partitions_seen(&cluster, outsider, &topic).iter().all(|(l, _, r)| *l == r[0])
+    });
 }

@@ -75,20 +75,20 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreateTopicsRequest>) -> Opti
                 }
             }
         };
-        // A cluster replicates every partition to every node (for now): its factor is the node count.
+        // A cluster places 1..=nodes replicas per partition (-1: every node, at most three); a
+        // single node holds the only one.
         let nodes = cluster.map_or(1, |c| c.nodes.len() as i16);
-        let rf = match t.replication_factor {
-            -1 if cluster.is_some() => nodes,
-            -1 => default_rf,
-            rf => rf,
+        let rf = match (t.replication_factor, cluster) {
+            (-1, Some(c)) => c.default_replication() as i16,
+            (-1, None) => default_rf,
+            (rf, _) => rf,
         };
-        if rf != nodes {
-            let msg = if cluster.is_some() {
-                format!(
-                    "Replication factor: {rf}; this cluster replicates every partition to all {nodes} nodes (use -1 or {nodes})."
-                )
+        let valid = if cluster.is_some() { (1..=nodes).contains(&rf) } else { rf == 1 };
+        if !valid {
+            let msg = if rf < 1 {
+                format!("Replication factor must be larger than 0, got {rf}.")
             } else {
-                format!("Replication factor: {rf} larger than available brokers: 1.")
+                format!("Replication factor: {rf} larger than available brokers: {nodes}.")
             };
             resp.topics.push(fail(r, code::INVALID_REPLICATION_FACTOR, msg));
             continue;

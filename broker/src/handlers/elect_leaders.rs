@@ -51,17 +51,26 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ElectLeadersRequest>) -> Opti
                     None => (ELIGIBLE_LEADERS_NOT_AVAILABLE, "No replica can lead yet; Raft elects no unclean ones."),
                 },
                 (Some(_), Some(c), Some(r)) if election_type == ELECTION_TYPE_PREFERRED => {
-                    match c.elect_preferred(&r, wait).await {
-                        0 => (code::NONE, ""),
-                        ELECTION_NOT_NEEDED => (ELECTION_NOT_NEEDED, "The preferred replica already leads."),
-                        code::REQUEST_TIMED_OUT => {
-                            (code::REQUEST_TIMED_OUT, "The preferred replica did not take over within the timeout.")
-                        }
-                        _ => (PREFERRED_LEADER_NOT_AVAILABLE, "The preferred replica is down or not caught up."),
-                    }
+                    preferred_outcome(c.elect_preferred(&r, wait).await)
                 }
                 (Some(_), _, _) if !(ELECTION_TYPE_PREFERRED..=ELECTION_TYPE_UNCLEAN).contains(&election_type) => {
                     (code::INVALID_REQUEST, "Unknown election type.")
+                }
+                // Hosted by other nodes: their leader hands over.
+                (Some(_), Some(c), None) if c.hosted_elsewhere(&name, index) => {
+                    if election_type == ELECTION_TYPE_UNCLEAN {
+                        match c.remote_leader(&name, index) {
+                            Some(_) => {
+                                (ELECTION_NOT_NEEDED, "The partition has a leader; Raft elects no unclean ones.")
+                            }
+                            None => (
+                                ELIGIBLE_LEADERS_NOT_AVAILABLE,
+                                "No replica can lead yet; Raft elects no unclean ones.",
+                            ),
+                        }
+                    } else {
+                        preferred_outcome(c.elect_preferred_elsewhere(&name, index, wait).await)
+                    }
                 }
                 // A single node (or an internal topic in a cluster): one replica, which leads.
                 (Some(_), ..) => (ELECTION_NOT_NEEDED, "The partition's only replica leads it."),
@@ -75,4 +84,15 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ElectLeadersRequest>) -> Opti
         resp.replica_election_results.push(tr);
     }
     Some(resp)
+}
+/// The answer to a preferred election whose outcome is `code` (see `Cluster::elect_preferred`).
+fn preferred_outcome(result: i16) -> (i16, &'static str) {
+    match result {
+        0 => (code::NONE, ""),
+        ELECTION_NOT_NEEDED => (ELECTION_NOT_NEEDED, "The preferred replica already leads."),
+        code::REQUEST_TIMED_OUT => {
+            (code::REQUEST_TIMED_OUT, "The preferred replica did not take over within the timeout.")
+        }
+        _ => (PREFERRED_LEADER_NOT_AVAILABLE, "The preferred replica is down or not caught up."),
+    }
 }

@@ -35,9 +35,14 @@ pub(crate) trait LeaderView {
 
 impl LeaderView for Cluster {
     fn leader_of(&self, partition: &Partition) -> Leader {
-        // No replica yet (or an unreplicated internal topic on another node than its
-        // coordinator): nothing to point to.
-        let Some(replica) = partition.replica.get() else { return Leader::UNKNOWN };
+        // Hosted elsewhere: the leader its replicas report. (No replica yet, or an unreplicated
+        // internal topic on another node than its coordinator: nothing to point to.)
+        let Some(replica) = partition.replica.get() else {
+            return match self.remote_leader(&partition.topic, partition.index) {
+                Some((id, term)) => Leader { id: id as i32, epoch: term as i32 },
+                None => Leader::UNKNOWN,
+            };
+        };
         // A leader known to this replica was elected in its current term: a vote in a newer
         // term clears the leader until one is elected, so the term is that leader's epoch.
         match self.visible_leader(replica).and_then(|l| i32::try_from(l).ok()) {

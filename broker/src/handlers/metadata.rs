@@ -186,11 +186,23 @@ fn describe(topic: &Topic, node_id: i32, version: i16, cluster: Option<&Cluster>
                         (mp.leader_id, mp.replica_nodes, mp.isr_nodes) =
                             (coordinator, vec![coordinator], vec![coordinator]);
                     }
+                    // Hosted by other nodes (or its replica is starting): the leader its replicas
+                    // report, and as ISR the replicas this node sees alive.
                     None => {
-                        mp.leader_id = BrokerId(-1);
-                        mp.error_code = code::LEADER_NOT_AVAILABLE;
-                        mp.replica_nodes = ids(c.replicas_of(&topic.name, p.index));
-                        mp.isr_nodes = Vec::new();
+                        let replicas = c.replicas_of(&topic.name, p.index);
+                        mp.replica_nodes = ids(replicas.clone());
+                        match c.remote_leader(&topic.name, p.index) {
+                            Some((leader, term)) => {
+                                mp.leader_id = BrokerId(leader as i32);
+                                mp.leader_epoch = if version >= 7 { term as i32 } else { -1 };
+                                mp.isr_nodes = ids(replicas.into_iter().filter(|&n| c.is_live(n)).collect());
+                            }
+                            None => {
+                                mp.leader_id = BrokerId(-1);
+                                mp.error_code = code::LEADER_NOT_AVAILABLE;
+                                mp.isr_nodes = Vec::new();
+                            }
+                        }
                     }
                 }
             }
