@@ -389,14 +389,10 @@ impl GroupCoordinator {
     async fn load_partition(self: Arc<Self>, p: Arc<Partition>, term: i32) {
         let started = std::time::Instant::now();
         let reading = p.clone();
-        let loaded = match tokio::task::spawn_blocking(move || read_committed(&reading)).await {
-            Ok(Ok(loaded)) => loaded,
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => e,
-                    Err(e) => e.to_string(),
-                    Ok(Ok(_)) => unreachable!(),
-                };
+        let read = tokio::task::spawn_blocking(move || read_committed(&reading)).await;
+        let loaded = match read.unwrap_or_else(|e| Err(e.to_string())) {
+            Ok(loaded) => loaded,
+            Err(error) => {
                 tracing::warn!(partition = p.index, error, "loading an offsets partition failed; retrying");
                 let mut inner = self.inner.lock();
                 if inner.loads.get(p.index as usize) == Some(&Load::Loading(term)) {
@@ -1211,4 +1207,23 @@ fn committed(p: &CommitPart, now: i64) -> Committed {
 
 fn sync_error(error: i16) -> SyncResult {
     SyncResult { error, protocol_type: None, protocol_name: None, assignment: Bytes::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_reads_only_batches_below_the_high_watermark() {
+        // Goal: a new leader loads what is committed, never an uncommitted tail.
+        let record: &[(Option<&[u8]>, Option<&[u8]>)] = &[(Some(b"k"), Some(b"v")), (Some(b"k2"), None)];
+        let mut bytes = creek_protocol::batch::build_batch(0, 1, record);
+        let first = bytes.len();
+        bytes.extend(creek_protocol::batch::build_batch(2, 1, record));
+        assert_eq!(committed_prefix(&bytes, 4).len(), bytes.len());
+        assert_eq!(committed_prefix(&bytes, 3).len(), first);
+        assert_eq!(committed_prefix(&bytes, 2).len(), first);
+        assert!(committed_prefix(&bytes, 1).is_empty());
+        assert!(committed_prefix(&bytes[..first - 1], 10).is_empty(), "a torn batch is not read");
+    }
 }
