@@ -1216,10 +1216,11 @@ mod tests {
     #[test]
     fn a_load_reads_only_batches_below_the_high_watermark() {
         // Goal: a new leader loads what is committed, never an uncommitted tail.
-        let record: &[(Option<&[u8]>, Option<&[u8]>)] = &[(Some(b"k"), Some(b"v")), (Some(b"k2"), None)];
-        let mut bytes = creek_protocol::batch::build_batch(0, 1, record);
+        let (k, v, k2): (&[u8], &[u8], &[u8]) = (b"k", b"v", b"k2");
+        let records = [(Some(k), Some(v)), (Some(k2), None)];
+        let mut bytes = creek_protocol::batch::build_batch(0, 1, &records);
         let first = bytes.len();
-        bytes.extend(creek_protocol::batch::build_batch(2, 1, record));
+        bytes.extend(creek_protocol::batch::build_batch(2, 1, &records));
         assert_eq!(committed_prefix(&bytes, 4).len(), bytes.len());
         assert_eq!(committed_prefix(&bytes, 3).len(), first);
         assert_eq!(committed_prefix(&bytes, 2).len(), first);
