@@ -1,6 +1,6 @@
 //! In a cluster a consumer group's coordinator is the leader of the group's `__consumer_offsets`
-//! partition: coordinators are spread over the nodes, and a group and its committed offsets
-//! survive SIGKILL of the node coordinating it.
+//! partition: coordinators are spread over the nodes, a group and its committed offsets survive
+//! SIGKILL of the node coordinating it, and coordination returns to the node once it is back.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -26,7 +26,9 @@ fn group_coordinators_are_spread_and_agreed_on() {
 fn consumer_group_survives_killing_its_coordinator() {
     // Goal: a confluent-kafka group whose coordinator is SIGKILLed continues on a new coordinator
     // within seconds, with the offsets it committed before the kill, and loses no record.
-    let mut cluster = CreekCluster::start(3);
+    // Leaders go back to their preferred replicas within seconds, so the restarted node takes
+    // its partitions back at the end (its coordinators unload elsewhere and load there).
+    let mut cluster = CreekCluster::start_with(3, &[("leader.imbalance.check.interval.seconds", "2")]);
     let topic = unique_topic("coord-kill");
     cluster.create_topic(&topic, 3);
     cluster.wait_for_leaders(&topic, 3, Duration::from_secs(60));
@@ -58,7 +60,7 @@ fn consumer_group_survives_killing_its_coordinator() {
     };
     let survived = check(client.try_wait_for_line("SURVIVED", Duration::from_secs(90)), &cluster);
     let first = check(client.try_wait_for_line("FIRST_COMMIT", Duration::from_secs(90)), &cluster);
-    check(client.try_wait_for_line("DONE", Duration::from_secs(180)), &cluster);
+    let done = check(client.try_wait_for_line("DONE", Duration::from_secs(180)), &cluster);
     let out = client.wait(Duration::from_secs(30));
     assert!(out.status.success(), "cluster_group.py failed: {}\n{}", out.stdout, cluster.log_tails());
     eprintln!("failover: coordinator agreed after {moved:?}; client: {survived}; {first}");
@@ -68,4 +70,19 @@ fn consumer_group_survives_killing_its_coordinator() {
     assert!(moved < Duration::from_secs(10), "a new coordinator took {moved:?}");
     assert!(ms(&survived) < 15_000, "committed offsets readable only after {survived}");
     assert!(ms(&first) < 20_000, "the group committed again only after {first}");
+
+    // The killed node comes back, catches up, and becomes the coordinator again once its
+    // preferred leaderships return: it serves the offsets committed while it was down.
+    let offsets = done.split_once("offsets=").map(|(_, o)| o.to_string()).expect("DONE names the offsets");
+    cluster.restart(coordinator);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.wait_group_coordinator(&group, Duration::from_secs(30)) != coordinator {
+        assert!(Instant::now() < deadline, "node {coordinator} did not coordinate {group} again\n{}", cluster.log_tails());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut cmd = std::process::Command::new(tools::venv_python());
+    cmd.arg(tools::client_path("python/cluster_group.py"))
+        .args(["--bootstrap", &cluster.bootstrap(), "--topic", &topic, "--group", &group, "--expect", &offsets]);
+    let out = tools::run_with_limit(cmd, Duration::from_secs(90));
+    assert!(out.status.success(), "offsets after the coordinator came back: {}\n{}", out.stdout, cluster.log_tails());
 }

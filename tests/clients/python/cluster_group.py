@@ -11,7 +11,9 @@ synchronously every COMMIT_EVERY records, prints `COMMITTED {json}` (partition -
   - checks every record was delivered, closes, and a fresh consumer of the same group receives
     nothing (the committed offsets are at the end), then prints `DONE`.
 
-Usage: cluster_group.py --bootstrap H:P,... --topic T --group G --go PATH
+With --expect JSON it only checks that the group's committed offsets are JSON (`OFFSETS {json}`).
+
+Usage: cluster_group.py --bootstrap H:P,... --topic T --group G (--go PATH | --expect JSON)
 """
 
 import argparse
@@ -82,8 +84,19 @@ def main() -> None:
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--group", required=True)
-    ap.add_argument("--go", required=True)
+    ap.add_argument("--go")
+    ap.add_argument("--expect", help="only check the group's committed offsets are this JSON")
     a = ap.parse_args()
+    if a.expect is not None:
+        conf = {"bootstrap.servers": a.bootstrap, "group.id": a.group, "enable.auto.commit": False}
+        want = {int(p): o for p, o in json.loads(a.expect).items()}
+        got = group_offsets(conf, a.topic, 60)
+        if got != want:
+            fail(f"committed offsets {got} != {want}")
+        print(f"OFFSETS {json.dumps(got, sort_keys=True)}", flush=True)
+        return
+    if a.go is None:
+        fail("--go is required")
 
     produce(a.bootstrap, a.topic)
     conf = {
