@@ -77,12 +77,24 @@ fn consumer_group_survives_killing_its_coordinator() {
     cluster.restart(coordinator);
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster.wait_group_coordinator(&group, Duration::from_secs(30)) != coordinator {
-        assert!(Instant::now() < deadline, "node {coordinator} did not coordinate {group} again\n{}", cluster.log_tails());
+        assert!(
+            Instant::now() < deadline,
+            "node {coordinator} did not coordinate {group} again\n{}",
+            cluster.log_tails()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let mut cmd = std::process::Command::new(tools::venv_python());
-    cmd.arg(tools::client_path("python/cluster_group.py"))
-        .args(["--bootstrap", &cluster.bootstrap(), "--topic", &topic, "--group", &group, "--expect", &offsets]);
+    cmd.arg(tools::client_path("python/cluster_group.py")).args([
+        "--bootstrap",
+        &cluster.bootstrap(),
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--expect",
+        &offsets,
+    ]);
     let out = tools::run_with_limit(cmd, Duration::from_secs(90));
     assert!(out.status.success(), "offsets after the coordinator came back: {}\n{}", out.stdout, cluster.log_tails());
 }

@@ -63,6 +63,9 @@ pub(crate) struct CommitPart {
 /// Committed offsets by topic: (topic, [(partition, offset if committed)]).
 pub(crate) type Fetched = Vec<(String, Vec<(i32, Option<Committed>)>)>;
 
+/// One code per (topic, partition) of a request.
+pub(crate) type PartCodes = Vec<(String, i32, i16)>;
+
 /// A group as DescribeGroups shows it.
 pub(crate) struct Described {
     pub(crate) state: &'static str,
@@ -1001,37 +1004,79 @@ impl GroupCoordinator {
     }
 
     /// DeleteGroups: one code per group.
-    pub(crate) fn delete_group(&self, group: &str) -> i16 {
-        let mut inner = self.inner.lock();
-        if let Err(error) = self.check_in(&inner, group) {
-            return error;
-        }
+    pub(crate) async fn delete_group(&self, group: &str) -> i16 {
+        let written = {
+            let mut inner = self.inner.lock();
+            match self.delete_group_in(&mut inner, group) {
+                Ok(written) => written,
+                Err(error) => return error,
+            }
+        };
+        self.replicated(written).await.err().unwrap_or(code::NONE)
+    }
+
+    fn delete_group_in(&self, inner: &mut Inner, group: &str) -> Result<Written, i16> {
+        self.check_in(inner, group)?;
         match inner.groups.get(group) {
-            None => return code::GROUP_ID_NOT_FOUND,
-            Some(g) if g.state == GroupState::Dead => return code::GROUP_ID_NOT_FOUND,
-            Some(g) if g.state != GroupState::Empty => return code::NON_EMPTY_GROUP,
+            None => return Err(code::GROUP_ID_NOT_FOUND),
+            Some(g) if g.state == GroupState::Dead => return Err(code::GROUP_ID_NOT_FOUND),
+            Some(g) if g.state != GroupState::Empty => return Err(code::NON_EMPTY_GROUP),
             Some(_) => {}
         }
         let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             inner.offsets.of_group(group).map(|((t, p), _)| (store::offset_key(group, t, *p), None)).collect();
         records.push((store::group_key(group), None));
-        if let Err(e) = self.append(group, &records) {
+        let written = self.append(group, &records).map_err(|e| {
             tracing::warn!(group, error = %e, "could not write group tombstones");
-            return code::COORDINATOR_NOT_AVAILABLE;
-        }
+            self.append_error()
+        })?;
         inner.offsets.remove_group(group);
         inner.groups.remove(group);
-        code::NONE
+        Ok(written)
+    }
+
+    /// The code for a write that could not even be queued: NOT_COORDINATOR in a cluster (the
+    /// client finds the coordinator again), COORDINATOR_NOT_AVAILABLE on a single node.
+    fn append_error(&self) -> i16 {
+        if self.raft_writes.get().is_some() { code::NOT_COORDINATOR } else { code::COORDINATOR_NOT_AVAILABLE }
+    }
+
+    /// In a cluster, waits until a quorum holds `written` (a failed write also unloads its
+    /// partition, see [`GroupCoordinator::write_failed`]); a single node answers at once, as it
+    /// always has, since the record is in its log.
+    async fn replicated(&self, written: Written) -> Result<(), i16> {
+        if matches!(written.wait, Wait::Flush(_)) {
+            return Ok(());
+        }
+        written.durable(&self.flusher).await.map_err(|(error, e)| {
+            tracing::warn!(error = %e, "coordinator record not committed");
+            error
+        })
     }
 
     /// OffsetDelete: a top-level code, or one code per (topic, partition).
-    pub(crate) fn delete_offsets(
+    pub(crate) async fn delete_offsets(
         &self,
         group: &str,
         parts: Vec<(String, i32, i16)>,
     ) -> Result<Vec<(String, i32, i16)>, i16> {
-        let mut inner = self.inner.lock();
-        self.check_in(&inner, group)?;
+        let (out, written) = {
+            let mut inner = self.inner.lock();
+            self.delete_offsets_in(&mut inner, group, parts)?
+        };
+        if let Some(written) = written {
+            self.replicated(written).await?;
+        }
+        Ok(out)
+    }
+
+    fn delete_offsets_in(
+        &self,
+        inner: &mut Inner,
+        group: &str,
+        parts: Vec<(String, i32, i16)>,
+    ) -> Result<(PartCodes, Option<Written>), i16> {
+        self.check_in(inner, group)?;
         let Some(g) = inner.groups.get(group) else { return Err(code::GROUP_ID_NOT_FOUND) };
         if g.state == GroupState::Dead {
             return Err(code::GROUP_ID_NOT_FOUND);
@@ -1051,18 +1096,19 @@ impl GroupCoordinator {
             .filter(|(t, p, e)| *e == code::NONE && inner.offsets.get(group, t, *p).is_some())
             .map(|(t, p, _)| (store::offset_key(group, t, *p), None))
             .collect();
-        if !records.is_empty() {
-            if let Err(e) = self.append(group, &records) {
-                tracing::warn!(group, error = %e, "could not write offset tombstones");
-                return Err(code::COORDINATOR_NOT_AVAILABLE);
-            }
-            for (t, p, e) in &out {
-                if *e == code::NONE {
-                    inner.offsets.remove(group, t, *p);
-                }
+        if records.is_empty() {
+            return Ok((out, None));
+        }
+        let written = self.append(group, &records).map_err(|e| {
+            tracing::warn!(group, error = %e, "could not write offset tombstones");
+            self.append_error()
+        })?;
+        for (t, p, e) in &out {
+            if *e == code::NONE {
+                inner.offsets.remove(group, t, *p);
             }
         }
-        Ok(out)
+        Ok((out, Some(written)))
     }
 
     /// Advances every group's clock and expires offsets past `offsets.retention.minutes`.
