@@ -97,6 +97,12 @@ impl CreekCluster {
         Self::start_inner(n, &[], true)
     }
 
+    /// [`start_with_internal_proxies`](Self::start_with_internal_proxies) with extra broker
+    /// configs for every node.
+    pub fn start_with_internal_proxies_and(n: usize, settings: &[(&str, &str)]) -> CreekCluster {
+        Self::start_inner(n, settings, true)
+    }
+
     fn start_inner(n: usize, settings: &[(&str, &str)], proxied: bool) -> CreekCluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let per_node = if proxied { 3 } else { 2 };
@@ -319,10 +325,17 @@ impl CreekCluster {
     /// Waits until every running node names the same coordinator for `group` and returns it.
     /// Panics after `timeout`.
     pub fn wait_group_coordinator(&self, group: &str, timeout: Duration) -> i32 {
+        let ids: Vec<i32> = self.nodes.iter().filter(|n| n.answers()).map(|n| n.id).collect();
+        self.wait_group_coordinator_on(&ids, group, timeout)
+    }
+
+    /// Like [`wait_group_coordinator`](Self::wait_group_coordinator), asking only nodes `ids`
+    /// (not an isolated one, which knows no coordinator).
+    pub fn wait_group_coordinator_on(&self, ids: &[i32], group: &str, timeout: Duration) -> i32 {
         let deadline = Instant::now() + timeout;
         loop {
             let answers: Vec<Result<(i16, i32), String>> =
-                self.nodes.iter().filter(|n| n.answers()).map(|n| self.find_group_coordinator(n.id, group)).collect();
+                ids.iter().map(|&id| self.find_group_coordinator(id, group)).collect();
             if let Some(Ok((0, c))) = answers.first()
                 && answers.iter().all(|a| a == &Ok((0, *c)))
             {

@@ -1,6 +1,7 @@
 //! In a cluster a consumer group's coordinator is the leader of the group's `__consumer_offsets`
 //! partition: coordinators are spread over the nodes, a group and its committed offsets survive
-//! SIGKILL of the node coordinating it, and coordination returns to the node once it is back.
+//! SIGKILL or isolation of the node coordinating it, and coordination returns to the node once it
+//! is back.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -22,14 +23,39 @@ fn group_coordinators_are_spread_and_agreed_on() {
     assert!(coordinators.len() >= 2, "12 groups all coordinated by {coordinators:?}\n{}", cluster.log_tails());
 }
 
+/// What happens to the node coordinating the group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// SIGKILL, then a restart.
+    Kill,
+    /// Cut off from its peers (its Kafka listener still serves), then reconnected.
+    Isolate,
+}
+
 #[test]
 fn consumer_group_survives_killing_its_coordinator() {
     // Goal: a confluent-kafka group whose coordinator is SIGKILLed continues on a new coordinator
     // within seconds, with the offsets it committed before the kill, and loses no record.
-    // Leaders go back to their preferred replicas within seconds, so the restarted node takes
-    // its partitions back at the end (its coordinators unload elsewhere and load there).
-    let mut cluster = CreekCluster::start_with(3, &[("leader.imbalance.check.interval.seconds", "2")]);
-    let topic = unique_topic("coord-kill");
+    group_survives_losing_its_coordinator(Fault::Kill);
+}
+
+#[test]
+fn consumer_group_survives_isolating_its_coordinator() {
+    // Goal: a coordinator cut off from its peers stops coordinating (its groups unload while it
+    // runs), the group continues on a new coordinator with its committed offsets, and once
+    // reconnected the node takes the group back with the offsets committed meanwhile.
+    group_survives_losing_its_coordinator(Fault::Isolate);
+}
+
+fn group_survives_losing_its_coordinator(fault: Fault) {
+    // Leaders go back to their preferred replicas within seconds, so the node that comes back
+    // takes its partitions back at the end (its coordinators unload elsewhere and load there).
+    let settings = [("leader.imbalance.check.interval.seconds", "2")];
+    let mut cluster = match fault {
+        Fault::Kill => CreekCluster::start_with(3, &settings),
+        Fault::Isolate => CreekCluster::start_with_internal_proxies_and(3, &settings),
+    };
+    let topic = unique_topic("coord-fault");
     cluster.create_topic(&topic, 3);
     cluster.wait_for_leaders(&topic, 3, Duration::from_secs(60));
     let group = format!("{topic}-group");
@@ -40,21 +66,27 @@ fn consumer_group_survives_killing_its_coordinator() {
     let mut cmd = std::process::Command::new(tools::venv_python());
     cmd.arg(tools::client_path("python/cluster_group.py"))
         .args(["--bootstrap", &cluster.bootstrap(), "--topic", &topic, "--group", &group, "--go"])
-        .arg(&go_path);
+        .arg(&go_path)
+        // librdkafka's group log of the last consumer, shown if the test fails.
+        .env("CLUSTER_GROUP_DEBUG", "1");
     let mut client = RunningClient::spawn("cluster_group", cmd);
     if let Err(e) = client.try_wait_for_line("KILL_NOW", Duration::from_secs(120)) {
         panic!("{e}\n{}", cluster.log_tails());
     }
-    // The coordinator may have moved since (a preferred-leader hand-back); kill the current one.
+    // The coordinator may have moved since (a preferred-leader hand-back); hit the current one.
     let coordinator = cluster.wait_group_coordinator(&group, Duration::from_secs(10));
-    eprintln!("group {group}: coordinator {before} at the start, {coordinator} now; killing it");
-    cluster.kill(coordinator);
-    let killed = Instant::now();
+    eprintln!("group {group}: coordinator {before} at the start, {coordinator} now; {fault:?}");
+    match fault {
+        Fault::Kill => cluster.kill(coordinator),
+        Fault::Isolate => cluster.isolate(coordinator),
+    }
+    let hit = Instant::now();
     std::fs::write(&go_path, b"go").unwrap();
-    let after = cluster.wait_group_coordinator(&group, Duration::from_secs(30));
-    let moved = killed.elapsed();
-    assert_ne!(after, coordinator, "the killed node is still named coordinator");
-    eprintln!("new coordinator {after} agreed on by the surviving nodes after {moved:?}");
+    let others: Vec<i32> = cluster.ids().into_iter().filter(|&id| id != coordinator).collect();
+    let after = cluster.wait_group_coordinator_on(&others, &group, Duration::from_secs(30));
+    let moved = hit.elapsed();
+    assert_ne!(after, coordinator, "node {coordinator} is still named coordinator");
+    eprintln!("new coordinator {after} agreed on by the other nodes after {moved:?}");
     let check = |r: Result<String, String>, cluster: &CreekCluster| {
         r.unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails()))
     };
@@ -63,7 +95,7 @@ fn consumer_group_survives_killing_its_coordinator() {
     let done = check(client.try_wait_for_line("DONE", Duration::from_secs(180)), &cluster);
     let out = client.wait(Duration::from_secs(30));
     assert!(out.status.success(), "cluster_group.py failed: {}\n{}", out.stdout, cluster.log_tails());
-    eprintln!("failover: coordinator agreed after {moved:?}; client: {survived}; {first}");
+    eprintln!("{fault:?}: coordinator agreed after {moved:?}; client: {survived}; {first}");
     let ms = |line: &str| -> u64 {
         line.split_whitespace().find_map(|w| w.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap()
     };
@@ -71,10 +103,13 @@ fn consumer_group_survives_killing_its_coordinator() {
     assert!(ms(&survived) < 15_000, "committed offsets readable only after {survived}");
     assert!(ms(&first) < 20_000, "the group committed again only after {first}");
 
-    // The killed node comes back, catches up, and becomes the coordinator again once its
-    // preferred leaderships return: it serves the offsets committed while it was down.
+    // The node comes back, catches up, and coordinates the group again once its preferred
+    // leaderships return: it serves the offsets committed while it was away.
     let offsets = done.split_once("offsets=").map(|(_, o)| o.to_string()).expect("DONE names the offsets");
-    cluster.restart(coordinator);
+    match fault {
+        Fault::Kill => cluster.restart(coordinator),
+        Fault::Isolate => cluster.heal(),
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster.wait_group_coordinator(&group, Duration::from_secs(30)) != coordinator {
         assert!(

@@ -37,7 +37,7 @@ use crate::flusher::Flusher;
 use crate::handlers::code;
 use crate::raft::Applied;
 use crate::raft::log_store::PROPOSAL_OFFSET;
-use crate::raft::replica::Replica;
+use crate::raft::replica::{ProposeError, Replica};
 use crate::state::{Broker, Partition, now_ms};
 
 /// Coordinator records waiting for the writer task to hand them to their partitions' Raft groups
@@ -463,7 +463,11 @@ impl GroupCoordinator {
     async fn write_to_raft(self: Arc<Self>, mut queue: mpsc::Receiver<RaftWrite>) {
         while let Some(w) = queue.recv().await {
             let Some(replica) = w.partition.replica.get().cloned() else { continue };
-            let submitted = replica.submit(w.batch).await;
+            // Bounded like the commit below: a group that does not take the entry must not
+            // hold up every other partition's writes.
+            let submitted = tokio::time::timeout(RAFT_WRITE_TIMEOUT, replica.submit(w.batch))
+                .await
+                .unwrap_or_else(|_| Err(ProposeError::Stopped("not accepted in time".into())));
             let this = self.clone();
             tokio::spawn(async move {
                 let result = match submitted {

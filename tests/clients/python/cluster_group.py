@@ -11,6 +11,8 @@ synchronously every COMMIT_EVERY records, prints `COMMITTED {json}` (partition -
   - checks every record was delivered, closes, and a fresh consumer of the same group receives
     nothing (the committed offsets are at the end), then prints `DONE`.
 
+CLUSTER_GROUP_DEBUG=1 turns on librdkafka's group log (debug=cgrp) for the last consumer.
+
 With --expect JSON it only checks that the group's committed offsets are JSON (`OFFSETS {json}`).
 
 Usage: cluster_group.py --bootstrap H:P,... --topic T --group G (--go PATH | --expect JSON)
@@ -158,7 +160,7 @@ def main() -> None:
     final = group_offsets(conf, a.topic, 30)
     if final != committed:
         fail(f"final offsets {final} != last committed {committed}")
-    fresh = Consumer(conf)
+    fresh = Consumer(dict(conf, debug="cgrp") if os.environ.get("CLUSTER_GROUP_DEBUG") else conf)
     fresh.subscribe([a.topic])
     got = 0
     until = time.monotonic() + 60
