@@ -463,11 +463,17 @@ impl GroupCoordinator {
     async fn write_to_raft(self: Arc<Self>, mut queue: mpsc::Receiver<RaftWrite>) {
         while let Some(w) = queue.recv().await {
             let Some(replica) = w.partition.replica.get().cloned() else { continue };
-            // Bounded like the commit below: a group that does not take the entry must not
-            // hold up every other partition's writes.
-            let submitted = tokio::time::timeout(RAFT_WRITE_TIMEOUT, replica.submit(w.batch))
-                .await
-                .unwrap_or_else(|_| Err(ProposeError::Stopped("not accepted in time".into())));
+            // A record decided in an earlier term must not enter a later term's log: that term's
+            // leader loaded the partition without it.
+            let submitted = if led_term(&replica) != Some(w.term) {
+                Err(ProposeError::NotLeader(None))
+            } else {
+                // Bounded like the commit below: a group that does not take the entry must not
+                // hold up every other partition's writes.
+                tokio::time::timeout(RAFT_WRITE_TIMEOUT, replica.submit(w.batch))
+                    .await
+                    .unwrap_or_else(|_| Err(ProposeError::Stopped("not accepted in time".into())))
+            };
             let this = self.clone();
             tokio::spawn(async move {
                 let result = match submitted {
