@@ -14,9 +14,10 @@
 //!   spreads replicas and preferred leaders. A node that hosts no replica of a partition learns
 //!   its leader from the nodes that do ([`KIND_LEADERS`], polled every 250 ms while such
 //!   partitions exist) for Metadata, KIP-951 hints and ElectLeaders.
-//! - **Coordinators**: the group and transaction coordinators still keep their state in local,
-//!   unreplicated internal topics. Only the lowest node id coordinates ([`Cluster::coordinator`]),
-//!   so a cluster has one of each; moving them with leadership is issue 5, item 6.
+//! - **Coordinators**: `__consumer_offsets` is replicated like any topic and a group's
+//!   coordinator is the leader of its partition (see `group/coordinator.rs`). The transaction
+//!   coordinator keeps its state in a local, unreplicated `__transaction_state` on the lowest
+//!   node id ([`Cluster::coordinator`]); transactions are refused in a cluster for now.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -382,7 +383,8 @@ impl Cluster {
         self.partition_meta(topic, partition).is_some_and(|(_, replicas)| !replicas.contains(&self.node))
     }
 
-    /// The node that runs the group and transaction coordinators.
+    /// The node that runs the transaction coordinator (group coordinators follow the leaders of
+    /// `__consumer_offsets` partitions).
     pub(crate) fn coordinator(&self) -> NodeId {
         self.nodes[0]
     }

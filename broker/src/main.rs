@@ -146,15 +146,18 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     let txns = txn::coordinator::TxnCoordinator::new(broker.clone(), flusher.clone(), groups.clone());
     let ctx = handlers::Ctx { broker: broker.clone(), flusher, groups: groups.clone(), txns: txns.clone(), peer: None };
     let bg = tokio::spawn(flusher::background(broker.clone(), stop_rx.clone()));
-    // Group requests get COORDINATOR_LOAD_IN_PROGRESS until __consumer_offsets is replayed.
-    let (loading, loading_txns) = (groups.clone(), txns.clone());
-    let loader = tokio::task::spawn_blocking(move || {
-        if let Err(e) = loading.start() {
+    // Group requests get COORDINATOR_LOAD_IN_PROGRESS until __consumer_offsets is replayed (in a
+    // cluster `open` returns at once; partitions load as this node comes to lead them).
+    let (loading, loading_txns, loading_stop) = (groups.clone(), txns.clone(), stop_rx.clone());
+    let loader = tokio::spawn(async move {
+        if let Err(e) = loading.open(loading_stop).await {
             tracing::error!(error = %e, "loading __consumer_offsets failed");
         }
         // After the groups: markers it rewrites may complete transactional offset commits.
-        if let Err(e) = loading_txns.start() {
-            tracing::error!(error = %e, "loading __transaction_state failed");
+        match tokio::task::spawn_blocking(move || loading_txns.start()).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "loading __transaction_state failed"),
+            Err(e) => tracing::error!(error = %e, "loading __transaction_state failed"),
+            Ok(Ok(())) => {}
         }
     });
     let ticker = tokio::spawn(groups.run(stop_rx.clone()));

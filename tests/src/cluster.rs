@@ -15,7 +15,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsResponse, MetadataRequest, MetadataResponse, metadata_request::MetadataRequestTopic,
+    ApiKey, CreateTopicsResponse, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest, MetadataResponse,
+    metadata_request::MetadataRequestTopic,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -93,6 +94,12 @@ impl CreekCluster {
     /// port (`internal.peers` lists the proxies; each node listens on its own real port), so that
     /// [`isolate`](Self::isolate) can cut a node off from its peers.
     pub fn start_with_internal_proxies(n: usize, settings: &[(&str, &str)]) -> CreekCluster {
+        Self::start_inner(n, settings, true)
+    }
+
+    /// [`start_with_internal_proxies`](Self::start_with_internal_proxies) with extra broker
+    /// configs for every node.
+    pub fn start_with_internal_proxies_and(n: usize, settings: &[(&str, &str)]) -> CreekCluster {
         Self::start_inner(n, settings, true)
     }
 
@@ -299,6 +306,49 @@ impl CreekCluster {
         req.allow_auto_topic_creation = false;
         w.try_call(ApiKey::Metadata, 12, &req)
             .ok_or_else(|| format!("node {id} ({addr}) closed or timed out on Metadata"))
+    }
+
+    /// FindCoordinator (v3, key type group) for `group` asked of node `id`: (error code,
+    /// coordinator node id), or why there is no answer.
+    pub fn find_group_coordinator(&self, id: i32, group: &str) -> Result<(i16, i32), String> {
+        let addr = self.addr(id);
+        let mut w = Wire::connect_timeout(&addr, ASK_TIMEOUT).map_err(|e| format!("node {id} ({addr}): {e}"))?;
+        let mut req = FindCoordinatorRequest::default();
+        req.key = kafka_protocol::protocol::StrBytes::from_string(group.to_string());
+        req.key_type = 0;
+        let resp: FindCoordinatorResponse = w
+            .try_call(ApiKey::FindCoordinator, 3, &req)
+            .ok_or_else(|| format!("node {id} ({addr}) closed or timed out on FindCoordinator"))?;
+        Ok((resp.error_code, resp.node_id.0))
+    }
+
+    /// Waits until every running node names the same coordinator for `group` and returns it.
+    /// Panics after `timeout`.
+    pub fn wait_group_coordinator(&self, group: &str, timeout: Duration) -> i32 {
+        let ids: Vec<i32> = self.nodes.iter().filter(|n| n.answers()).map(|n| n.id).collect();
+        self.wait_group_coordinator_on(&ids, group, timeout)
+    }
+
+    /// Like [`wait_group_coordinator`](Self::wait_group_coordinator), asking only nodes `ids`
+    /// (not an isolated one, which knows no coordinator).
+    pub fn wait_group_coordinator_on(&self, ids: &[i32], group: &str, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answers: Vec<Result<(i16, i32), String>> =
+                ids.iter().map(|&id| self.find_group_coordinator(id, group)).collect();
+            if let Some(Ok((0, c))) = answers.first()
+                && answers.iter().all(|a| a == &Ok((0, *c)))
+            {
+                return *c;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no agreed coordinator for group `{group}` within {timeout:?}: {answers:?}\n{}",
+                    self.log_tails()
+                );
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
     }
 
     /// Waits until node `id`'s Kafka listener answers Metadata. Panics after `timeout`.

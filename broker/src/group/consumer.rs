@@ -1193,6 +1193,11 @@ impl ConsumerGroups {
         all
     }
 
+    /// Forgets the groups `gone` names, writing nothing (their coordinator moved elsewhere).
+    pub(crate) fn forget(&mut self, gone: impl Fn(&str) -> bool) {
+        self.groups.retain(|id, _| !gone(id));
+    }
+
     /// DeleteGroups (and a classic join taking over an empty consumer group): only an empty
     /// group can go. Returns the tombstones to write.
     pub(crate) fn delete_group(&mut self, group_id: &str) -> Result<Vec<Record>, Refusal> {

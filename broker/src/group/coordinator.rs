@@ -1,18 +1,26 @@
 //! The group coordinator's driver: owns the classic groups and committed offsets behind one
 //! mutex, turns the state machines' outputs into answers for parked requests and records in
-//! `__consumer_offsets`, loads that topic at startup, and ticks the clock every 100 ms.
+//! `__consumer_offsets`, loads that topic, and ticks the clock every 100 ms.
+//!
+//! On a single node the topic is local and loaded whole at startup. In a cluster it is a
+//! replicated topic, the coordinator of a group is the leader of the group's partition, and the
+//! tick follows leadership: a partition this node comes to lead is loaded from its committed log,
+//! one it stops leading is unloaded. Records go through the partition's Raft group in the order
+//! they were decided (one writer task submits them), and a client is answered once a quorum
+//! holds them.
 //!
 //! No lock is held across `.await`: parked JoinGroup/SyncGroup requests wait on oneshot
-//! channels, and OffsetCommit waits for the flusher after the append, outside the lock.
+//! channels, and OffsetCommit waits for the flusher (or the Raft commit) outside the lock.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::classic::{
     ClassicConfig, ClassicGroup, GroupState, JoinRequest, JoinResult, Output, ReqId, SyncRequest, SyncResult,
@@ -27,7 +35,18 @@ use super::store::{self, Loaded, OFFSETS_TOPIC};
 use crate::config::BrokerConfig;
 use crate::flusher::Flusher;
 use crate::handlers::code;
+use crate::raft::Applied;
+use crate::raft::log_store::PROPOSAL_OFFSET;
+use crate::raft::replica::{ProposeError, Replica};
 use crate::state::{Broker, Partition, now_ms};
+
+/// Coordinator records waiting for the writer task to hand them to their partitions' Raft groups
+/// (cluster mode). When the queue is full a write fails at once and its client retries.
+const RAFT_WRITES_QUEUED_MAX: usize = 4096;
+/// How long a coordinator record may take to commit before its client is told to retry.
+const RAFT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a cluster node retries creating `__consumer_offsets` until the metadata takes it.
+const CREATE_RETRY: Duration = Duration::from_millis(300);
 
 /// One partition's commit in an OffsetCommit, after the handler's own checks.
 #[derive(Debug, Clone)]
@@ -44,6 +63,9 @@ pub(crate) struct CommitPart {
 /// Committed offsets by topic: (topic, [(partition, offset if committed)]).
 pub(crate) type Fetched = Vec<(String, Vec<(i32, Option<Committed>)>)>;
 
+/// One code per (topic, partition) of a request.
+pub(crate) type PartCodes = Vec<(String, i32, i16)>;
+
 /// A group as DescribeGroups shows it.
 pub(crate) struct Described {
     pub(crate) state: &'static str,
@@ -59,14 +81,71 @@ struct Inner {
     /// KIP-848 consumer groups. A group id is classic or consumer, never both.
     consumer: ConsumerGroups,
     offsets: Offsets,
-    joins: HashMap<ReqId, oneshot::Sender<JoinResult>>,
-    syncs: HashMap<ReqId, oneshot::Sender<SyncResult>>,
+    /// Parked JoinGroup and SyncGroup requests, with their group (unloading a partition answers
+    /// its groups' requests NOT_COORDINATOR).
+    joins: HashMap<ReqId, (String, oneshot::Sender<JoinResult>)>,
+    syncs: HashMap<ReqId, (String, oneshot::Sender<SyncResult>)>,
     next_req: ReqId,
     last_expiry_ms: i64,
     /// Offsets committed inside open transactions, by producer id: (offsets partition, group,
     /// topic, partition, offset). They become committed offsets when a COMMIT marker for the
     /// producer lands in that offsets partition, and vanish on ABORT.
     pending_txn: HashMap<i64, Vec<PendingTxnOffset>>,
+    /// Cluster mode: how far each `__consumer_offsets` partition is loaded here, by index.
+    /// Empty on a single node, which loads everything at startup.
+    loads: Vec<Load>,
+}
+
+/// How far this node has loaded one `__consumer_offsets` partition (cluster mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Not led here: none of its groups is in memory.
+    Unloaded,
+    /// Led here in this term; its committed records are being read.
+    Loading(i32),
+    /// Led here in this term; its groups are in memory and served.
+    Loaded(i32),
+}
+
+/// A record batch for an offsets partition's Raft group, in decision order.
+struct RaftWrite {
+    partition: Arc<Partition>,
+    /// The leader's term when the batch was decided.
+    term: i32,
+    batch: Bytes,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// A batch on its way into `__consumer_offsets`.
+struct Written {
+    partition: Arc<Partition>,
+    wait: Wait,
+}
+
+enum Wait {
+    /// Local: durable once the flusher has passed this offset.
+    Flush(u64),
+    /// Replicated: the writer task answers once a quorum holds the batch (in this term).
+    Commit(i32, oneshot::Receiver<Result<(), String>>),
+}
+
+impl Written {
+    /// Waits until the batch is durable (a single node) or committed by a quorum (a cluster).
+    /// The error is the code for the client: COORDINATOR_NOT_AVAILABLE when a local flush
+    /// failed, NOT_COORDINATOR when the Raft write did (leadership moved, or it timed out).
+    async fn durable(self, flusher: &Flusher) -> Result<(), (i16, String)> {
+        match self.wait {
+            Wait::Flush(end) => flusher
+                .wait_durable(self.partition, end)
+                .await
+                .map_err(|e| (code::COORDINATOR_NOT_AVAILABLE, e.to_string())),
+            Wait::Commit(_, rx) => match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(m)) => Err((code::NOT_COORDINATOR, m)),
+                Err(_) => Err((code::NOT_COORDINATOR, "the coordinator stopped".into())),
+            },
+        }
+    }
 }
 
 /// An offset committed in a transaction that has not ended yet.
@@ -87,6 +166,8 @@ pub(crate) struct GroupCoordinator {
     flusher: Flusher,
     /// Partitions of `__consumer_offsets`.
     partitions: AtomicI32,
+    /// Cluster mode: the queue of the task that hands records to the Raft groups in order.
+    raft_writes: OnceLock<mpsc::Sender<RaftWrite>>,
 }
 
 fn classic_config(c: &BrokerConfig) -> ClassicConfig {
@@ -126,55 +207,103 @@ impl GroupCoordinator {
                 next_req: 1,
                 last_expiry_ms: now_ms(),
                 pending_txn: HashMap::new(),
+                loads: Vec::new(),
             }),
             loaded: AtomicBool::new(false),
             broker,
             flusher,
             partitions: AtomicI32::new(partitions),
+            raft_writes: OnceLock::new(),
         })
+    }
+
+    /// Starts the coordinator: [`GroupCoordinator::start`] on a single node. In a cluster it
+    /// returns at once and, in the background, makes sure the replicated `__consumer_offsets`
+    /// exists; partitions are then loaded as this node comes to lead them (see
+    /// [`GroupCoordinator::follow_leadership`]).
+    pub(crate) async fn open(self: Arc<Self>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        if self.broker.cluster.get().is_none() {
+            let this = self.clone();
+            return tokio::task::spawn_blocking(move || this.start()).await?;
+        }
+        tokio::spawn(async move {
+            if let Err(e) = self.replicate_offsets_topic(stop).await {
+                tracing::error!(error = %e, "opening the replicated {OFFSETS_TOPIC} failed");
+            }
+        });
+        Ok(())
+    }
+
+    /// Cluster mode: creates `__consumer_offsets` through the metadata group unless it exists
+    /// (as CreateTopics does: the cluster's topic id, every node a replica), waits until it is
+    /// open here, and starts the writer task.
+    async fn replicate_offsets_topic(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let cluster = self.broker.cluster.get().cloned().context("not in a cluster")?;
+        let (wanted, configs) = self.offsets_topic_config();
+        let mut warned = false;
+        let topic = loop {
+            let known = cluster.meta.read(|m| m.topics.contains_key(OFFSETS_TOPIC));
+            match self.broker.topic(OFFSETS_TOPIC) {
+                // The reconciler starts a replica of every partition once the topic is open.
+                Some(t) if known => break t,
+                Some(_) if !warned => {
+                    warned = true;
+                    tracing::error!(
+                        "{OFFSETS_TOPIC} exists here but not in the cluster metadata (a data directory from a single node?); \
+                         consumer groups are not served until it is removed"
+                    );
+                }
+                None if !known => {
+                    // Every node tries at startup; the first proposal wins and the rest see
+                    // TOPIC_ALREADY_EXISTS.
+                    if let Err((error, m)) =
+                        cluster.create_topic(&self.broker, OFFSETS_TOPIC, wanted, -1, configs.clone()).await
+                    {
+                        tracing::debug!(error, message = %m, "{OFFSETS_TOPIC} not created here");
+                    }
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(CREATE_RETRY) => {}
+                _ = stop.changed() => return Ok(()),
+            }
+        };
+        let count = topic.partition_count();
+        self.partitions.store(count as i32, Ordering::Release);
+        self.inner.lock().loads = vec![Load::Unloaded; count];
+        let (tx, rx) = mpsc::channel(RAFT_WRITES_QUEUED_MAX);
+        let _ = self.raft_writes.set(tx);
+        tokio::spawn(self.clone().write_to_raft(rx));
+        self.loaded.store(true, Ordering::Release);
+        tracing::info!(
+            partitions = count,
+            "{OFFSETS_TOPIC} replicated; coordinating the groups of the partitions led here"
+        );
+        Ok(())
+    }
+
+    /// The partition count and configs `__consumer_offsets` is created with.
+    fn offsets_topic_config(&self) -> (u32, BTreeMap<String, String>) {
+        let segment_bytes = self.broker.config.read().i64("offsets.topic.segment.bytes");
+        let mut configs = BTreeMap::new();
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        configs.insert("segment.bytes".to_string(), segment_bytes.to_string());
+        (self.partitions.load(Ordering::Acquire) as u32, configs)
     }
 
     /// Creates `__consumer_offsets` if missing, replays every partition of it (blocking I/O),
     /// then starts serving group requests.
     pub(crate) fn start(&self) -> anyhow::Result<()> {
-        let segment_bytes = self.broker.config.read().i64("offsets.topic.segment.bytes");
-        let mut configs = BTreeMap::new();
-        configs.insert("cleanup.policy".to_string(), "compact".to_string());
-        configs.insert("segment.bytes".to_string(), segment_bytes.to_string());
-        let wanted = self.partitions.load(Ordering::Acquire) as u32;
+        let (wanted, configs) = self.offsets_topic_config();
         let topic = self.broker.ensure_internal_topic(OFFSETS_TOPIC, wanted, configs)?;
         // An existing topic keeps its partition count, whatever the config says now.
         self.partitions.store(topic.partition_count() as i32, Ordering::Release);
         let mut loaded = Loaded::default();
         topic.replay(|p, bytes| loaded.apply_batches(p.index, bytes))?;
-        let now = now_ms();
-        let mut inner = self.inner.lock();
-        let delay = inner.cfg.initial_rebalance_delay_ms;
-        let (ngroups, noffsets) = (loaded.groups.len(), loaded.offsets.groups().count());
-        for (id, g) in loaded.groups {
-            inner.groups.insert(id, ClassicGroup::restore(g, now).with_initial_delay(delay));
-        }
-        let offset_groups: Vec<String> = loaded.offsets.groups().cloned().collect();
-        for id in offset_groups {
-            inner.groups.entry(id.clone()).or_insert_with(|| ClassicGroup::new(&id, now).with_initial_delay(delay));
-        }
-        inner.offsets = loaded.offsets;
-        for ((offsets_partition, pid), entries) in loaded.pending_txn {
-            inner.pending_txn.entry(pid).or_default().extend(entries.into_iter().map(
-                |(group, topic, partition, c)| PendingTxnOffset {
-                    offsets_partition,
-                    group,
-                    topic,
-                    partition,
-                    committed: c,
-                },
-            ));
-        }
-        let nconsumer = loaded.consumer.len();
-        for r in &loaded.consumer {
-            inner.consumer.replay(r, now);
-        }
-        drop(inner);
+        let (ngroups, noffsets, nconsumer) =
+            (loaded.groups.len(), loaded.offsets.groups().count(), loaded.consumer.len());
+        install(&mut self.inner.lock(), loaded, now_ms());
         tracing::info!(records = nconsumer, "replayed KIP-848 consumer group records");
         self.loaded.store(true, Ordering::Release);
         tracing::info!(groups = ngroups, groups_with_offsets = noffsets, "loaded {OFFSETS_TOPIC}");
@@ -190,6 +319,9 @@ impl GroupCoordinator {
                 _ = shutdown.changed() => return,
             }
             if self.loaded.load(Ordering::Acquire) {
+                if self.raft_writes.get().is_some() {
+                    self.follow_leadership();
+                }
                 self.tick(now_ms());
             }
         }
@@ -198,21 +330,171 @@ impl GroupCoordinator {
     /// The one place that decides whether this node coordinates `group`: it must lead the
     /// group's `__consumer_offsets` partition (a single node leads all of them) and have loaded it.
     pub(crate) fn check(&self, group: &str) -> Result<(), i16> {
-        if !self.leads(store::partition_for(group, self.partitions.load(Ordering::Acquire))) {
-            return Err(code::NOT_COORDINATOR);
-        }
-        if !self.loaded.load(Ordering::Acquire) {
-            return Err(code::COORDINATOR_LOAD_IN_PROGRESS);
-        }
-        Ok(())
+        self.check_in(&self.inner.lock(), group)
     }
 
-    /// Whether this node leads `__consumer_offsets` partition `partition`. A single node leads
-    /// every partition; partition leadership (Raft) decides this later.
-    fn leads(&self, _partition: i32) -> bool {
-        // In a cluster, one node coordinates every group until coordinators follow partition
-        // leadership (issue 5, item 6).
-        self.broker.cluster.get().is_none_or(|c| c.coordinator() == c.node)
+    /// [`GroupCoordinator::check`] under the lock: every request that changes a group checks
+    /// again here, so a partition unloaded since the handler's check is not written to.
+    fn check_in(&self, inner: &Inner, group: &str) -> Result<(), i16> {
+        if self.raft_writes.get().is_none() {
+            if self.broker.cluster.get().is_some() {
+                // A cluster node before `__consumer_offsets` exists.
+                return Err(code::NOT_COORDINATOR);
+            }
+            return if self.loaded.load(Ordering::Acquire) { Ok(()) } else { Err(code::COORDINATOR_LOAD_IN_PROGRESS) };
+        }
+        let p = self.partition_of(group);
+        let Some(term) = self.offsets_replica(p).and_then(|r| led_term(&r)) else {
+            return Err(code::NOT_COORDINATOR);
+        };
+        match inner.loads.get(p as usize) {
+            Some(Load::Loaded(t)) if *t == term => Ok(()),
+            _ => Err(code::COORDINATOR_LOAD_IN_PROGRESS),
+        }
+    }
+
+    /// This node's replica of `__consumer_offsets` partition `p` (cluster mode).
+    fn offsets_replica(&self, p: i32) -> Option<Arc<Replica>> {
+        self.broker.topic(OFFSETS_TOPIC)?.partition(p)?.replica.get().cloned()
+    }
+
+    /// Cluster mode, every tick: loads the partitions this node has come to lead (in a new
+    /// term) and unloads those it no longer leads. Reads one watch per partition; nothing else
+    /// while leadership is stable.
+    fn follow_leadership(self: &Arc<Self>) {
+        let Some(topic) = self.broker.topic(OFFSETS_TOPIC) else { return };
+        let partitions = topic.partitions.read().clone();
+        let mut inner = self.inner.lock();
+        for p in partitions {
+            let Some(replica) = p.replica.get() else { continue };
+            let term = led_term(replica);
+            let Some(&state) = inner.loads.get(p.index as usize) else { continue };
+            match (term, state) {
+                (None, Load::Unloaded) => {}
+                (Some(t), Load::Loading(l) | Load::Loaded(l)) if t == l => {}
+                (None, _) => {
+                    self.unload(&mut inner, p.index);
+                    tracing::info!(partition = p.index, "no longer leading; unloaded its groups");
+                }
+                (Some(t), _) => {
+                    if state != Load::Unloaded {
+                        self.unload(&mut inner, p.index);
+                    }
+                    inner.loads[p.index as usize] = Load::Loading(t);
+                    tokio::spawn(self.clone().load_partition(p.clone(), t));
+                }
+            }
+        }
+    }
+
+    /// Reads partition `p`'s committed records and serves its groups, unless leadership moved
+    /// meanwhile. Requests for its groups get COORDINATOR_LOAD_IN_PROGRESS until then.
+    async fn load_partition(self: Arc<Self>, p: Arc<Partition>, term: i32) {
+        let started = std::time::Instant::now();
+        let reading = p.clone();
+        let read = tokio::task::spawn_blocking(move || read_committed(&reading)).await;
+        let loaded = match read.unwrap_or_else(|e| Err(e.to_string())) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::warn!(partition = p.index, error, "loading an offsets partition failed; retrying");
+                let mut inner = self.inner.lock();
+                if inner.loads.get(p.index as usize) == Some(&Load::Loading(term)) {
+                    inner.loads[p.index as usize] = Load::Unloaded;
+                }
+                return;
+            }
+        };
+        let mut inner = self.inner.lock();
+        if inner.loads.get(p.index as usize) != Some(&Load::Loading(term)) {
+            return;
+        }
+        let groups = loaded.groups.len();
+        install(&mut inner, loaded, now_ms());
+        inner.loads[p.index as usize] = Load::Loaded(term);
+        tracing::info!(
+            partition = p.index,
+            term,
+            groups,
+            ms = started.elapsed().as_millis() as u64,
+            "leading an offsets partition; loaded its groups"
+        );
+    }
+
+    /// Forgets every group of offsets partition `p` and answers its parked requests
+    /// NOT_COORDINATOR (their clients find the new coordinator).
+    fn unload(&self, inner: &mut Inner, p: i32) {
+        let n = self.partitions.load(Ordering::Acquire);
+        let here = |id: &str| store::partition_for(id, n) == p;
+        inner.groups.retain(|id, _| !here(id));
+        let offset_groups: Vec<String> = inner.offsets.groups().filter(|id| here(id)).cloned().collect();
+        for id in offset_groups {
+            inner.offsets.remove_group(&id);
+        }
+        inner.consumer.forget(here);
+        let joins: Vec<ReqId> = inner.joins.iter().filter(|(_, (g, _))| here(g)).map(|(r, _)| *r).collect();
+        for r in joins {
+            if let Some((_, tx)) = inner.joins.remove(&r) {
+                let _ = tx.send(JoinResult::error(code::NOT_COORDINATOR, ""));
+            }
+        }
+        let syncs: Vec<ReqId> = inner.syncs.iter().filter(|(_, (g, _))| here(g)).map(|(r, _)| *r).collect();
+        for r in syncs {
+            if let Some((_, tx)) = inner.syncs.remove(&r) {
+                let _ = tx.send(sync_error(code::NOT_COORDINATOR));
+            }
+        }
+        if let Some(l) = inner.loads.get_mut(p as usize) {
+            *l = Load::Unloaded;
+        }
+    }
+
+    /// A Raft write of partition `p` failed in `term`: memory may be ahead of the log, so the
+    /// partition is unloaded and, if this node still leads it, read again from the log.
+    fn write_failed(&self, p: i32, term: i32) {
+        let mut inner = self.inner.lock();
+        if matches!(inner.loads.get(p as usize), Some(Load::Loading(t) | Load::Loaded(t)) if *t == term) {
+            self.unload(&mut inner, p);
+            tracing::warn!(partition = p, term, "a coordinator write failed; reloading the partition's groups");
+        }
+    }
+
+    /// The one writer of the offsets partitions' Raft groups: submits records in the order they
+    /// were decided, then waits for each commit in its own task.
+    async fn write_to_raft(self: Arc<Self>, mut queue: mpsc::Receiver<RaftWrite>) {
+        while let Some(w) = queue.recv().await {
+            let Some(replica) = w.partition.replica.get().cloned() else { continue };
+            // A record decided in an earlier term must not enter a later term's log: that term's
+            // leader loaded the partition without it.
+            let submitted = if led_term(&replica) != Some(w.term) {
+                Err(ProposeError::NotLeader(None))
+            } else {
+                // Bounded like the commit below: a group that does not take the entry must not
+                // hold up every other partition's writes.
+                tokio::time::timeout(RAFT_WRITE_TIMEOUT, replica.submit(w.batch))
+                    .await
+                    .unwrap_or_else(|_| Err(ProposeError::Stopped("not accepted in time".into())))
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let result = match submitted {
+                    Ok(committed) => tokio::select! {
+                        r = committed => match r {
+                            Ok(Applied::Batch { .. }) => Ok(()),
+                            Ok(other) => Err(format!("unexpected apply result {other:?}")),
+                            Err(e) => Err(format!("{e:?}")),
+                        },
+                        () = lost_leadership(&replica, w.term) => Err("leadership moved".into()),
+                        () = tokio::time::sleep(RAFT_WRITE_TIMEOUT) => Err("not committed in time".into()),
+                    },
+                    Err(e) => Err(format!("{e:?}")),
+                };
+                if let Err(e) = &result {
+                    tracing::debug!(partition = w.partition.index, error = %e, "coordinator write failed");
+                    this.write_failed(w.partition.index, w.term);
+                }
+                let _ = w.reply.send(result);
+            });
+        }
     }
 
     fn offsets_partition(&self, group: &str) -> Option<Arc<Partition>> {
@@ -221,9 +503,9 @@ impl GroupCoordinator {
             .partition(store::partition_for(group, self.partitions.load(Ordering::Acquire)))
     }
 
-    /// Appends records for `group` to its partition; returns the partition and the end offset to
-    /// wait for.
-    fn append(&self, group: &str, records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(Arc<Partition>, u64), String> {
+    /// Appends records for `group` to its partition (in a cluster: queues them for its Raft
+    /// group, in this order); returns what to wait for.
+    fn append(&self, group: &str, records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Written, String> {
         self.append_as(group, records, None)
     }
 
@@ -233,7 +515,7 @@ impl GroupCoordinator {
         group: &str,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         producer: Option<(i64, i16)>,
-    ) -> Result<(Arc<Partition>, u64), String> {
+    ) -> Result<Written, String> {
         if records.is_empty() {
             return Err("nothing to append".into());
         }
@@ -244,13 +526,21 @@ impl GroupCoordinator {
         if let Some((pid, epoch)) = producer {
             creek_protocol::batch::set_producer(&mut batch, pid, epoch, -1, true);
         }
+        if let Some(queue) = self.raft_writes.get() {
+            let term = partition.replica.get().and_then(|r| led_term(r)).ok_or("not leading the partition")?;
+            creek_protocol::batch::set_base_offset(&mut batch, PROPOSAL_OFFSET);
+            let (reply, rx) = oneshot::channel();
+            let write = RaftWrite { partition: partition.clone(), term, batch: Bytes::from(batch), reply };
+            queue.try_send(write).map_err(|_| "too many coordinator writes queued")?;
+            return Ok(Written { partition, wait: Wait::Commit(term, rx) });
+        }
         let info = partition.log.lock().append(&mut batch, partition.leader_epoch, now).map_err(|e| e.to_string())?;
         self.broker.appended.send_modify(|n| *n = n.wrapping_add(1));
-        Ok((partition, info.last_offset + 1))
+        Ok(Written { partition, wait: Wait::Flush(info.last_offset + 1) })
     }
 
     /// Appends the group's metadata record; returns what to wait for to make it durable.
-    fn persist_group(&self, g: &ClassicGroup) -> Option<(Arc<Partition>, u64)> {
+    fn persist_group(&self, g: &ClassicGroup) -> Option<Written> {
         let record = (store::group_key(&g.id), Some(store::group_value(&g.stored())));
         match self.append(&g.id, &[record]) {
             Ok(wait) => Some(wait),
@@ -264,7 +554,8 @@ impl GroupCoordinator {
     /// Carries out a state machine's outputs. The group's record is appended first; answers
     /// produced by the same step are sent only once it is durable, so a member never acts on a
     /// generation or assignment a crash could take back (as Kafka answers SyncGroup after its
-    /// group write).
+    /// group write). In a cluster a record that did not commit turns those answers into
+    /// NOT_COORDINATOR (the partition is reloaded from the log meanwhile).
     fn apply(&self, inner: &mut Inner, group: &str, outputs: Vec<Output>) {
         let mut wait = None;
         if outputs.iter().any(|o| matches!(o, Output::Persist))
@@ -272,20 +563,24 @@ impl GroupCoordinator {
         {
             wait = self.persist_group(g);
         }
-        let mut answers: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        let mut answers: Vec<Box<dyn FnOnce(Option<i16>) + Send>> = Vec::new();
         for o in outputs {
             match o {
                 Output::Join(req, r) => {
-                    if let Some(tx) = inner.joins.remove(&req) {
-                        answers.push(Box::new(move || {
+                    if let Some((_, tx)) = inner.joins.remove(&req) {
+                        answers.push(Box::new(move |failed| {
+                            let r = match failed {
+                                Some(error) => JoinResult::error(error, &r.member_id),
+                                None => r,
+                            };
                             let _ = tx.send(r);
                         }));
                     }
                 }
                 Output::Sync(req, r) => {
-                    if let Some(tx) = inner.syncs.remove(&req) {
-                        answers.push(Box::new(move || {
-                            let _ = tx.send(r);
+                    if let Some((_, tx)) = inner.syncs.remove(&req) {
+                        answers.push(Box::new(move |failed| {
+                            let _ = tx.send(failed.map_or(r, sync_error));
                         }));
                     }
                 }
@@ -293,17 +588,22 @@ impl GroupCoordinator {
             }
         }
         match wait {
-            Some((partition, end)) if !answers.is_empty() => {
+            Some(written) if !answers.is_empty() => {
                 let flusher = self.flusher.clone();
                 let group = group.to_string();
                 tokio::spawn(async move {
-                    if let Err(e) = flusher.wait_durable(partition, end).await {
-                        tracing::warn!(group, error = %e, "group metadata not durable");
-                    }
-                    answers.into_iter().for_each(|answer| answer());
+                    let failed = match written.durable(&flusher).await {
+                        Ok(()) => None,
+                        Err((error, e)) => {
+                            tracing::warn!(group, error = %e, "group metadata not durable");
+                            // A single node answers anyway, as before: its record is in the log.
+                            (error == code::NOT_COORDINATOR).then_some(error)
+                        }
+                    };
+                    answers.into_iter().for_each(|answer| answer(failed));
                 });
             }
-            _ => answers.into_iter().for_each(|answer| answer()),
+            _ => answers.into_iter().for_each(|answer| answer(None)),
         }
     }
 
@@ -311,6 +611,9 @@ impl GroupCoordinator {
         let rx = {
             let mut guard = self.inner.lock();
             let inner: &mut Inner = &mut guard;
+            if let Err(error) = self.check_in(inner, group) {
+                return JoinResult::error(error, &j.member_id);
+            }
             let now = now_ms();
             match inner.consumer.state(group) {
                 None => {}
@@ -333,7 +636,7 @@ impl GroupCoordinator {
             let req = inner.next_req;
             inner.next_req += 1;
             let (tx, rx) = oneshot::channel();
-            inner.joins.insert(req, tx);
+            inner.joins.insert(req, (group.to_string(), tx));
             let g = inner.groups.get_mut(group).expect("inserted");
             let out = g.join(req, j, &inner.cfg, now);
             self.apply(inner, group, out);
@@ -345,12 +648,15 @@ impl GroupCoordinator {
     pub(crate) async fn sync(&self, group: &str, s: SyncRequest) -> SyncResult {
         let rx = {
             let mut inner = self.inner.lock();
+            if let Err(error) = self.check_in(&inner, group) {
+                return sync_error(error);
+            }
             let req = inner.next_req;
             inner.next_req += 1;
             let Some(g) = inner.groups.get_mut(group) else { return sync_error(code::UNKNOWN_MEMBER_ID) };
             let out = g.sync(req, s, now_ms());
             let (tx, rx) = oneshot::channel();
-            inner.syncs.insert(req, tx);
+            inner.syncs.insert(req, (group.to_string(), tx));
             self.apply(&mut inner, group, out);
             rx
         };
@@ -359,6 +665,9 @@ impl GroupCoordinator {
 
     pub(crate) fn heartbeat(&self, group: &str, generation: i32, member_id: &str, instance_id: Option<&str>) -> i16 {
         let mut inner = self.inner.lock();
+        if let Err(error) = self.check_in(&inner, group) {
+            return error;
+        }
         match inner.groups.get_mut(group) {
             Some(g) => g.heartbeat(generation, member_id, instance_id, now_ms()),
             None => code::UNKNOWN_MEMBER_ID,
@@ -368,6 +677,9 @@ impl GroupCoordinator {
     /// LeaveGroup: one code per leaving member.
     pub(crate) fn leave(&self, group: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
         let mut inner = self.inner.lock();
+        if let Err(error) = self.check_in(&inner, group) {
+            return vec![error; members.len()];
+        }
         let Some(g) = inner.groups.get_mut(group) else { return vec![code::UNKNOWN_MEMBER_ID; members.len()] };
         let (codes, out) = g.leave(members, now_ms());
         self.apply(&mut inner, group, out);
@@ -397,8 +709,14 @@ impl GroupCoordinator {
         mut parts: Vec<CommitPart>,
         producer: Option<(i64, i16)>,
     ) -> Vec<CommitPart> {
-        let wait = {
+        let (written, now) = {
             let mut inner = self.inner.lock();
+            if let Err(e) = self.check_in(&inner, group) {
+                for p in parts.iter_mut().filter(|p| p.error == code::NONE) {
+                    p.error = e;
+                }
+                return parts;
+            }
             let now = now_ms();
             let delay = inner.cfg.initial_rebalance_delay_ms;
             let consumer_group = inner.consumer.state(group).is_some();
@@ -423,12 +741,7 @@ impl GroupCoordinator {
                 .iter()
                 .filter(|p| p.error == code::NONE)
                 .map(|p| {
-                    let c = Committed {
-                        offset: p.offset,
-                        leader_epoch: p.leader_epoch,
-                        metadata: p.metadata.clone(),
-                        commit_ms: now,
-                    };
+                    let c = committed(p, now);
                     (store::offset_key(group, &p.topic, p.partition), Some(store::offset_value(&c)))
                 })
                 .collect();
@@ -437,43 +750,75 @@ impl GroupCoordinator {
             }
             match self.append_as(group, &records, producer) {
                 Ok(w) => {
-                    let offsets_partition = w.0.index;
-                    for p in parts.iter().filter(|p| p.error == code::NONE) {
-                        let c = Committed {
-                            offset: p.offset,
-                            leader_epoch: p.leader_epoch,
-                            metadata: p.metadata.clone(),
-                            commit_ms: now,
-                        };
-                        match producer {
-                            None => inner.offsets.commit(group, &p.topic, p.partition, c),
-                            Some((pid, _)) => inner.pending_txn.entry(pid).or_default().push(PendingTxnOffset {
-                                offsets_partition,
-                                group: group.to_string(),
-                                topic: p.topic.clone(),
-                                partition: p.partition,
-                                committed: c,
-                            }),
-                        }
+                    // A replicated commit shows only once a quorum holds it (below): OffsetFetch
+                    // never returns an offset a failover could take back.
+                    if matches!(w.wait, Wait::Flush(_)) {
+                        self.record_commits(&mut inner, group, &parts, producer, w.partition.index, now);
                     }
-                    w
+                    (w, now)
                 }
                 Err(e) => {
                     tracing::warn!(group, error = %e, "offset commit append failed");
+                    let error = if self.raft_writes.get().is_some() {
+                        code::NOT_COORDINATOR
+                    } else {
+                        code::COORDINATOR_NOT_AVAILABLE
+                    };
                     for p in parts.iter_mut().filter(|p| p.error == code::NONE) {
-                        p.error = code::COORDINATOR_NOT_AVAILABLE;
+                        p.error = error;
                     }
                     return parts;
                 }
             }
         };
-        if let Err(e) = self.flusher.wait_durable(wait.0, wait.1).await {
-            tracing::warn!(group, error = %e, "offset commit not durable");
-            for p in parts.iter_mut().filter(|p| p.error == code::NONE) {
-                p.error = code::COORDINATOR_NOT_AVAILABLE;
+        let replicated = match written.wait {
+            Wait::Commit(term, _) => Some((written.partition.index, term)),
+            Wait::Flush(_) => None,
+        };
+        match written.durable(&self.flusher).await {
+            Ok(()) => {
+                if let Some((index, term)) = replicated {
+                    let mut inner = self.inner.lock();
+                    // Unless the partition was unloaded meanwhile: its next load reads this.
+                    if inner.loads.get(index as usize) == Some(&Load::Loaded(term)) {
+                        self.record_commits(&mut inner, group, &parts, producer, index, now);
+                    }
+                }
+            }
+            Err((error, e)) => {
+                tracing::warn!(group, error = %e, "offset commit not durable");
+                for p in parts.iter_mut().filter(|p| p.error == code::NONE) {
+                    p.error = error;
+                }
             }
         }
         parts
+    }
+
+    /// Makes the accepted parts of a commit visible: committed offsets, or a transaction's
+    /// pending ones.
+    fn record_commits(
+        &self,
+        inner: &mut Inner,
+        group: &str,
+        parts: &[CommitPart],
+        producer: Option<(i64, i16)>,
+        offsets_partition: i32,
+        now: i64,
+    ) {
+        for p in parts.iter().filter(|p| p.error == code::NONE) {
+            let c = committed(p, now);
+            match producer {
+                None => inner.offsets.commit(group, &p.topic, p.partition, c),
+                Some((pid, _)) => inner.pending_txn.entry(pid).or_default().push(PendingTxnOffset {
+                    offsets_partition,
+                    group: group.to_string(),
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    committed: c,
+                }),
+            }
+        }
     }
 
     /// A transaction marker for `producer_id` was written to offsets partition `partition`: its
@@ -559,7 +904,7 @@ impl GroupCoordinator {
     }
 
     /// Appends KIP-848 records to each group's partition; returns what to wait for.
-    fn append_consumer_records(&self, records: &[super::consumer::Record]) -> Vec<(Arc<Partition>, u64)> {
+    fn append_consumer_records(&self, records: &[super::consumer::Record]) -> Vec<Written> {
         let mut by_group: BTreeMap<String, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
         for r in records {
             by_group.entry(consumer_group_id(r).to_string()).or_default().push(consumer_store::encode(r));
@@ -583,6 +928,9 @@ impl GroupCoordinator {
         let (response, waits) = {
             let mut guard = self.inner.lock();
             let inner: &mut Inner = &mut guard;
+            if let Err(error) = self.check_in(inner, &hb.group_id) {
+                return HeartbeatResponse { error_code: error, member_epoch: -1, ..HeartbeatResponse::default() };
+            }
             let classic = match inner.groups.get(&hb.group_id) {
                 None => ClassicPresence::Absent,
                 Some(g) if g.state == GroupState::Empty || g.state == GroupState::Dead => ClassicPresence::Empty,
@@ -594,14 +942,10 @@ impl GroupCoordinator {
             }
             (out.response, self.append_consumer_records(&out.records))
         };
-        for (partition, end) in waits {
-            if let Err(e) = self.flusher.wait_durable(partition, end).await {
+        for written in waits {
+            if let Err((error, e)) = written.durable(&self.flusher).await {
                 tracing::warn!(group = %hb.group_id, error = %e, "consumer group records not durable");
-                return HeartbeatResponse {
-                    error_code: code::COORDINATOR_NOT_AVAILABLE,
-                    member_epoch: -1,
-                    ..HeartbeatResponse::default()
-                };
+                return HeartbeatResponse { error_code: error, member_epoch: -1, ..HeartbeatResponse::default() };
             }
         }
         response
@@ -627,7 +971,7 @@ impl GroupCoordinator {
     pub(crate) fn consumer_describe(&self, ids: &[String]) -> Vec<DescribeResult> {
         let ids_ref: Vec<&str> = ids.iter().map(String::as_str).collect();
         let inner = self.inner.lock();
-        let checked: Vec<Option<i16>> = ids.iter().map(|id| self.check(id).err()).collect();
+        let checked: Vec<Option<i16>> = ids.iter().map(|id| self.check_in(&inner, id).err()).collect();
         let described = inner.consumer.describe(&ids_ref, |id| inner.groups.contains_key(id));
         described
             .into_iter()
@@ -670,33 +1014,79 @@ impl GroupCoordinator {
     }
 
     /// DeleteGroups: one code per group.
-    pub(crate) fn delete_group(&self, group: &str) -> i16 {
-        let mut inner = self.inner.lock();
+    pub(crate) async fn delete_group(&self, group: &str) -> i16 {
+        let written = {
+            let mut inner = self.inner.lock();
+            match self.delete_group_in(&mut inner, group) {
+                Ok(written) => written,
+                Err(error) => return error,
+            }
+        };
+        self.replicated(written).await.err().unwrap_or(code::NONE)
+    }
+
+    fn delete_group_in(&self, inner: &mut Inner, group: &str) -> Result<Written, i16> {
+        self.check_in(inner, group)?;
         match inner.groups.get(group) {
-            None => return code::GROUP_ID_NOT_FOUND,
-            Some(g) if g.state == GroupState::Dead => return code::GROUP_ID_NOT_FOUND,
-            Some(g) if g.state != GroupState::Empty => return code::NON_EMPTY_GROUP,
+            None => return Err(code::GROUP_ID_NOT_FOUND),
+            Some(g) if g.state == GroupState::Dead => return Err(code::GROUP_ID_NOT_FOUND),
+            Some(g) if g.state != GroupState::Empty => return Err(code::NON_EMPTY_GROUP),
             Some(_) => {}
         }
         let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             inner.offsets.of_group(group).map(|((t, p), _)| (store::offset_key(group, t, *p), None)).collect();
         records.push((store::group_key(group), None));
-        if let Err(e) = self.append(group, &records) {
+        let written = self.append(group, &records).map_err(|e| {
             tracing::warn!(group, error = %e, "could not write group tombstones");
-            return code::COORDINATOR_NOT_AVAILABLE;
-        }
+            self.append_error()
+        })?;
         inner.offsets.remove_group(group);
         inner.groups.remove(group);
-        code::NONE
+        Ok(written)
+    }
+
+    /// The code for a write that could not even be queued: NOT_COORDINATOR in a cluster (the
+    /// client finds the coordinator again), COORDINATOR_NOT_AVAILABLE on a single node.
+    fn append_error(&self) -> i16 {
+        if self.raft_writes.get().is_some() { code::NOT_COORDINATOR } else { code::COORDINATOR_NOT_AVAILABLE }
+    }
+
+    /// In a cluster, waits until a quorum holds `written` (a failed write also unloads its
+    /// partition, see [`GroupCoordinator::write_failed`]); a single node answers at once, as it
+    /// always has, since the record is in its log.
+    async fn replicated(&self, written: Written) -> Result<(), i16> {
+        if matches!(written.wait, Wait::Flush(_)) {
+            return Ok(());
+        }
+        written.durable(&self.flusher).await.map_err(|(error, e)| {
+            tracing::warn!(error = %e, "coordinator record not committed");
+            error
+        })
     }
 
     /// OffsetDelete: a top-level code, or one code per (topic, partition).
-    pub(crate) fn delete_offsets(
+    pub(crate) async fn delete_offsets(
         &self,
         group: &str,
         parts: Vec<(String, i32, i16)>,
     ) -> Result<Vec<(String, i32, i16)>, i16> {
-        let mut inner = self.inner.lock();
+        let (out, written) = {
+            let mut inner = self.inner.lock();
+            self.delete_offsets_in(&mut inner, group, parts)?
+        };
+        if let Some(written) = written {
+            self.replicated(written).await?;
+        }
+        Ok(out)
+    }
+
+    fn delete_offsets_in(
+        &self,
+        inner: &mut Inner,
+        group: &str,
+        parts: Vec<(String, i32, i16)>,
+    ) -> Result<(PartCodes, Option<Written>), i16> {
+        self.check_in(inner, group)?;
         let Some(g) = inner.groups.get(group) else { return Err(code::GROUP_ID_NOT_FOUND) };
         if g.state == GroupState::Dead {
             return Err(code::GROUP_ID_NOT_FOUND);
@@ -716,18 +1106,19 @@ impl GroupCoordinator {
             .filter(|(t, p, e)| *e == code::NONE && inner.offsets.get(group, t, *p).is_some())
             .map(|(t, p, _)| (store::offset_key(group, t, *p), None))
             .collect();
-        if !records.is_empty() {
-            if let Err(e) = self.append(group, &records) {
-                tracing::warn!(group, error = %e, "could not write offset tombstones");
-                return Err(code::COORDINATOR_NOT_AVAILABLE);
-            }
-            for (t, p, e) in &out {
-                if *e == code::NONE {
-                    inner.offsets.remove(group, t, *p);
-                }
+        if records.is_empty() {
+            return Ok((out, None));
+        }
+        let written = self.append(group, &records).map_err(|e| {
+            tracing::warn!(group, error = %e, "could not write offset tombstones");
+            self.append_error()
+        })?;
+        for (t, p, e) in &out {
+            if *e == code::NONE {
+                inner.offsets.remove(group, t, *p);
             }
         }
-        Ok(out)
+        Ok((out, Some(written)))
     }
 
     /// Advances every group's clock and expires offsets past `offsets.retention.minutes`.
@@ -796,6 +1187,100 @@ fn consumer_group_id(r: &super::consumer::Record) -> &str {
     }
 }
 
+/// The term in which this node leads a replica and serves it (see `Replica::is_leader`).
+fn led_term(replica: &Replica) -> Option<i32> {
+    replica.is_leader().then(|| replica.epoch())
+}
+
+/// Resolves once `replica` no longer serves as leader in `term`.
+async fn lost_leadership(replica: &Replica, term: i32) {
+    while led_term(replica) == Some(term) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The committed records of one offsets partition: from its log start to its high watermark
+/// (a new leader's high watermark covers everything committed before its term).
+fn read_committed(p: &Partition) -> Result<Loaded, String> {
+    let mut loaded = Loaded::default();
+    let (mut at, end) = {
+        let log = p.log.lock();
+        (log.log_start_offset(), p.high_watermark(&log))
+    };
+    while at < end {
+        let read = p.log.lock().read(at, 1 << 20).map_err(|e| e.to_string())?;
+        if read.next_offset <= at {
+            break;
+        }
+        let bytes = committed_prefix(&read.bytes, end);
+        if let Err(e) = loaded.apply_batches(p.index, bytes) {
+            tracing::warn!(partition = p.index, offset = at, error = %e, "skipping unreadable batches");
+        }
+        at = read.next_offset;
+    }
+    Ok(loaded)
+}
+
+/// The whole batches of `bytes` that end below `end`.
+fn committed_prefix(bytes: &[u8], end: u64) -> &[u8] {
+    let mut cut = 0;
+    for range in creek_protocol::batch::batch_ranges(bytes).unwrap_or_default() {
+        match creek_protocol::batch::BatchView::new(&bytes[range.clone()]) {
+            Ok(v) if (v.last_offset() as u64) < end => cut = range.end,
+            _ => break,
+        }
+    }
+    &bytes[..cut]
+}
+
+/// Adds replayed groups, offsets and KIP-848 records to memory.
+fn install(inner: &mut Inner, loaded: Loaded, now: i64) {
+    let delay = inner.cfg.initial_rebalance_delay_ms;
+    for (id, g) in loaded.groups {
+        inner.groups.insert(id, ClassicGroup::restore(g, now).with_initial_delay(delay));
+    }
+    let offset_groups: Vec<String> = loaded.offsets.groups().cloned().collect();
+    for id in offset_groups {
+        inner.groups.entry(id.clone()).or_insert_with(|| ClassicGroup::new(&id, now).with_initial_delay(delay));
+        for ((topic, partition), c) in loaded.offsets.of_group(&id) {
+            inner.offsets.commit(&id, topic, *partition, c.clone());
+        }
+    }
+    for ((offsets_partition, pid), entries) in loaded.pending_txn {
+        inner.pending_txn.entry(pid).or_default().extend(entries.into_iter().map(|(group, topic, partition, c)| {
+            PendingTxnOffset { offsets_partition, group, topic, partition, committed: c }
+        }));
+    }
+    for r in &loaded.consumer {
+        inner.consumer.replay(r, now);
+    }
+}
+
+/// The offset a commit part stores.
+fn committed(p: &CommitPart, now: i64) -> Committed {
+    Committed { offset: p.offset, leader_epoch: p.leader_epoch, metadata: p.metadata.clone(), commit_ms: now }
+}
+
 fn sync_error(error: i16) -> SyncResult {
     SyncResult { error, protocol_type: None, protocol_name: None, assignment: Bytes::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_reads_only_batches_below_the_high_watermark() {
+        // Goal: a new leader loads what is committed, never an uncommitted tail.
+        let (k, v, k2): (&[u8], &[u8], &[u8]) = (b"k", b"v", b"k2");
+        let records = [(Some(k), Some(v)), (Some(k2), None)];
+        let mut bytes = creek_protocol::batch::build_batch(0, 1, &records);
+        let first = bytes.len();
+        bytes.extend(creek_protocol::batch::build_batch(2, 1, &records));
+        assert_eq!(committed_prefix(&bytes, 4).len(), bytes.len());
+        assert_eq!(committed_prefix(&bytes, 3).len(), first);
+        assert_eq!(committed_prefix(&bytes, 2).len(), first);
+        assert!(committed_prefix(&bytes, 1).is_empty());
+        assert!(committed_prefix(&bytes[..first - 1], 10).is_empty(), "a torn batch is not read");
+    }
 }

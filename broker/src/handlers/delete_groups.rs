@@ -14,7 +14,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DeleteGroupsRequest>) -> Opti
         r.group_id = GroupId(str_bytes(group.clone()));
         r.error_code = match ctx.groups.check(&group) {
             Err(e) => e,
-            Ok(()) => ctx.groups.delete_group(&group),
+            Ok(()) => ctx.groups.delete_group(&group).await,
         };
         resp.results.push(r);
     }

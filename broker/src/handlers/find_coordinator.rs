@@ -1,11 +1,14 @@
-//! FindCoordinator: this node coordinates every group whose `__consumer_offsets` partition it
-//! leads, and every transactional id whose `__transaction_state` partition it leads (all of them
-//! on a single node).
+//! FindCoordinator: a group's coordinator is the leader of its `__consumer_offsets` partition
+//! (this node for every group on a single node); in a cluster any node names that leader, or
+//! answers COORDINATOR_NOT_AVAILABLE while there is none. Transactional ids are all coordinated
+//! by one node (the lowest id in a cluster, where transactions are refused).
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 
 use super::{Ctx, Request, code, str_bytes};
+use crate::cluster::Cluster;
+use crate::group::store::OFFSETS_TOPIC;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -16,7 +19,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> O
         let c = ctx.broker.config.read();
         (c.node_id, c.advertised_host.clone(), i32::from(c.advertised_port))
     };
-    // In a cluster one node coordinates everything (see `cluster.rs`); the others point to it.
+    // In a cluster one node coordinates every transactional id (see `cluster.rs`); the others
+    // point to it. Groups follow their partitions' leaders (below).
     let (node_id, host, port, remote) = match ctx.broker.cluster.get() {
         Some(c) if c.coordinator() != c.node => match c.broker_address(c.coordinator()) {
             Some((h, p)) => (c.coordinator() as i32, h, i32::from(p), Some(true)),
@@ -33,6 +37,11 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> O
     let answers: Vec<Coordinator> = keys
         .into_iter()
         .map(|key| {
+            if key_type == KEY_TYPE_GROUP
+                && let Some(c) = ctx.broker.cluster.get()
+            {
+                return group_in_cluster(ctx, c, key);
+            }
             let checked = match (key_type, remote) {
                 (KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION, Some(true)) => Ok(()),
                 (KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION, Some(false)) => Err(code::COORDINATOR_NOT_AVAILABLE),
@@ -71,4 +80,44 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> O
         resp.port = c.port;
     }
     Some(resp)
+}
+
+/// A group's coordinator in a cluster: the visible leader of its `__consumer_offsets` partition.
+fn group_in_cluster(ctx: &Ctx, cluster: &Cluster, key: String) -> Coordinator {
+    let mut c = Coordinator::default();
+    let index = ctx.groups.partition_of(&key);
+    let leader = match ctx.broker.topic(OFFSETS_TOPIC).and_then(|t| t.partition(index)) {
+        Some(p) => match p.replica.get() {
+            Some(r) => cluster.visible_leader(r),
+            // Hosted by other nodes (a replication factor below the node count).
+            None => cluster.remote_leader(OFFSETS_TOPIC, index).map(|(l, _)| l),
+        },
+        None => None,
+    };
+    let found = match leader {
+        // This node: only once the partition's groups are loaded.
+        Some(l) if l == cluster.node => match ctx.groups.check(&key) {
+            Ok(()) => {
+                let conf = ctx.broker.config.read();
+                Ok((l, conf.advertised_host.clone(), conf.advertised_port))
+            }
+            Err(_) => Err(code::COORDINATOR_NOT_AVAILABLE),
+        },
+        Some(l) => cluster.broker_address(l).map(|(h, p)| (l, h, p)).ok_or(code::COORDINATOR_NOT_AVAILABLE),
+        None => Err(code::COORDINATOR_NOT_AVAILABLE),
+    };
+    c.key = str_bytes(key);
+    match found {
+        Ok((node, host, port)) => {
+            c.node_id = BrokerId(node as i32);
+            c.host = str_bytes(host);
+            c.port = i32::from(port);
+        }
+        Err(error) => {
+            c.error_code = error;
+            c.node_id = BrokerId(-1);
+            c.port = -1;
+        }
+    }
+    c
 }

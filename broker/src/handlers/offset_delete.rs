@@ -21,7 +21,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<OffsetDeleteRequest>) -> Opti
     }
     let result = match ctx.groups.check(&group) {
         Err(e) => Err(e),
-        Ok(()) => ctx.groups.delete_offsets(&group, parts),
+        Ok(()) => ctx.groups.delete_offsets(&group, parts).await,
     };
     match result {
         Err(e) => resp.error_code = e,

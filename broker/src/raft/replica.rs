@@ -393,6 +393,30 @@ impl Replica {
         }
     }
 
+    /// Hands one batch (its `baseOffset` set to [`super::log_store::PROPOSAL_OFFSET`]) to
+    /// openraft's queue and returns what resolves as [`Replica::propose`] does. Batches
+    /// submitted one after another enter the log in that order, which `propose` from concurrent
+    /// tasks does not promise (the group coordinator's records rely on it).
+    pub(crate) async fn submit(
+        &self,
+        batch: Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<Applied, ProposeError>> + Send + 'static, ProposeError> {
+        let (responder, rx) = openraft::impls::ProgressResponder::complete_only();
+        self.raft
+            .client_write_ff(KafkaBatch(batch), Some(responder))
+            .await
+            .map_err(|e| ProposeError::Stopped(e.to_string()))?;
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(resp)) => Ok(resp.data),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+                Ok(Err(ClientWriteError::LogEntryDiscarded(f))) => Err(ProposeError::Unknown(f.leader_id)),
+                Ok(Err(e)) => Err(ProposeError::Stopped(e.to_string())),
+                Err(_) => Err(ProposeError::Stopped("the group stopped".into())),
+            }
+        })
+    }
+
     /// Stops the replica; its store closes (and flushes) when openraft drops it.
     pub(crate) async fn shutdown(&self, router: &RaftRouter) {
         router.unregister(self.group);
