@@ -110,19 +110,27 @@ struct LeadersHandler(std::sync::Weak<Cluster>);
 
 impl Handler for LeadersHandler {
     fn handle(&self, _from: NodeId, _group: GroupId, _kind: MessageKind, _payload: Bytes) -> HandlerFuture {
-        let mut out = Vec::new();
-        if let Some(c) = self.0.upgrade() {
-            let replicas = c.replicas.lock().clone();
-            out.reserve(4 + replicas.len() * 24);
-            out.extend_from_slice(&(replicas.len() as u32).to_be_bytes());
-            for r in replicas {
-                out.extend_from_slice(&r.group.0.to_be_bytes());
-                out.extend_from_slice(&c.visible_leader(&r).unwrap_or(u64::MAX).to_be_bytes());
-                out.extend_from_slice(&(r.epoch().max(0) as u64).to_be_bytes());
+        let leaders: Vec<(GroupId, Option<NodeId>, u64)> = match self.0.upgrade() {
+            Some(c) => {
+                let replicas = c.replicas.lock().clone();
+                replicas.iter().map(|r| (r.group, c.visible_leader(r), r.epoch().max(0) as u64)).collect()
             }
-        }
-        Box::pin(async move { Some(Bytes::from(out)) })
+            None => Vec::new(),
+        };
+        Box::pin(async move { Some(Bytes::from(encode_leaders(&leaders))) })
     }
+}
+
+/// Encodes a [`KIND_LEADERS`] answer.
+fn encode_leaders(leaders: &[(GroupId, Option<NodeId>, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + leaders.len() * 24);
+    out.extend_from_slice(&(leaders.len() as u32).to_be_bytes());
+    for (group, leader, term) in leaders {
+        out.extend_from_slice(&group.0.to_be_bytes());
+        out.extend_from_slice(&leader.unwrap_or(u64::MAX).to_be_bytes());
+        out.extend_from_slice(&term.to_be_bytes());
+    }
+    out
 }
 
 /// Decodes a [`KIND_LEADERS`] answer; `None` if it is malformed.
@@ -849,5 +857,23 @@ mod tests {
         assert_eq!(cluster_id(&a).len(), 32);
         let c = vec![(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:3".to_string())];
         assert_ne!(cluster_id(&a), cluster_id(&c));
+    }
+
+    #[test]
+    fn leaders_answers_round_trip_and_hostile_bytes_are_refused() {
+        let leaders = vec![(GroupId(7), Some(2), 5), (GroupId(9), None, 3)];
+        let encoded = encode_leaders(&leaders);
+        assert_eq!(decode_leaders(&encoded), Some(leaders));
+        assert_eq!(decode_leaders(&encode_leaders(&[])), Some(vec![]));
+        for cut in 0..encoded.len() {
+            assert_eq!(decode_leaders(&encoded[..cut]), None, "truncated at {cut}");
+        }
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert_eq!(decode_leaders(&longer), None, "trailing bytes");
+        // A count far beyond the bytes present allocates nothing and is refused.
+        let mut huge = encoded;
+        huge[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode_leaders(&huge), None);
     }
 }
