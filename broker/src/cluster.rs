@@ -37,6 +37,9 @@ use crate::raft::replica::{GroupSpec, PartitionHook, Replica};
 use crate::rpc::{GroupId, Handler, HandlerFuture, MessageKind, NodeId, Rpc, RpcConfig};
 use crate::state::{Broker, CreateError};
 
+/// A partition being reassigned: its index, replicas and target replicas.
+pub(crate) type Moving = (i32, Vec<NodeId>, Vec<NodeId>);
+
 /// A topic's config overrides.
 type Configs = std::collections::BTreeMap<String, String>;
 
@@ -64,6 +67,8 @@ const KIND_ELECT_PREFERRED: MessageKind = MessageKind(18);
 const KIND_LEADERS: MessageKind = MessageKind(19);
 /// How often a node that does not host every partition asks its peers for their leaders.
 const REMOTE_LEADERS_INTERVAL: Duration = Duration::from_millis(250);
+/// The reconciler runs at least this often, besides after every metadata change.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 /// Replication factor -1 means every node, up to this many.
 const DEFAULT_REPLICATION_MAX: usize = 3;
 
@@ -103,6 +108,10 @@ pub(crate) struct Cluster {
     /// The leader and term of each partition this node does not host, as its replicas report
     /// them ([`KIND_LEADERS`]).
     remote_leaders: Mutex<HashMap<GroupId, (Option<NodeId>, u64)>>,
+    /// Partitions whose reassignment this node is driving (as their leader).
+    reassigning: Mutex<std::collections::HashSet<GroupId>>,
+    /// This cluster, for tasks it spawns.
+    this: std::sync::Weak<Cluster>,
 }
 
 /// Answers [`KIND_LEADERS`]: the leader this node sees for every partition it hosts.
@@ -203,7 +212,7 @@ impl Cluster {
         let heard = Arc::new(Mutex::new(HashMap::new()));
         router.register_service(KIND_PING, Arc::new(PingHandler(heard.clone())));
         let meta = Metadata::start(node, rpc.clone(), &router, store, &nodes).await?;
-        let cluster = Arc::new(Cluster {
+        let cluster = Arc::new_cyclic(|this| Cluster {
             node,
             nodes,
             rpc,
@@ -214,6 +223,8 @@ impl Cluster {
             registered: watch::channel(false).0,
             replica_lag: Duration::from_millis(broker.config.read().i64("replica.lag.time.max.ms").max(1) as u64),
             remote_leaders: Mutex::new(HashMap::new()),
+            reassigning: Mutex::new(std::collections::HashSet::new()),
+            this: this.clone(),
         });
         if broker.cluster.set(cluster.clone()).is_err() {
             anyhow::bail!("the cluster was started twice");
@@ -293,17 +304,19 @@ impl Cluster {
                     // join only if no leader appears within SECOND_CANDIDATE_DELAY.
                     let campaign = r.leaderless_for(!led).is_some_and(|d| {
                         let leader = r.leader();
-                        let first = r
-                            .preferred
-                            .filter(|&p| self.is_live(p) && leader != Some(p))
-                            .or_else(|| r.assigned.iter().copied().find(|&v| self.is_live(v) && leader != Some(v)));
+                        let first = r.preferred.filter(|&p| self.is_live(p) && leader != Some(p)).or_else(|| {
+                            r.assigned.read().iter().copied().find(|&v| self.is_live(v) && leader != Some(v))
+                        });
                         first == Some(self.node) || d >= SECOND_CANDIDATE_DELAY
                     });
                     r.set_ticking(campaign);
                 } else {
                     r.set_ticking(false);
-                    let live = r.assigned.iter().filter(|&&v| self.is_live(v)).count();
-                    r.observe_quorum(live * 2 > r.assigned.len());
+                    let reachable = {
+                        let assigned = r.assigned.read();
+                        assigned.iter().filter(|&&v| self.is_live(v)).count() * 2 > assigned.len()
+                    };
+                    r.observe_quorum(reachable);
                     if heartbeat {
                         r.heartbeat().await;
                         r.sample_in_sync();
@@ -322,7 +335,7 @@ impl Cluster {
             return ids;
         }
         let mut ids: Vec<NodeId> =
-            replica.assigned.iter().copied().filter(|&v| v == self.node || self.is_live(v)).collect();
+            replica.assigned.read().iter().copied().filter(|&v| v == self.node || self.is_live(v)).collect();
         ids.sort_unstable();
         ids
     }
@@ -753,6 +766,9 @@ impl Cluster {
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
                 _ = stop.changed() => return,
+                // Also now and then: a reassignment whose leader changed mid-way is driven by the
+                // new leader, with no metadata change to wake it.
+                _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
             }
         }
     }
@@ -792,13 +808,25 @@ impl Cluster {
                 tracing::info!(topic = %name, partitions = t.partitions.len(), "added the cluster's new partitions");
             }
             for (index, pm) in t.partitions.iter().enumerate() {
-                if !pm.replicas.contains(&self.node) {
-                    continue;
-                }
                 let Some(p) = topic.partition(index as i32) else { continue };
-                if p.replica.get().is_some() {
+                if !pm.hosts().any(|n| n == self.node) {
+                    // Moved away by a reassignment: stop the replica and drop the data.
+                    if let Some(replica) = p.replica.take() {
+                        self.drop_replica(&p, replica).await?;
+                    }
                     continue;
                 }
+                if let Some(replica) = p.replica.get() {
+                    let voters: Vec<NodeId> = pm.target.clone().unwrap_or_else(|| pm.replicas.clone());
+                    replica.set_assigned(&voters);
+                    if let Some(target) = &pm.target
+                        && replica.is_leader()
+                    {
+                        self.drive_reassignment(name, &t.id, index, target.clone(), replica);
+                    }
+                    continue;
+                }
+                let joining = !pm.replicas.contains(&self.node);
                 let log = p.log.clone();
                 let store = tokio::task::spawn_blocking(move || LogStore::on(log)).await??;
                 let appended = broker.clone();
@@ -807,7 +835,7 @@ impl Cluster {
                 let replica = Replica::start(
                     (self.node, self.rpc.clone(), &self.router),
                     store,
-                    GroupSpec { group: pm.group, voters: &pm.replicas, supervised: true },
+                    GroupSpec { group: pm.group, voters: &pm.replicas, supervised: true, joining },
                     move |reader, high_watermark| Arc::new(PartitionHook { reader, high_watermark, on_commit }),
                 )
                 .await?;
@@ -816,6 +844,100 @@ impl Cluster {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A partition's replicas and the target of a reassignment in progress.
+    pub(crate) fn reassignment_of(&self, topic: &str, partition: i32) -> Option<(Vec<NodeId>, Option<Vec<NodeId>>)> {
+        self.meta.read(|m| {
+            let p = m.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)?;
+            Some((p.replicas.clone(), p.target.clone()))
+        })
+    }
+
+    /// Every reassignment in progress, per topic.
+    pub(crate) fn reassignments(&self) -> Vec<(String, Vec<Moving>)> {
+        self.meta.read(|m| {
+            m.topics
+                .iter()
+                .map(|(name, t)| {
+                    let moving = t.partitions.iter().enumerate().filter_map(|(i, p)| {
+                        p.target.as_ref().map(|target| (i as i32, p.replicas.clone(), target.clone()))
+                    });
+                    (name.clone(), moving.collect::<Vec<_>>())
+                })
+                .filter(|(_, moving)| !moving.is_empty())
+                .collect()
+        })
+    }
+
+    /// Starts moving a partition to the replicas `target` (preferred leader first): recorded in
+    /// the metadata; its leader carries it out. Nothing to do if `target` is the replicas already.
+    pub(crate) async fn reassign(&self, topic: &str, partition: i32, target: Vec<NodeId>) -> Result<(), (i16, String)> {
+        use crate::handlers::code;
+        let (id, _, _) = self.topic_meta(topic)?;
+        let Some((replicas, moving)) = self.reassignment_of(topic, partition) else {
+            return Err((code::UNKNOWN_TOPIC_OR_PARTITION, format!("{topic} has no partition {partition}")));
+        };
+        let distinct: std::collections::BTreeSet<NodeId> = target.iter().copied().collect();
+        let registered = self.meta.read(|m| target.iter().all(|n| m.brokers.contains_key(n)));
+        if target.is_empty() || distinct.len() != target.len() || !registered {
+            return Err((
+                code::INVALID_REPLICA_ASSIGNMENT,
+                format!("{target:?} is not a list of distinct registered brokers"),
+            ));
+        }
+        if moving.is_none() && target == replicas {
+            return Ok(());
+        }
+        if moving.is_some() {
+            return Err((code::INVALID_REPLICA_ASSIGNMENT, format!("{topic}-{partition} is being reassigned already")));
+        }
+        let cmd = MetaCommand::Reassign { name: topic.to_string(), id, partition: partition as usize, target };
+        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+        match self.propose_retrying(&cmd, deadline).await? {
+            Ok(()) => Ok(()),
+            Err(m) => Err((code::INVALID_REPLICA_ASSIGNMENT, m)),
+        }
+    }
+
+    /// On the leader of a partition being reassigned: changes the group's voters to `target` in
+    /// the background (once per partition at a time), then records the reassignment complete.
+    fn drive_reassignment(&self, name: &str, id: &str, partition: usize, target: Vec<NodeId>, replica: Arc<Replica>) {
+        if !self.reassigning.lock().insert(replica.group) {
+            return;
+        }
+        let Some(cluster) = self.this.upgrade() else { return };
+        let (name, id) = (name.to_string(), id.to_string());
+        tokio::spawn(async move {
+            let group = replica.group;
+            tracing::info!(topic = %name, partition, ?target, "reassigning: changing the group's voters");
+            let done = match replica.change_voters(&target).await {
+                Ok(()) => {
+                    let cmd = MetaCommand::CompleteReassignment { name: name.clone(), id, partition, target };
+                    let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+                    cluster.propose_retrying(&cmd, deadline).await.map_err(|(_, m)| m).and_then(|r| r)
+                }
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => tracing::info!(topic = %name, partition, "reassignment complete"),
+                // Leadership moved or a node is down: the next leader (or this one, on the next
+                // metadata change) tries again.
+                Err(e) => tracing::warn!(topic = %name, partition, error = %e, "reassignment not finished"),
+            }
+            cluster.reassigning.lock().remove(&group);
+        });
+    }
+
+    /// Stops a replica this node no longer hosts and empties its log, so that the partition looks
+    /// like one it never hosted (and a later reassignment back starts from nothing).
+    async fn drop_replica(&self, p: &Arc<crate::state::Partition>, replica: Arc<Replica>) -> anyhow::Result<()> {
+        self.replicas.lock().retain(|r| r.group != replica.group);
+        replica.shutdown(&self.router).await;
+        let log = p.log.clone();
+        tokio::task::spawn_blocking(move || crate::raft::log_store::forget(&mut log.lock())).await??;
+        tracing::info!(topic = %p.topic, partition = p.index, "dropped a replica a reassignment moved away");
         Ok(())
     }
 

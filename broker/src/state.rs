@@ -37,10 +37,35 @@ pub(crate) struct Partition {
     /// node, internal topics): always 0. A replicated one's is its Raft term ([`Partition::epoch`]).
     pub(crate) leader_epoch: i32,
     /// This node's replica of the partition's Raft group, once started (cluster mode).
-    pub(crate) replica: OnceLock<Arc<Replica>>,
+    pub(crate) replica: ReplicaSlot,
     /// Serialises fsyncs of this partition so two flushers never race on `mark_flushed`.
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     pub(crate) last_flush_ms: Mutex<i64>,
+}
+
+/// This node's replica of a partition's Raft group: set when it starts, taken when this node
+/// stops hosting the partition (a reassignment moved it away).
+#[derive(Default)]
+pub(crate) struct ReplicaSlot(parking_lot::RwLock<Option<Arc<Replica>>>);
+
+impl ReplicaSlot {
+    pub(crate) fn get(&self) -> Option<Arc<Replica>> {
+        self.0.read().clone()
+    }
+
+    /// Sets the replica unless one is set already (which is handed back).
+    pub(crate) fn set(&self, replica: Arc<Replica>) -> Result<(), Arc<Replica>> {
+        let mut slot = self.0.write();
+        if slot.is_some() {
+            return Err(replica);
+        }
+        *slot = Some(replica);
+        Ok(())
+    }
+
+    pub(crate) fn take(&self) -> Option<Arc<Replica>> {
+        self.0.write().take()
+    }
 }
 
 impl Partition {
@@ -511,7 +536,7 @@ fn partition(topic: &str, index: i32, log: PartitionLog, tc: &TopicConfig, now: 
         log: Arc::new(Mutex::new(log)),
         config: RwLock::new(tc.clone()),
         leader_epoch: 0,
-        replica: OnceLock::new(),
+        replica: ReplicaSlot::default(),
         flush_lock: tokio::sync::Mutex::new(()),
         last_flush_ms: Mutex::new(now),
     })

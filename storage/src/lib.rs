@@ -1133,6 +1133,16 @@ impl PartitionLog {
         }
     }
 
+    /// Removes the state file `name`, durably; nothing happens if it does not exist.
+    pub fn remove_state_file(&self, name: &str) -> Result<(), StorageError> {
+        let path = self.dir.join(state_file_name(name));
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
     /// Removes the directory and all its files. Bytes already handed out stay readable.
     pub fn delete(self) -> Result<(), StorageError> {
         let dir = self.dir.clone();

@@ -390,9 +390,11 @@ fn topic_configs_partitions_and_deletion_apply_on_every_node() {
 
 #[test]
 fn delete_records_moves_the_log_start_on_every_replica() {
-    // Goal: DeleteRecords on a replicated partition, even in the middle of a batch, is answered by
-    // the leader with the new log start, followers refuse it, and every replica carries it out: a
-    // new leader after a crash starts at the same offset and serves the records from there.
+    // Goal: DeleteRecords on a replicated partition is answered by the leader with the new log
+    // start, followers refuse it, and every replica carries it out: a new leader after a crash
+    // starts at the same offset and serves the records from there. An offset inside a batch
+    // deletes up to the start of that batch (a replica restarted from a snapshot starts at a
+    // batch boundary, so every replica can agree on it).
     use creek_tests::wire::{self, Wire};
     let mut cluster = CreekCluster::start(3);
     let topic = unique_topic("deleterecords");
@@ -414,8 +416,8 @@ fn delete_records_moves_the_log_start_on_every_replica() {
     let mut wf = Wire::connect(&cluster.addr(follower));
     assert_eq!(wire::delete_records(&mut wf, &topic, 0, cut).0, 6, "NOT_LEADER_OR_FOLLOWER on a follower");
     assert_eq!(wire::delete_records(&mut w, &topic, 0, base + 100).0, 1, "OFFSET_OUT_OF_RANGE past the end");
-    assert_eq!(wire::delete_records(&mut w, &topic, 0, cut), (0, cut));
-    assert_eq!(wire::list_offset(&mut w, &topic, 0, -2), (0, cut));
+    assert_eq!(wire::delete_records(&mut w, &topic, 0, cut), (0, base), "the batch holding the cut stays");
+    assert_eq!(wire::list_offset(&mut w, &topic, 0, -2), (0, base));
 
     cluster.kill(leader);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -430,23 +432,36 @@ fn delete_records_moves_the_log_start_on_every_replica() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut w = Wire::connect(&cluster.addr(new_leader));
-    assert_eq!(wire::list_offset(&mut w, &topic, 0, -2), (0, cut), "log start on the new leader {new_leader}");
+    assert_eq!(wire::list_offset(&mut w, &topic, 0, -2), (0, base), "log start on the new leader {new_leader}");
     let (_, batches) =
-        creek_tests::partition_log::fetch_log_from(&cluster.addr(new_leader), &topic, 0, cut, Duration::from_secs(10))
+        creek_tests::partition_log::fetch_log_from(&cluster.addr(new_leader), &topic, 0, base, Duration::from_secs(10))
             .expect("read from the new log start");
-    // A Fetch returns whole batches; consumers skip the records below the offset they asked for.
-    let kept: Vec<(i64, Option<Vec<u8>>)> =
-        batches.iter().flat_map(|b| b.values()).filter(|(offset, _)| *offset >= cut).collect();
+    let kept: Vec<(i64, Option<Vec<u8>>)> = batches.iter().flat_map(|b| b.values()).collect();
     let want: Vec<(i64, Option<Vec<u8>>)> =
-        (4..10).map(|i| (base + i, Some(format!("multi-{i}").into_bytes()))).collect();
-    assert_eq!(kept, want, "multi-4 to multi-9 are left, at their offsets");
+        (0..10).map(|i| (base + i, Some(format!("multi-{i}").into_bytes()))).collect();
+    assert_eq!(kept, want, "the multi batch is there, at its offsets, and nothing before it");
 
     cluster.restart(leader);
     cluster.wait_replicating(leader, &topic, Duration::from_secs(30));
-    let mut w = Wire::connect(&cluster.addr(new_leader));
-    let (_, end) = wire::list_offset(&mut w, &topic, 0, -1);
-    // Up to the high watermark; the deletion's own control batch then follows at `end`.
-    assert_eq!(wire::delete_records(&mut w, &topic, 0, -1), (0, end), "up to the high watermark");
+    // Up to the high watermark, asked of whoever leads now (a client retries
+    // NOT_LEADER_OR_FOLLOWER with the new leader); the deletion's own control batch then follows
+    // at `end`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (w, end) = loop {
+        let (now, _) = cluster.wait_for_leaders(&topic, 1, Duration::from_secs(30))[0];
+        let mut w = Wire::connect(&cluster.addr(now));
+        let (code, end) = wire::list_offset(&mut w, &topic, 0, -1);
+        if code == 0 {
+            let answer = wire::delete_records(&mut w, &topic, 0, -1);
+            if answer.0 != 6 {
+                assert_eq!(answer, (0, end), "up to the high watermark, on node {now}");
+                break (w, end);
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader took DeleteRecords: {code}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut w = w;
     assert_eq!(wire::list_offset(&mut w, &topic, 0, -2), (0, end));
 }
 
@@ -519,4 +534,85 @@ fn replication_factor_three_on_four_nodes_spreads_partitions_and_fails_over() {
     eventually(&cluster, "every partition led by its preferred replica", || {
         partitions_seen(&cluster, outsider, &topic).iter().all(|(l, _, r)| *l == r[0])
     });
+}
+
+#[test]
+fn a_reassigned_replica_catches_up_on_its_new_node_and_leaves_the_old_one() {
+    // Goal: AlterPartitionReassignments moves a partition's replica from one node to another
+    // under a producer: every node reports the new replicas, the old node stops its replica and
+    // drops the data, and the new node, which copied the log, can lead and serves every acked
+    // record exactly once.
+    use kafka_protocol::messages::alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
+    use kafka_protocol::messages::{
+        AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId,
+        ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+    };
+    let mut cluster = CreekCluster::start_with(4, &[("auto.leader.rebalance.enable", "false")]);
+    let topic = unique_topic("moved");
+    cluster.create_topic(&topic, 1);
+    cluster.wait_for_leaders(&topic, 1, Duration::from_secs(60));
+    let (leader, _, replicas) = partitions_seen(&cluster, 1, &topic)[0].clone();
+    let outsider = cluster.ids().into_iter().find(|id| !replicas.contains(id)).expect("a node without the partition");
+    let leaving = *replicas.iter().find(|&&id| id != leader).expect("a follower");
+    let target: Vec<i32> = replicas.iter().map(|&id| if id == leaving { outsider } else { id }).collect();
+    let mut producer = AckedProducer::start(&cluster, &topic);
+    producer.wait_acks(&cluster, 500, "acks before the move");
+
+    let mut p = ReassignablePartition::default();
+    p.partition_index = 0;
+    p.replicas = Some(target.iter().map(|&id| BrokerId(id)).collect());
+    let mut t = ReassignableTopic::default();
+    t.name = creek_tests::wire::topic_name(&topic);
+    t.partitions = vec![p];
+    let mut req = AlterPartitionReassignmentsRequest::default();
+    req.timeout_ms = 30_000;
+    req.allow_replication_factor_change = false;
+    req.topics = vec![t];
+    let mut w = creek_tests::wire::Wire::connect(&cluster.addr(leaving));
+    let resp: AlterPartitionReassignmentsResponse = w.call(ApiKey::AlterPartitionReassignments, 1, &req);
+    let answer: Vec<i16> = resp.responses.iter().flat_map(|t| t.partitions.iter().map(|p| p.error_code)).collect();
+    assert_eq!((resp.error_code, answer), (0, vec![0]), "{resp:?}");
+    eprintln!(
+        "moving partition 0 from {replicas:?} to {target:?} (leader {leader}, {leaving} leaves, {outsider} joins)"
+    );
+
+    for id in cluster.ids() {
+        eventually(&cluster, &format!("node {id} reports the replicas {target:?}"), || {
+            partitions_seen(&cluster, id, &topic)[0].2 == target
+        });
+    }
+    let mut list_req = ListPartitionReassignmentsRequest::default();
+    list_req.topics = None;
+    let listed: ListPartitionReassignmentsResponse = w.call(ApiKey::ListPartitionReassignments, 0, &list_req);
+    assert!(listed.topics.iter().all(|t| t.name.0.as_str() != topic), "the move is complete: {listed:?}");
+    let dir = |id: i32| cluster.data_dir(id).join(format!("{topic}-0"));
+    eventually(&cluster, &format!("node {leaving} drops its replica"), || {
+        !dir(leaving).join("raft-vote.state").exists()
+            && creek_tests::partition_log::read_segments(&cluster.data_dir(leaving), &topic, 0).is_empty()
+    });
+    producer.wait_acks(&cluster, 300, "acks after the move");
+
+    // Kill leaders until the new node is elected.
+    let (run, acks) = producer.stop();
+    let mut attempts = 0;
+    loop {
+        let (l, e, _) = partitions_seen(&cluster, outsider, &topic)[0].clone();
+        if l == outsider {
+            break;
+        }
+        attempts += 1;
+        assert!(attempts <= 8, "node {outsider} was not elected in 8 leader kills");
+        cluster.kill(l);
+        eventually(&cluster, "a new leader", || {
+            let (now, epoch, _) = partitions_seen(&cluster, outsider, &topic)[0].clone();
+            now > 0 && now != l && epoch > e
+        });
+        let (now, _, _) = partitions_seen(&cluster, outsider, &topic)[0].clone();
+        if now != outsider {
+            cluster.restart(l);
+            cluster.wait_replicating(l, &topic, Duration::from_secs(60));
+        }
+    }
+    eprintln!("node {outsider} leads partition 0");
+    assert_acked_stored_once(&cluster, &topic, &run, &acks);
 }

@@ -355,7 +355,7 @@ impl GroupCoordinator {
 
     /// This node's replica of `__consumer_offsets` partition `p` (cluster mode).
     fn offsets_replica(&self, p: i32) -> Option<Arc<Replica>> {
-        self.broker.topic(OFFSETS_TOPIC)?.partition(p)?.replica.get().cloned()
+        self.broker.topic(OFFSETS_TOPIC)?.partition(p)?.replica.get()
     }
 
     /// Cluster mode, every tick: loads the partitions this node has come to lead (in a new
@@ -367,7 +367,7 @@ impl GroupCoordinator {
         let mut inner = self.inner.lock();
         for p in partitions {
             let Some(replica) = p.replica.get() else { continue };
-            let term = led_term(replica);
+            let term = led_term(&replica);
             let Some(&state) = inner.loads.get(p.index as usize) else { continue };
             match (term, state) {
                 (None, Load::Unloaded) => {}
@@ -462,7 +462,7 @@ impl GroupCoordinator {
     /// were decided, then waits for each commit in its own task.
     async fn write_to_raft(self: Arc<Self>, mut queue: mpsc::Receiver<RaftWrite>) {
         while let Some(w) = queue.recv().await {
-            let Some(replica) = w.partition.replica.get().cloned() else { continue };
+            let Some(replica) = w.partition.replica.get() else { continue };
             // A record decided in an earlier term must not enter a later term's log: that term's
             // leader loaded the partition without it.
             let submitted = if led_term(&replica) != Some(w.term) {
@@ -527,7 +527,7 @@ impl GroupCoordinator {
             creek_protocol::batch::set_producer(&mut batch, pid, epoch, -1, true);
         }
         if let Some(queue) = self.raft_writes.get() {
-            let term = partition.replica.get().and_then(|r| led_term(r)).ok_or("not leading the partition")?;
+            let term = partition.replica.get().and_then(|r| led_term(&r)).ok_or("not leading the partition")?;
             creek_protocol::batch::set_base_offset(&mut batch, PROPOSAL_OFFSET);
             let (reply, rx) = oneshot::channel();
             let write = RaftWrite { partition: partition.clone(), term, batch: Bytes::from(batch), reply };

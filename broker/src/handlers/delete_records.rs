@@ -1,7 +1,10 @@
 //! DeleteRecords: moves partitions' log start up (-1 = the high watermark), refused on topics
 //! whose cleanup.policy does not include `delete`. On a replicated partition the leader proposes
 //! the deletion as a Raft entry (a Creek control batch), every replica carries it out once it is
-//! committed, and the leader answers when its own log start has moved.
+//! committed, and the leader answers when its own log start has moved. A replicated log start
+//! never falls inside a batch: the deletion stops at the start of the batch holding the offset
+//! (the answer's low watermark says where), since a replica that installs a snapshot restarts at
+//! a batch boundary and must hold what the others hold.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +44,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<DeleteRecordsRequest>) -> Opt
                 None => Err(code::UNKNOWN_TOPIC_OR_PARTITION),
                 Some(_) if !deletable => Err(code::POLICY_VIOLATION),
                 Some(part) => match part.replica.get() {
-                    Some(replica) => delete_replicated(&part, replica, p.offset, wait).await,
+                    Some(replica) => delete_replicated(&part, &replica, p.offset, wait).await,
                     // An unreplicated partition in a cluster: each node would move its own log start.
                     None if ctx.broker.cluster.get().is_some() => Err(code::POLICY_VIOLATION),
                     None => delete_before(&part, p.offset),
@@ -78,6 +81,8 @@ async fn delete_replicated(part: &Partition, replica: &Arc<Replica>, offset: i64
     if replica.propose(Bytes::from(delete_records_batch(target, now_ms()))).await.is_err() {
         return Err(code::NOT_LEADER_OR_FOLLOWER);
     }
+    // The log start moves to the start of the batch holding `target` (see the module docs).
+    let target = replica.delete_records_point(target);
     let deadline = tokio::time::Instant::now() + wait;
     while log_start() < target {
         if tokio::time::Instant::now() >= deadline {

@@ -43,7 +43,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<ElectLeadersRequest>) -> Opti
         tr.topic = TopicName(str_bytes(name.clone()));
         for index in partitions {
             let partition = topic.as_ref().and_then(|t| t.partition(index));
-            let replica = partition.as_ref().and_then(|p| p.replica.get().cloned());
+            let replica = partition.as_ref().and_then(|p| p.replica.get());
             let (error, message) = match (partition, cluster, replica) {
                 (None, ..) => (code::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition."),
                 (Some(_), _, Some(r)) if election_type == ELECTION_TYPE_UNCLEAN => match r.leader() {

@@ -88,7 +88,7 @@ fn group_in_cluster(ctx: &Ctx, cluster: &Cluster, key: String) -> Coordinator {
     let index = ctx.groups.partition_of(&key);
     let leader = match ctx.broker.topic(OFFSETS_TOPIC).and_then(|t| t.partition(index)) {
         Some(p) => match p.replica.get() {
-            Some(r) => cluster.visible_leader(r),
+            Some(r) => cluster.visible_leader(&r),
             // Hosted by other nodes (a replication factor below the node count).
             None => cluster.remote_leader(OFFSETS_TOPIC, index).map(|(l, _)| l),
         },

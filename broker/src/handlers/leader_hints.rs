@@ -45,7 +45,7 @@ impl LeaderView for Cluster {
         };
         // A leader known to this replica was elected in its current term: a vote in a newer
         // term clears the leader until one is elected, so the term is that leader's epoch.
-        match self.visible_leader(replica).and_then(|l| i32::try_from(l).ok()) {
+        match self.visible_leader(&replica).and_then(|l| i32::try_from(l).ok()) {
             Some(id) => Leader { id, epoch: replica.epoch() },
             None => Leader::UNKNOWN,
         }

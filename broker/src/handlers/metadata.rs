@@ -76,9 +76,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<MetadataRequest>) -> Option<M
             None => broker.topics(),
             Some(list) => list.iter().filter_map(|t| t.name.as_ref().and_then(|n| broker.topic(&n.0))).collect(),
         };
-        let replicas = topics
-            .iter()
-            .flat_map(|t| t.partitions.read().iter().filter_map(|p| p.replica.get().cloned()).collect::<Vec<_>>());
+        let replicas =
+            topics.iter().flat_map(|t| t.partitions.read().iter().filter_map(|p| p.replica.get()).collect::<Vec<_>>());
         c.await_leaders(replicas.collect(), ELECTION_WAIT).await;
     }
     match requested {
@@ -171,8 +170,8 @@ fn describe(topic: &Topic, node_id: i32, version: i16, cluster: Option<&Cluster>
                 match p.replica.get() {
                     Some(r) => {
                         mp.replica_nodes = ids(c.replicas_of(&topic.name, p.index));
-                        mp.isr_nodes = ids(c.in_sync(r));
-                        match c.visible_leader(r) {
+                        mp.isr_nodes = ids(c.in_sync(&r));
+                        match c.visible_leader(&r) {
                             Some(l) => mp.leader_id = BrokerId(l as i32),
                             None => {
                                 mp.leader_id = BrokerId(-1);

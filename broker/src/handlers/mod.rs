@@ -48,6 +48,7 @@ mod offset_commit;
 mod offset_delete;
 mod offset_fetch;
 mod offset_for_leader_epoch;
+mod partition_reassignments;
 mod produce;
 mod sync_group;
 mod txn_offset_commit;
@@ -192,6 +193,8 @@ apis! {
     IncrementalAlterConfigs: 0..=1 => kafka_protocol::messages::IncrementalAlterConfigsRequest, incremental_alter_configs::handle;
     DescribeCluster: 0..=1 => kafka_protocol::messages::DescribeClusterRequest, describe_cluster::handle;
     ElectLeaders: 0..=2 => kafka_protocol::messages::ElectLeadersRequest, elect_leaders::handle;
+    AlterPartitionReassignments: 0..=1 => kafka_protocol::messages::AlterPartitionReassignmentsRequest, partition_reassignments::alter;
+    ListPartitionReassignments: 0..=0 => kafka_protocol::messages::ListPartitionReassignmentsRequest, partition_reassignments::list;
     FindCoordinator: 0..=6 => kafka_protocol::messages::FindCoordinatorRequest, find_coordinator::handle;
     JoinGroup: 0..=9 => kafka_protocol::messages::JoinGroupRequest, join_group::handle;
     SyncGroup: 0..=5 => kafka_protocol::messages::SyncGroupRequest, sync_group::handle;

@@ -353,7 +353,7 @@ async fn propose(partition: &Partition, batches: Vec<Vec<u8>>, acks: i16) -> Res
         // on the new leader; producer state answers a retry of a batch that did commit).
         let proposed = tokio::select! {
             r = proposal => r,
-            () = lost_leadership(replica) => Err(ProposeError::NotLeader(None)),
+            () = lost_leadership(&replica) => Err(ProposeError::NotLeader(None)),
         };
         let answer = match proposed {
             Ok(Applied::Batch { base_offset, .. }) => (base_offset as i64, false),

@@ -777,6 +777,17 @@ fn scan(log: &PartitionLog, start_offset: u64) -> io::Result<VecDeque<Slot>> {
     Ok(slots)
 }
 
+/// Makes a log whose replica this node no longer hosts look like one it never hosted: its Raft
+/// state files go first (so a crash in between leaves a plain log, never a Raft log with missing
+/// entries), then the log restarts empty at offset 0.
+pub(crate) fn forget(log: &mut PartitionLog) -> Result<(), StorageError> {
+    for name in [START_FILE, SNAPSHOT_FILE, VOTE_FILE, COMMITTED_FILE] {
+        log.remove_state_file(name)?;
+    }
+    log.set_retention_floor(u64::MAX);
+    log.reset_to(0)
+}
+
 /// Holds retention, DeleteRecords and compaction back on a log that was a Raft log, from its
 /// open until its store starts and sets the real floor: storage's default floor is none, and a
 /// restarted broker runs housekeeping before its cluster starts the partition's replica.
@@ -1000,15 +1011,17 @@ impl LogReader {
         self.shared.lock().deletions.subscribe()
     }
 
-    /// The end of the entry holding offset `offset - 1` (what Raft must release so that records
-    /// below `offset` may go), or `offset` itself if the Raft log holds nothing below it.
-    pub(crate) fn release_point(&self, offset: u64) -> u64 {
+    /// Where a replicated DeleteRecords below `offset` moves the log start: the start of the
+    /// entry holding `offset` (or `offset` itself when an entry starts there, or when the Raft log
+    /// holds nothing at or below it). A replica that installs a snapshot restarts at an entry
+    /// boundary, so a log start inside an entry would not be the same on every replica.
+    pub(crate) fn entry_start_at_or_below(&self, offset: u64) -> u64 {
         let s = self.shared.lock();
-        let c = s.slots.partition_point(|slot| slot.base_offset < offset);
-        if c == 0 {
-            return offset;
+        let c = s.slots.partition_point(|slot| slot.base_offset <= offset);
+        match c.checked_sub(1).and_then(|k| s.slots.get(k)) {
+            Some(slot) => slot.base_offset,
+            None => offset,
         }
-        s.slots.get(c).map_or_else(|| s.log.lock().log_end_offset(), |slot| slot.base_offset)
     }
 
     /// Moves the Kafka log start up to `offset` (DeleteRecords; never past the retention

@@ -57,6 +57,13 @@ pub(crate) enum MetaCommand {
     /// Appends partitions to topic `id`, which must still have `from` partitions, replicated on
     /// `replicas[i]` like a new topic's.
     AddPartitions { name: String, id: String, from: usize, replicas: Vec<Vec<NodeId>> },
+    /// Starts moving a partition of topic `id` to the replicas `target` (preferred leader
+    /// first): nodes in `target` start a replica that joins the group, and its leader changes
+    /// the group's voters.
+    Reassign { name: String, id: String, partition: usize, target: Vec<NodeId> },
+    /// The group's voters are now `target`: it becomes the partition's replicas, and nodes no
+    /// longer among them stop their replica and drop its data.
+    CompleteReassignment { name: String, id: String, partition: usize, target: Vec<NodeId> },
 }
 
 /// What a refused [`MetaCommand::SetTopicConfigs`] says when the configs changed under it.
@@ -67,6 +74,16 @@ pub(crate) const CONFIGS_CHANGED: &str = "the topic's configs changed concurrent
 pub(crate) struct PartitionMeta {
     pub(crate) group: GroupId,
     pub(crate) replicas: Vec<NodeId>,
+    /// The replicas a reassignment in progress moves the partition to.
+    pub(crate) target: Option<Vec<NodeId>>,
+}
+
+impl PartitionMeta {
+    /// Every node that hosts (or is to host) a replica: the replicas and the target.
+    pub(crate) fn hosts(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let extra = self.target.iter().flatten().filter(|n| !self.replicas.contains(n));
+        self.replicas.iter().chain(extra).copied()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +149,27 @@ impl ClusterMeta {
                 self.topic_mut(&name, &id)?.partitions.extend(added);
                 Ok(())
             }
+            MetaCommand::Reassign { name, id, partition, target } => {
+                let distinct: std::collections::BTreeSet<NodeId> = target.iter().copied().collect();
+                if target.is_empty() || distinct.len() != target.len() {
+                    return Err(format!("topic {name}: a reassignment needs distinct replicas"));
+                }
+                let p = self.partition_mut(&name, &id, partition)?;
+                if p.target.is_some() {
+                    return Err(format!("{name}-{partition} is being reassigned already"));
+                }
+                p.target = Some(target);
+                Ok(())
+            }
+            MetaCommand::CompleteReassignment { name, id, partition, target } => {
+                let p = self.partition_mut(&name, &id, partition)?;
+                if p.target.as_ref() != Some(&target) {
+                    return Err(format!("{name}-{partition} is not being reassigned to {target:?}"));
+                }
+                p.replicas = target;
+                p.target = None;
+                Ok(())
+            }
         }
     }
 
@@ -143,13 +181,20 @@ impl ClusterMeta {
         }
     }
 
+    fn partition_mut(&mut self, name: &str, id: &str, partition: usize) -> Result<&mut PartitionMeta, String> {
+        self.topic_mut(name, id)?
+            .partitions
+            .get_mut(partition)
+            .ok_or_else(|| format!("topic {name} has no partition {partition}"))
+    }
+
     /// Partitions with the next group ids, replicated on `replicas[i]`.
     fn new_partitions(&mut self, replicas: Vec<Vec<NodeId>>) -> Vec<PartitionMeta> {
         replicas
             .into_iter()
             .map(|replicas| {
                 self.next_group += 1;
-                PartitionMeta { group: GroupId(self.next_group), replicas }
+                PartitionMeta { group: GroupId(self.next_group), replicas, target: None }
             })
             .collect()
     }
@@ -238,7 +283,7 @@ impl Metadata {
         let state = Arc::new(RwLock::new(ClusterMeta::default()));
         let (tx, changed) = watch::channel(0);
         let hook_state = state.clone();
-        let spec = GroupSpec { group: METADATA_GROUP, voters, supervised: false };
+        let spec = GroupSpec { group: METADATA_GROUP, voters, supervised: false, joining: false };
         let replica = Replica::start((node, rpc.clone(), router), store, spec, move |_, _| {
             Arc::new(MetaHook { state: hook_state, changed: tx })
         })

@@ -54,6 +54,9 @@ pub(crate) struct GroupSpec<'a> {
     pub(crate) voters: &'a [NodeId],
     /// Whether the cluster's failure detector runs its timer (partition groups).
     pub(crate) supervised: bool,
+    /// A replica added to a running group (a reassignment): it waits for the leader to add it
+    /// and never initializes the group itself.
+    pub(crate) joining: bool,
 }
 
 /// Why a proposal was not applied.
@@ -76,7 +79,7 @@ pub(crate) struct Replica {
     pub(crate) preferred: Option<NodeId>,
     /// The voters the group was started with (membership changes are not supported yet), for
     /// the failure detector's checks, which must not clone openraft's metrics every tick.
-    pub(crate) assigned: Vec<NodeId>,
+    pub(crate) assigned: parking_lot::RwLock<Vec<NodeId>>,
     raft: PartitionRaft,
     high_watermark: Arc<AtomicU64>,
     /// Whether openraft's timer (election timeouts, heartbeats) runs; see [`Replica::set_ticking`].
@@ -112,7 +115,7 @@ impl Replica {
         spec: GroupSpec<'_>,
         hook: impl FnOnce(LogReader, Arc<AtomicU64>) -> Arc<dyn ApplyHook>,
     ) -> std::io::Result<Arc<Replica>> {
-        let GroupSpec { group, voters, supervised } = spec;
+        let GroupSpec { group, voters, supervised, joining } = spec;
         let high_watermark = Arc::new(AtomicU64::new(0));
         let reopened = supervised && !store.is_empty();
         let reader = store.reader();
@@ -131,7 +134,7 @@ impl Replica {
             group,
             node,
             preferred: voters.first().copied(),
-            assigned: voters.to_vec(),
+            assigned: parking_lot::RwLock::new(voters.to_vec()),
             raft,
             high_watermark,
             ticking: AtomicBool::new(!reopened),
@@ -149,6 +152,9 @@ impl Replica {
         let preferred = voters.first() == Some(&node);
         let starting = replica.clone();
         tokio::spawn(async move {
+            if joining {
+                return;
+            }
             if !preferred {
                 tokio::time::sleep(INITIALIZE_FALLBACK).await;
                 if starting.leader().is_some() || starting.raft.metrics().borrow_watched().last_log_index.is_some() {
@@ -162,6 +168,34 @@ impl Replica {
             }
         });
         Ok(replica)
+    }
+
+    /// Where a DeleteRecords below `offset` moves this replica's log start (see
+    /// `LogReader::entry_start_at_or_below`).
+    pub(crate) fn delete_records_point(&self, offset: u64) -> u64 {
+        self.reader.entry_start_at_or_below(offset)
+    }
+
+    /// Makes `voters` the replicas the failure detector checks (after a reassignment).
+    pub(crate) fn set_assigned(&self, voters: &[NodeId]) {
+        let mut assigned = self.assigned.write();
+        if *assigned != voters {
+            *assigned = voters.to_vec();
+        }
+    }
+
+    /// Moves the group to the voters `target` (a reassignment): each new one is added as a
+    /// learner and caught up first, then the membership changes in one joint-consensus step, and
+    /// voters not in `target` leave the group. Only the leader can; an error says why not.
+    pub(crate) async fn change_voters(&self, target: &[NodeId]) -> Result<(), String> {
+        let current: Vec<NodeId> =
+            self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        for &node in target.iter().filter(|n| !current.contains(n)) {
+            self.raft.add_learner(node, BasicNode::default(), true).await.map_err(|e| e.to_string())?;
+        }
+        let voters: std::collections::BTreeSet<NodeId> = target.iter().copied().collect();
+        self.raft.change_membership(voters, false).await.map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// The leader this node knows of.
@@ -278,7 +312,7 @@ impl Replica {
         let mut s = self.in_sync.lock();
         if s.term != m.current_term {
             *s = InSync { term: m.current_term, last_index: m.last_log_index, caught_up: HashMap::new() };
-            for &v in &self.assigned {
+            for &v in self.assigned.read().iter() {
                 s.caught_up.insert(v, now);
             }
             return;
@@ -302,8 +336,13 @@ impl Replica {
         if s.term != term || s.caught_up.is_empty() {
             return None;
         }
-        let mut ids: Vec<NodeId> =
-            self.assigned.iter().copied().filter(|v| s.caught_up.get(v).is_some_and(|t| t.elapsed() <= lag)).collect();
+        let mut ids: Vec<NodeId> = self
+            .assigned
+            .read()
+            .iter()
+            .copied()
+            .filter(|v| s.caught_up.get(v).is_some_and(|t| t.elapsed() <= lag))
+            .collect();
         ids.sort_unstable();
         Some(ids)
     }
@@ -439,9 +478,9 @@ async fn delete_records(replica: std::sync::Weak<Replica>, mut wanted: tokio::sy
         let offset = *wanted.borrow_and_update();
         if offset > done {
             let Some(r) = replica.upgrade() else { return };
-            let upto = r.reader.release_point(offset);
+            let upto = r.reader.entry_start_at_or_below(offset);
             if r.release_below(upto, DELETE_RELEASE_WAIT).await {
-                match r.reader.delete_records_before(offset) {
+                match r.reader.delete_records_before(upto) {
                     Ok(start) => {
                         done = offset;
                         tracing::info!(group = r.group.0, log_start = start, "deleted records");
