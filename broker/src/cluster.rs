@@ -67,6 +67,9 @@ const KIND_ELECT_PREFERRED: MessageKind = MessageKind(18);
 const KIND_LEADERS: MessageKind = MessageKind(19);
 /// How often a node that does not host every partition asks its peers for their leaders.
 const REMOTE_LEADERS_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a reassignment's leader waits for the new replicas to catch up and the voters to
+/// change before it retries.
+const REASSIGN_STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The reconciler runs at least this often, besides after every metadata change.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 /// Replication factor -1 means every node, up to this many.
@@ -912,7 +915,12 @@ impl Cluster {
         tokio::spawn(async move {
             let group = replica.group;
             tracing::info!(topic = %name, partition, ?target, "reassigning: changing the group's voters");
-            let done = match replica.change_voters(&target).await {
+            // A new replica on a node that is down never catches up: give up after a while and
+            // let a later round (the reconciler runs every few seconds) try again.
+            let changed = tokio::time::timeout(REASSIGN_STEP_TIMEOUT, replica.change_voters(&target))
+                .await
+                .unwrap_or_else(|_| Err(format!("the new replicas did not catch up within {REASSIGN_STEP_TIMEOUT:?}")));
+            let done = match changed {
                 Ok(()) => {
                     let cmd = MetaCommand::CompleteReassignment { name: name.clone(), id, partition, target };
                     let deadline = tokio::time::Instant::now() + CREATE_WAIT;
