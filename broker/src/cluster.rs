@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::raft::log_store::LogStore;
-use crate::raft::metadata::{CONFIGS_CHANGED, MetaCommand, Metadata, place};
+use crate::raft::metadata::{CONFIGS_CHANGED, MetaCommand, Metadata, PartitionMeta, distinct_nodes, place};
 use crate::raft::network::RaftRouter;
 use crate::raft::replica::{GroupSpec, PartitionHook, Replica};
 use crate::rpc::{GroupId, Handler, HandlerFuture, MessageKind, NodeId, Rpc, RpcConfig};
@@ -113,8 +113,6 @@ pub(crate) struct Cluster {
     remote_leaders: Mutex<HashMap<GroupId, (Option<NodeId>, u64)>>,
     /// Partitions whose reassignment this node is driving (as their leader).
     reassigning: Mutex<std::collections::HashSet<GroupId>>,
-    /// This cluster, for tasks it spawns.
-    this: std::sync::Weak<Cluster>,
 }
 
 /// Answers [`KIND_LEADERS`]: the leader this node sees for every partition it hosts.
@@ -215,7 +213,7 @@ impl Cluster {
         let heard = Arc::new(Mutex::new(HashMap::new()));
         router.register_service(KIND_PING, Arc::new(PingHandler(heard.clone())));
         let meta = Metadata::start(node, rpc.clone(), &router, store, &nodes).await?;
-        let cluster = Arc::new_cyclic(|this| Cluster {
+        let cluster = Arc::new(Cluster {
             node,
             nodes,
             rpc,
@@ -227,7 +225,6 @@ impl Cluster {
             replica_lag: Duration::from_millis(broker.config.read().i64("replica.lag.time.max.ms").max(1) as u64),
             remote_leaders: Mutex::new(HashMap::new()),
             reassigning: Mutex::new(std::collections::HashSet::new()),
-            this: this.clone(),
         });
         if broker.cluster.set(cluster.clone()).is_err() {
             anyhow::bail!("the cluster was started twice");
@@ -376,18 +373,16 @@ impl Cluster {
         }
     }
 
-    /// The Raft group and replicas of a partition.
-    fn partition_meta(&self, topic: &str, partition: i32) -> Option<(GroupId, Vec<NodeId>)> {
-        self.meta.read(|m| {
-            let p = m.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)?;
-            Some((p.group, p.replicas.clone()))
-        })
+    /// A partition as the metadata records it: its Raft group, replicas and any reassignment
+    /// target.
+    pub(crate) fn partition_meta(&self, topic: &str, partition: i32) -> Option<PartitionMeta> {
+        self.meta.read(|m| m.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?).cloned())
     }
 
     /// The leader and epoch of a partition this node does not host, as its replicas last
     /// reported them, if that leader is live.
     pub(crate) fn remote_leader(&self, topic: &str, partition: i32) -> Option<(NodeId, u64)> {
-        let (group, _) = self.partition_meta(topic, partition)?;
+        let group = self.partition_meta(topic, partition)?.group;
         match self.remote_leaders.lock().get(&group) {
             Some(&(Some(leader), term)) if self.is_live(leader) => Some((leader, term)),
             _ => None,
@@ -397,14 +392,14 @@ impl Cluster {
     /// ElectLeaders (preferred) for a partition hosted by other nodes: as
     /// [`Cluster::elect_preferred`], with the leader its replicas report.
     pub(crate) async fn elect_preferred_elsewhere(&self, topic: &str, partition: i32, wait: Duration) -> i16 {
-        let Some((group, replicas)) = self.partition_meta(topic, partition) else { return 3 };
-        let Some(&preferred) = replicas.first() else { return 80 };
-        self.elect(group, preferred, || self.remote_leader(topic, partition).map(|(l, _)| l), wait).await
+        let Some(pm) = self.partition_meta(topic, partition) else { return 3 };
+        let Some(&preferred) = pm.replicas.first() else { return 80 };
+        self.elect(pm.group, preferred, || self.remote_leader(topic, partition).map(|(l, _)| l), wait).await
     }
 
     /// Whether this node hosts no replica of the partition (its leader lives elsewhere).
     pub(crate) fn hosted_elsewhere(&self, topic: &str, partition: i32) -> bool {
-        self.partition_meta(topic, partition).is_some_and(|(_, replicas)| !replicas.contains(&self.node))
+        self.partition_meta(topic, partition).is_some_and(|pm| !pm.replicas.contains(&self.node))
     }
 
     /// The node that runs the transaction coordinator (group coordinators follow the leaders of
@@ -529,13 +524,7 @@ impl Cluster {
 
     /// The replicas of a topic's partition, preferred leader first.
     pub(crate) fn replicas_of(&self, topic: &str, partition: i32) -> Vec<NodeId> {
-        self.meta.read(|m| {
-            m.topics
-                .get(topic)
-                .and_then(|t| t.partitions.get(usize::try_from(partition).ok()?))
-                .map(|p| p.replicas.clone())
-                .unwrap_or_default()
-        })
+        self.partition_meta(topic, partition).map(|pm| pm.replicas).unwrap_or_default()
     }
 
     /// Creates a topic through the metadata group and waits until this node has it, with
@@ -647,9 +636,7 @@ impl Cluster {
         &self,
         broker: &Broker,
         name: &str,
-        edit: impl Fn(
-            &std::collections::BTreeMap<String, String>,
-        ) -> Result<std::collections::BTreeMap<String, String>, (i16, String)>,
+        edit: impl Fn(&Configs) -> Result<Configs, (i16, String)>,
     ) -> Result<(), (i16, String)> {
         let deadline = tokio::time::Instant::now() + CREATE_WAIT;
         loop {
@@ -684,9 +671,10 @@ impl Cluster {
         self.wait_applied_here(deadline, gone, name).await
     }
 
-    /// Grows topic `name` to `count` partitions through the metadata group, placed like a new
-    /// topic's unless `assignments` gives each new partition's replicas (every node, preferred
-    /// leader first). Done once this node has them.
+    /// Grows topic `name` to `count` partitions through the metadata group, with the topic's
+    /// replication factor, placed like a new topic's unless `assignments` gives each new
+    /// partition's replicas (distinct nodes, preferred leader first). Done once this node has
+    /// them.
     pub(crate) async fn add_partitions(
         &self,
         broker: &Broker,
@@ -705,10 +693,7 @@ impl Cluster {
         let rf = rf.unwrap_or(1);
         let replicas = match assignments {
             Some(a) => {
-                let known = |r: &Vec<NodeId>| {
-                    let distinct: std::collections::BTreeSet<NodeId> = r.iter().copied().collect();
-                    distinct.len() == r.len() && r.iter().all(|id| self.nodes.contains(id))
-                };
+                let known = |r: &Vec<NodeId>| distinct_nodes(r) && r.iter().all(|id| self.nodes.contains(id));
                 if let Some(bad) = a.iter().find(|r| r.len() != rf || !known(r)) {
                     return Err((
                         code::INVALID_REPLICA_ASSIGNMENT,
@@ -776,7 +761,7 @@ impl Cluster {
         }
     }
 
-    async fn reconcile_once(&self, broker: &Arc<Broker>) -> anyhow::Result<()> {
+    async fn reconcile_once(self: &Arc<Self>, broker: &Arc<Broker>) -> anyhow::Result<()> {
         let meta = self.meta.snapshot();
         for topic in broker.topics() {
             if meta.deleted_topics.contains(&topic.id.simple().to_string()) {
@@ -850,14 +835,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// A partition's replicas and the target of a reassignment in progress.
-    pub(crate) fn reassignment_of(&self, topic: &str, partition: i32) -> Option<(Vec<NodeId>, Option<Vec<NodeId>>)> {
-        self.meta.read(|m| {
-            let p = m.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)?;
-            Some((p.replicas.clone(), p.target.clone()))
-        })
-    }
-
     /// Every reassignment in progress, per topic.
     pub(crate) fn reassignments(&self) -> Vec<(String, Vec<Moving>)> {
         self.meta.read(|m| {
@@ -879,12 +856,11 @@ impl Cluster {
     pub(crate) async fn reassign(&self, topic: &str, partition: i32, target: Vec<NodeId>) -> Result<(), (i16, String)> {
         use crate::handlers::code;
         let (id, _, _) = self.topic_meta(topic)?;
-        let Some((replicas, moving)) = self.reassignment_of(topic, partition) else {
+        let Some(PartitionMeta { replicas, target: moving, .. }) = self.partition_meta(topic, partition) else {
             return Err((code::UNKNOWN_TOPIC_OR_PARTITION, format!("{topic} has no partition {partition}")));
         };
-        let distinct: std::collections::BTreeSet<NodeId> = target.iter().copied().collect();
         let registered = self.meta.read(|m| target.iter().all(|n| m.brokers.contains_key(n)));
-        if target.is_empty() || distinct.len() != target.len() || !registered {
+        if !distinct_nodes(&target) || !registered {
             return Err((
                 code::INVALID_REPLICA_ASSIGNMENT,
                 format!("{target:?} is not a list of distinct registered brokers"),
@@ -906,11 +882,18 @@ impl Cluster {
 
     /// On the leader of a partition being reassigned: changes the group's voters to `target` in
     /// the background (once per partition at a time), then records the reassignment complete.
-    fn drive_reassignment(&self, name: &str, id: &str, partition: usize, target: Vec<NodeId>, replica: Arc<Replica>) {
+    fn drive_reassignment(
+        self: &Arc<Self>,
+        name: &str,
+        id: &str,
+        partition: usize,
+        target: Vec<NodeId>,
+        replica: Arc<Replica>,
+    ) {
         if !self.reassigning.lock().insert(replica.group) {
             return;
         }
-        let Some(cluster) = self.this.upgrade() else { return };
+        let cluster = self.clone();
         let (name, id) = (name.to_string(), id.to_string());
         tokio::spawn(async move {
             let group = replica.group;
@@ -941,25 +924,23 @@ impl Cluster {
     /// Stops a replica this node no longer hosts and empties its log, so that the partition looks
     /// like one it never hosted (and a later reassignment back starts from nothing).
     async fn drop_replica(&self, p: &Arc<crate::state::Partition>, replica: Arc<Replica>) -> anyhow::Result<()> {
-        self.replicas.lock().retain(|r| r.group != replica.group);
-        replica.shutdown(&self.router).await;
+        self.stop_replicas(&[replica]).await;
         let log = p.log.clone();
         tokio::task::spawn_blocking(move || crate::raft::log_store::forget(&mut log.lock())).await??;
         tracing::info!(topic = %p.topic, partition = p.index, "dropped a replica a reassignment moved away");
         Ok(())
     }
 
+    /// Stops `stopping` (taken out of their partitions) and forgets them.
+    async fn stop_replicas(&self, stopping: &[Arc<Replica>]) {
+        self.replicas.lock().retain(|r| !stopping.iter().any(|s| s.group == r.group));
+        futures_util::future::join_all(stopping.iter().map(|r| r.shutdown(&self.router))).await;
+    }
+
     /// Stops this node's replicas of a deleted topic and removes its data.
     async fn remove_topic(&self, broker: &Arc<Broker>, topic: &Arc<crate::state::Topic>) -> anyhow::Result<()> {
-        let groups: Vec<GroupId> =
-            topic.partitions.read().iter().filter_map(|p| p.replica.get().map(|r| r.group)).collect();
-        let stopping: Vec<Arc<Replica>> = {
-            let mut replicas = self.replicas.lock();
-            let (gone, kept) = std::mem::take(&mut *replicas).into_iter().partition(|r| groups.contains(&r.group));
-            *replicas = kept;
-            gone
-        };
-        futures_util::future::join_all(stopping.iter().map(|r| r.shutdown(&self.router))).await;
+        let stopping: Vec<Arc<Replica>> = topic.partitions.read().iter().filter_map(|p| p.replica.take()).collect();
+        self.stop_replicas(&stopping).await;
         let (b, name) = (broker.clone(), topic.name.clone());
         tokio::task::spawn_blocking(move || b.delete_topic(&name)).await??;
         tracing::info!(topic = %topic.name, "removed a topic the cluster deleted");

@@ -6,9 +6,11 @@
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 
+use super::leader_hints::LeaderView;
 use super::{Ctx, Request, code, str_bytes};
 use crate::cluster::Cluster;
 use crate::group::store::OFFSETS_TOPIC;
+use crate::rpc::NodeId;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -85,15 +87,13 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> O
 /// A group's coordinator in a cluster: the visible leader of its `__consumer_offsets` partition.
 fn group_in_cluster(ctx: &Ctx, cluster: &Cluster, key: String) -> Coordinator {
     let mut c = Coordinator::default();
-    let index = ctx.groups.partition_of(&key);
-    let leader = match ctx.broker.topic(OFFSETS_TOPIC).and_then(|t| t.partition(index)) {
-        Some(p) => match p.replica.get() {
-            Some(r) => cluster.visible_leader(&r),
-            // Hosted by other nodes (a replication factor below the node count).
-            None => cluster.remote_leader(OFFSETS_TOPIC, index).map(|(l, _)| l),
-        },
-        None => None,
-    };
+    // The partition's leader as Produce and Fetch hints name it (here, or reported by the nodes
+    // that host it).
+    let leader = ctx
+        .broker
+        .topic(OFFSETS_TOPIC)
+        .and_then(|t| t.partition(ctx.groups.partition_of(&key)))
+        .and_then(|p| NodeId::try_from(cluster.leader_of(&p).id).ok());
     let found = match leader {
         // This node: only once the partition's groups are loaded.
         Some(l) if l == cluster.node => match ctx.groups.check(&key) {

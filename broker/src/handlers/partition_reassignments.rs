@@ -67,9 +67,9 @@ async fn reassign(
             None => Err((NO_REASSIGNMENT_IN_PROGRESS, "No reassignment is in progress.".to_string())),
         };
     };
-    let current = cluster.reassignment_of(topic, partition).ok_or_else(unknown)?;
+    let current = cluster.partition_meta(topic, partition).ok_or_else(unknown)?;
     let Some(target) = target else {
-        return match current.1 {
+        return match current.target {
             None => Err((NO_REASSIGNMENT_IN_PROGRESS, "No reassignment is in progress.".to_string())),
             Some(_) => Err((code::INVALID_REQUEST, "Cancelling a reassignment is not supported yet.".to_string())),
         };
@@ -78,10 +78,10 @@ async fn reassign(
         .into_iter()
         .map(|id| u64::try_from(id).map_err(|_| (code::INVALID_REPLICA_ASSIGNMENT, format!("{id} is not a broker id"))))
         .collect::<Result<_, _>>()?;
-    if !allow_rf_change && target.len() != current.0.len() {
+    if !allow_rf_change && target.len() != current.replicas.len() {
         return Err((
             code::INVALID_REPLICATION_FACTOR,
-            format!("The replication factor would change from {} to {}.", current.0.len(), target.len()),
+            format!("The replication factor would change from {} to {}.", current.replicas.len(), target.len()),
         ));
     }
     cluster.reassign(topic, partition, target).await

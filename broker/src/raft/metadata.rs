@@ -66,6 +66,12 @@ pub(crate) enum MetaCommand {
     CompleteReassignment { name: String, id: String, partition: usize, target: Vec<NodeId> },
 }
 
+/// Whether `nodes` is a replica list: not empty, no node twice.
+pub(crate) fn distinct_nodes(nodes: &[NodeId]) -> bool {
+    let set: std::collections::BTreeSet<NodeId> = nodes.iter().copied().collect();
+    !nodes.is_empty() && set.len() == nodes.len()
+}
+
 /// What a refused [`MetaCommand::SetTopicConfigs`] says when the configs changed under it.
 pub(crate) const CONFIGS_CHANGED: &str = "the topic's configs changed concurrently";
 
@@ -150,8 +156,7 @@ impl ClusterMeta {
                 Ok(())
             }
             MetaCommand::Reassign { name, id, partition, target } => {
-                let distinct: std::collections::BTreeSet<NodeId> = target.iter().copied().collect();
-                if target.is_empty() || distinct.len() != target.len() {
+                if !distinct_nodes(&target) {
                     return Err(format!("topic {name}: a reassignment needs distinct replicas"));
                 }
                 let p = self.partition_mut(&name, &id, partition)?;

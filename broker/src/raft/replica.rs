@@ -415,11 +415,15 @@ impl Replica {
         // asking again covers a snapshot built earlier whose purge was held back.
         let mut asked = false;
         loop {
-            let m = self.raft.metrics().borrow_watched().clone();
-            if m.purged.is_some_and(|p| p >= last) {
+            let (purged, built_now) = {
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow_watched();
+                (m.purged, built(&m))
+            };
+            if purged.is_some_and(|p| p >= last) {
                 return true;
             }
-            if built(&m) && !asked {
+            if built_now && !asked {
                 asked = true;
                 if self.raft.trigger().purge_log(last.index()).await.is_err() {
                     return false;
