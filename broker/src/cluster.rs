@@ -75,6 +75,10 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 /// Replication factor -1 means every node, up to this many.
 const DEFAULT_REPLICATION_MAX: usize = 3;
 
+/// Producer ids are handed out in lanes: node `k` hands out only ids `≡ k (mod 2^16)`, so nodes
+/// never collide however the cluster grows (node ids are below this, checked at startup).
+pub(crate) const PRODUCER_ID_LANES: i64 = 1 << 16;
+
 /// How often a node retries registering itself until the metadata group has a leader.
 const REGISTER_RETRY: Duration = Duration::from_millis(300);
 /// How long CreateTopics waits for the topic to exist on the node that was asked.
@@ -96,8 +100,11 @@ pub(crate) fn cluster_id(peers: &[(NodeId, String)]) -> String {
 /// This node's part in the cluster.
 pub(crate) struct Cluster {
     pub(crate) node: NodeId,
-    /// Every configured node, in id order.
-    pub(crate) nodes: Vec<NodeId>,
+    /// The configured nodes (`internal.peers`), in id order: the metadata group's first voters.
+    /// Brokers added later register through the metadata ([`Cluster::members`]).
+    configured: Vec<NodeId>,
+    /// Where other brokers reach this node's internal listener.
+    internal_addr: String,
     rpc: Rpc,
     router: Arc<RaftRouter>,
     pub(crate) meta: Arc<Metadata>,
@@ -201,6 +208,16 @@ impl Cluster {
         nodes.sort_unstable();
         nodes.dedup();
         let listen = rpc_config.listen;
+        // A configured node is reached at its `internal.peers` entry; a node added to the cluster
+        // announces its listener, which must then be an address the others can dial.
+        let internal_addr = match rpc_config.peers.iter().find(|(id, _)| *id == node) {
+            Some((_, addr)) => addr.clone(),
+            None if listen.ip().is_unspecified() => anyhow::bail!(
+                "node {node} is not in internal.peers, so it joins the cluster and announces its internal.listener; \
+                 {listen} is not an address other nodes can reach"
+            ),
+            None => listen.to_string(),
+        };
         let router = RaftRouter::new();
         let rpc = Rpc::start(rpc_config, router.clone())
             .await
@@ -215,7 +232,8 @@ impl Cluster {
         let meta = Metadata::start(node, rpc.clone(), &router, store, &nodes).await?;
         let cluster = Arc::new(Cluster {
             node,
-            nodes,
+            configured: nodes,
+            internal_addr,
             rpc,
             router,
             meta,
@@ -246,9 +264,28 @@ impl Cluster {
         let _ = rx.wait_for(|r| *r).await;
     }
 
+    /// Every node of the cluster, in id order: the configured ones and the brokers that
+    /// registered, less the ones removed.
+    pub(crate) fn members(&self) -> Vec<NodeId> {
+        self.meta.read(|m| {
+            let mut all: std::collections::BTreeSet<NodeId> = self.configured.iter().copied().collect();
+            all.extend(m.brokers.keys());
+            all.retain(|n| !m.removed.contains(n));
+            all.into_iter().collect()
+        })
+    }
+
+    /// The nodes new replicas may go to: the [members](Self::members) not being decommissioned.
+    pub(crate) fn placeable(&self) -> Vec<NodeId> {
+        let mut nodes = self.members();
+        self.meta.read(|m| nodes.retain(|n| !m.decommissioning.contains(n)));
+        nodes
+    }
+
     /// Whether this node reaches a majority of the cluster (itself included).
     pub(crate) fn in_majority(&self) -> bool {
-        self.nodes.iter().filter(|&&n| self.is_live(n)).count() * 2 > self.nodes.len()
+        let members = self.members();
+        members.iter().filter(|&&n| self.is_live(n)).count() * 2 > members.len()
     }
 
     /// Whether `peer` is up as far as this node can tell: connected, and heard from recently.
@@ -274,7 +311,7 @@ impl Cluster {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            for &peer in self.nodes.iter().filter(|&&n| n != self.node) {
+            for peer in self.members().into_iter().filter(|&n| n != self.node) {
                 // A down peer is simply not pinged (`PeerUnavailable`).
                 let _ = self.rpc.send(peer, GroupId(0), KIND_PING, Bytes::new());
             }
@@ -356,7 +393,7 @@ impl Cluster {
                 continue;
             }
             let peers: Vec<NodeId> =
-                self.nodes.iter().copied().filter(|&n| n != self.node && self.is_live(n)).collect();
+                self.members().into_iter().filter(|&n| n != self.node && self.is_live(n)).collect();
             let asks = peers
                 .iter()
                 .map(|&peer| self.rpc.call(peer, GroupId(0), KIND_LEADERS, Bytes::new(), REMOTE_LEADERS_INTERVAL * 4));
@@ -405,7 +442,7 @@ impl Cluster {
     /// The node that runs the transaction coordinator (group coordinators follow the leaders of
     /// `__consumer_offsets` partitions).
     pub(crate) fn coordinator(&self) -> NodeId {
-        self.nodes[0]
+        self.members().first().copied().unwrap_or(self.node)
     }
 
     /// The leader of a partition as clients should see it: the one its replica knows, unless
@@ -538,7 +575,8 @@ impl Cluster {
         configs: std::collections::BTreeMap<String, String>,
     ) -> Result<(), (i16, String)> {
         use crate::handlers::code;
-        let n = self.nodes.len();
+        let nodes = self.placeable();
+        let n = nodes.len();
         let rf = match replication {
             -1 => self.default_replication(),
             r if r >= 1 && r as usize <= n => r as usize,
@@ -559,7 +597,7 @@ impl Cluster {
         let cmd = MetaCommand::CreateTopic {
             name: name.to_string(),
             id: id.clone(),
-            replicas: place(&self.nodes, partitions as usize, rf, offset),
+            replicas: place(&nodes, partitions as usize, rf, offset),
             configs,
         };
         let deadline = tokio::time::Instant::now() + CREATE_WAIT;
@@ -691,20 +729,21 @@ impl Cluster {
         // New partitions get the topic's replication factor.
         let rf = self.meta.read(|m| m.topics.get(name).and_then(|t| t.partitions.first()).map(|p| p.replicas.len()));
         let rf = rf.unwrap_or(1);
+        let nodes = self.placeable();
         let replicas = match assignments {
             Some(a) => {
-                let known = |r: &Vec<NodeId>| distinct_nodes(r) && r.iter().all(|id| self.nodes.contains(id));
+                let known = |r: &Vec<NodeId>| distinct_nodes(r) && r.iter().all(|id| nodes.contains(id));
                 if let Some(bad) = a.iter().find(|r| r.len() != rf || !known(r)) {
                     return Err((
                         code::INVALID_REPLICA_ASSIGNMENT,
-                        format!("{bad:?} is not {rf} distinct nodes of this cluster ({:?})", self.nodes),
+                        format!("{bad:?} is not {rf} distinct nodes of this cluster ({nodes:?})"),
                     ));
                 }
                 a
             }
             None => {
                 let offset = self.meta.read(|m| m.topics.len());
-                place(&self.nodes, count, rf, offset).split_off(have)
+                place(&nodes, count, rf, offset).split_off(have)
             }
         };
         let cmd = MetaCommand::AddPartitions { name: name.to_string(), id, from: have, replicas };
@@ -718,15 +757,26 @@ impl Cluster {
 
     /// The replication factor -1 stands for: every node, at most three.
     pub(crate) fn default_replication(&self) -> usize {
-        self.nodes.len().min(DEFAULT_REPLICATION_MAX)
+        self.placeable().len().min(DEFAULT_REPLICATION_MAX)
     }
 
-    /// Announces this broker's Kafka address until the metadata group accepts it.
+    /// Announces this broker's Kafka and internal addresses until the metadata group accepts
+    /// them, then waits until this node's copy of the metadata has them (a broker added to the
+    /// cluster receives the metadata only once the leader has made it a learner).
     async fn register(self: Arc<Self>, (host, port): (String, u16), mut stop: watch::Receiver<bool>) {
-        let cmd = MetaCommand::RegisterBroker { id: self.node, host, port };
+        let internal = Some(self.internal_addr.clone());
+        let cmd = MetaCommand::RegisterBroker { id: self.node, host: host.clone(), port, internal };
         loop {
             match self.meta.propose(&cmd).await {
                 Ok(Ok(())) => {
+                    let mut changes = self.meta.changes();
+                    let seen = || self.meta.read(|m| m.brokers.get(&self.node) == Some(&(host.clone(), port)));
+                    while !seen() {
+                        tokio::select! {
+                            r = changes.changed() => if r.is_err() { return },
+                            _ = stop.changed() => return,
+                        }
+                    }
                     tracing::info!(node = self.node, "registered with the cluster");
                     self.registered.send_replace(true);
                     return;
@@ -763,6 +813,21 @@ impl Cluster {
 
     async fn reconcile_once(self: &Arc<Self>, broker: &Arc<Broker>) -> anyhow::Result<()> {
         let meta = self.meta.snapshot();
+        // Brokers added to the cluster are dialed at the address they announced; removed ones
+        // are forgotten.
+        for (&id, addr) in &meta.internal_addrs {
+            if !self.configured.contains(&id) {
+                self.rpc.add_peer(id, addr);
+            }
+        }
+        for &id in &meta.removed {
+            if id != self.node && !self.configured.contains(&id) {
+                self.rpc.remove_peer(id);
+            }
+        }
+        if self.meta.leader() == Some(self.node) {
+            self.manage_brokers(&meta).await;
+        }
         for topic in broker.topics() {
             if meta.deleted_topics.contains(&topic.id.simple().to_string()) {
                 self.remove_topic(broker, &topic).await?;
@@ -810,7 +875,7 @@ impl Cluster {
                     if let Some(target) = &pm.target
                         && replica.is_leader()
                     {
-                        self.drive_reassignment(name, &t.id, index, target.clone(), replica);
+                        self.drive_reassignment(name, &t.id, index, target, replica);
                     }
                     continue;
                 }
@@ -835,15 +900,126 @@ impl Cluster {
         Ok(())
     }
 
+    /// On the metadata leader: makes every registered broker a member of the metadata group
+    /// (added ones as learners), and drains the brokers being decommissioned: their replicas are
+    /// reassigned to the other brokers (the least loaded first, in the same place in the replica
+    /// list), then they leave the metadata group (a voter's place goes to a learner, if there is
+    /// one) and the cluster. Each step is retried by later rounds until it sticks.
+    async fn manage_brokers(self: &Arc<Self>, meta: &crate::raft::metadata::ClusterMeta) {
+        let group = &self.meta.replica;
+        let (voters, learners) = group.members();
+        for &id in meta.brokers.keys() {
+            if !voters.contains(&id) && !learners.contains(&id) && !meta.decommissioning.contains(&id) {
+                match group.add_learner(id).await {
+                    Ok(()) => tracing::info!(node = id, "a new broker joined the metadata group as a learner"),
+                    Err(e) => tracing::warn!(node = id, error = %e, "adding a broker to the metadata group failed"),
+                }
+            }
+        }
+        let placeable = self.placeable();
+        for &leaving in &meta.decommissioning {
+            // How many replicas each remaining node holds or is to hold.
+            let mut load: HashMap<NodeId, usize> = placeable.iter().map(|&n| (n, 0)).collect();
+            for (_, _, p) in meta.partitions() {
+                for n in p.hosts() {
+                    *load.entry(n).or_default() += 1;
+                }
+            }
+            let mut draining = false;
+            for (name, index, p) in meta.partitions() {
+                if !p.hosts().any(|n| n == leaving) {
+                    continue;
+                }
+                draining = true;
+                if p.target.is_some() {
+                    continue; // a move in progress; the next round looks again
+                }
+                let spare = placeable
+                    .iter()
+                    .copied()
+                    .filter(|n| !p.replicas.contains(n) && self.is_live(*n))
+                    .min_by_key(|n| (load[n], *n));
+                let Some(spare) = spare else {
+                    tracing::warn!(node = leaving, topic = %name, partition = index, "no live broker to take over a replica of a decommissioned broker");
+                    continue;
+                };
+                *load.get_mut(&spare).expect("placeable") += 1;
+                let target: Vec<NodeId> = p.replicas.iter().map(|&n| if n == leaving { spare } else { n }).collect();
+                match self.reassign(name, index as i32, target.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(node = leaving, topic = %name, partition = index, ?target, "draining a decommissioned broker")
+                    }
+                    Err((_, e)) => {
+                        tracing::warn!(node = leaving, topic = %name, partition = index, error = %e, "draining a decommissioned broker failed")
+                    }
+                }
+            }
+            if draining {
+                continue;
+            }
+            if voters.contains(&leaving) || learners.contains(&leaving) {
+                let successor = learners
+                    .iter()
+                    .copied()
+                    .find(|&n| n != leaving && placeable.contains(&n) && self.is_live(n) && !voters.contains(&n));
+                match group.remove_member(leaving, successor).await {
+                    Ok(()) => {
+                        tracing::info!(node = leaving, ?successor, "a decommissioned broker left the metadata group")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = leaving, error = %e, "removing a decommissioned broker from the metadata group failed")
+                    }
+                }
+                continue;
+            }
+            match self.meta.propose(&MetaCommand::RemoveBroker { id: leaving }).await {
+                Ok(Ok(())) => tracing::info!(node = leaving, "a decommissioned broker left the cluster"),
+                Ok(Err(e)) | Err(e) => {
+                    tracing::warn!(node = leaving, error = %e, "removing a decommissioned broker failed")
+                }
+            }
+        }
+    }
+
+    /// Starts decommissioning broker `id` (Kafka's UnregisterBroker): recorded in the metadata;
+    /// the metadata leader then moves its replicas to the other brokers and removes it. Refused
+    /// if the others could not hold every partition's replicas.
+    pub(crate) async fn decommission(&self, id: NodeId) -> Result<(), (i16, String)> {
+        use crate::handlers::code;
+        let (registered, widest) = self.meta.read(|m| {
+            let widest =
+                m.partitions().filter(|(_, _, p)| p.hosts().any(|n| n == id)).map(|(_, _, p)| p.replicas.len());
+            (m.brokers.contains_key(&id), widest.max().unwrap_or(0))
+        });
+        if !registered {
+            return Err((code::BROKER_ID_NOT_REGISTERED, format!("Broker {id} is not registered in this cluster.")));
+        }
+        let others = self.placeable().into_iter().filter(|&n| n != id).count();
+        if others == 0 || others < widest {
+            return Err((
+                code::INVALID_REQUEST,
+                format!(
+                    "Broker {id} holds replicas of a partition with {widest} replicas; the {others} other broker(s) cannot hold them. Add a broker first."
+                ),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+        match self.propose_retrying(&MetaCommand::DecommissionBroker { id }, deadline).await? {
+            Ok(()) => Ok(()),
+            Err(m) => Err((code::BROKER_ID_NOT_REGISTERED, m)),
+        }
+    }
+
     /// Every reassignment in progress, per topic.
     pub(crate) fn reassignments(&self) -> Vec<(String, Vec<Moving>)> {
         self.meta.read(|m| {
             m.topics
                 .iter()
                 .map(|(name, t)| {
-                    let moving = t.partitions.iter().enumerate().filter_map(|(i, p)| {
-                        p.target.as_ref().map(|target| (i as i32, p.replicas.clone(), target.clone()))
-                    });
+                    let moving =
+                        t.partitions.iter().enumerate().filter_map(|(i, p)| {
+                            p.moving().map(|target| (i as i32, p.replicas.clone(), target.clone()))
+                        });
                     (name.clone(), moving.collect::<Vec<_>>())
                 })
                 .filter(|(_, moving)| !moving.is_empty())
@@ -880,6 +1056,18 @@ impl Cluster {
         }
     }
 
+    /// Cancels the reassignment of a partition (AlterPartitionReassignments with null replicas):
+    /// its leader moves the voters back to the replicas.
+    pub(crate) async fn cancel_reassignment(&self, topic: &str, partition: i32) -> Result<(), (i16, String)> {
+        let (id, _, _) = self.topic_meta(topic)?;
+        let cmd = MetaCommand::CancelReassignment { name: topic.to_string(), id, partition: partition as usize };
+        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+        match self.propose_retrying(&cmd, deadline).await? {
+            Ok(()) => Ok(()),
+            Err(m) => Err((crate::handlers::code::NO_REASSIGNMENT_IN_PROGRESS, m)),
+        }
+    }
+
     /// On the leader of a partition being reassigned: changes the group's voters to `target` in
     /// the background (once per partition at a time), then records the reassignment complete.
     fn drive_reassignment(
@@ -887,22 +1075,34 @@ impl Cluster {
         name: &str,
         id: &str,
         partition: usize,
-        target: Vec<NodeId>,
+        target: &[NodeId],
         replica: Arc<Replica>,
     ) {
         if !self.reassigning.lock().insert(replica.group) {
             return;
         }
         let cluster = self.clone();
-        let (name, id) = (name.to_string(), id.to_string());
+        let (name, id, target) = (name.to_string(), id.to_string(), target.to_vec());
         tokio::spawn(async move {
             let group = replica.group;
             tracing::info!(topic = %name, partition, ?target, "reassigning: changing the group's voters");
             // A new replica on a node that is down never catches up: give up after a while and
-            // let a later round (the reconciler runs every few seconds) try again.
-            let changed = tokio::time::timeout(REASSIGN_STEP_TIMEOUT, replica.change_voters(&target))
-                .await
-                .unwrap_or_else(|_| Err(format!("the new replicas did not catch up within {REASSIGN_STEP_TIMEOUT:?}")));
+            // let a later round (the reconciler runs every few seconds) try again. A cancelled
+            // move stops at once, so the move back can start.
+            let superseded = async {
+                let mut changes = cluster.meta.changes();
+                while cluster.partition_meta(&name, partition as i32).and_then(|p| p.target).as_ref() == Some(&target) {
+                    if changes.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let changed = tokio::select! {
+                r = tokio::time::timeout(REASSIGN_STEP_TIMEOUT, replica.change_voters(&target)) => r.unwrap_or_else(|_| {
+                    Err(format!("the new replicas did not catch up within {REASSIGN_STEP_TIMEOUT:?}"))
+                }),
+                () = superseded => Err("the reassignment was cancelled".to_string()),
+            };
             let done = match changed {
                 Ok(()) => {
                     let cmd = MetaCommand::CompleteReassignment { name: name.clone(), id, partition, target };

@@ -208,6 +208,10 @@ fn internal_rpc_config(config: &config::BrokerConfig) -> anyhow::Result<Option<r
     if peers.iter().all(|(id, _)| *id == node_id) {
         return Ok(None);
     }
+    let lanes = cluster::PRODUCER_ID_LANES as rpc::NodeId;
+    if let Some(id) = std::iter::once(node_id).chain(peers.iter().map(|(id, _)| *id)).find(|&id| id >= lanes) {
+        anyhow::bail!("node ids in a cluster must be below {lanes}; {id} is not");
+    }
     let listen = match config.get("internal.listener") {
         "" => match peers.iter().find(|(id, _)| *id == node_id) {
             Some((_, addr)) => addr.clone(),

@@ -47,6 +47,9 @@ struct Node {
     listener_port: Option<u16>,
     /// Holds `data/` and `creek.log`; removed when the cluster is dropped.
     dir: tempfile::TempDir,
+    /// Added to the running cluster ([`CreekCluster::add_node`]): not in `internal.peers`, so it
+    /// announces its own `internal.listener`.
+    joined: bool,
     child: Option<Child>,
     paused: bool,
 }
@@ -124,6 +127,7 @@ impl CreekCluster {
                     internal_port: ports[n + i],
                     listener_port,
                     dir,
+                    joined: false,
                     child: None,
                     paused: false,
                 }
@@ -146,6 +150,32 @@ impl CreekCluster {
             cluster.node_mut(id).child = Some(child);
         }
         cluster
+    }
+
+    /// Starts one more node, with the next id and the same settings (`internal.peers` still lists
+    /// only the first nodes), so it joins the running cluster as a new broker; waits until its
+    /// Kafka listener serves and returns its id.
+    pub fn add_node(&mut self) -> i32 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let base = free_consecutive_ports(2);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("creek-node{id}-"))
+            .tempdir()
+            .expect("create a temporary node directory");
+        std::fs::create_dir(dir.path().join("data")).expect("create the node's data directory");
+        self.nodes.push(Node {
+            id,
+            kafka_port: base,
+            internal_port: base + 1,
+            listener_port: None,
+            dir,
+            joined: true,
+            child: None,
+            paused: false,
+        });
+        let (child, _) = self.spawn(id).wait_ready(Instant::now() + READY_TIMEOUT);
+        self.node_mut(id).child = Some(child);
+        id
     }
 
     /// Number of nodes, running or not.
@@ -532,6 +562,9 @@ impl CreekCluster {
         let mut settings = self.settings.clone();
         if let Some(port) = node.listener_port {
             settings.push(("internal.listener".to_string(), format!("127.0.0.1:{port}")));
+        }
+        if node.joined {
+            settings.push(("internal.listener".to_string(), format!("127.0.0.1:{}", node.internal_port)));
         }
         spawn_creek(&ServeArgs {
             node_id: id,

@@ -205,7 +205,7 @@ pub(crate) fn spawn_creek(args: &ServeArgs<'_>) -> Starting {
         cmd.args(["--set", &format!("{k}={v}")]);
     }
     if std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "info");
+        cmd.env("RUST_LOG", "info,openraft=warn");
     }
     let stderr = match args.stderr_log {
         Some(path) => {

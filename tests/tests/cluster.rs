@@ -50,8 +50,9 @@ fn local_cluster_script_starts_and_stops() {
     // Goal: `local-cluster.sh start 3 DIR` runs three serving nodes and says where; `stop DIR` ends them.
     let dir = tempfile::Builder::new().prefix("creek-local-cluster-").tempdir().unwrap();
     let _stop = StopOnDrop(dir.path());
-    let base = free_consecutive_ports(2 * NODES);
-    let (kafka_base, internal_base) = (base, base + NODES);
+    // Room for one node more, added below.
+    let base = free_consecutive_ports(2 * (NODES + 1));
+    let (kafka_base, internal_base) = (base, base + NODES + 1);
 
     let out = run_script(&["start", "3"], dir.path(), kafka_base, internal_base);
     let node_logs = || {
@@ -89,6 +90,39 @@ fn local_cluster_script_starts_and_stops() {
 
     let again = run_script(&["start", "3"], dir.path(), kafka_base, internal_base);
     assert!(!again.status.success(), "a second start on a running cluster's directory must refuse");
+
+    // `add` starts node 4, which joins as a new broker: every node lists it.
+    let added = run_script(&["add"], dir.path(), kafka_base, internal_base);
+    assert!(added.status.success(), "add failed ({}): {}\n{}", added.status, added.stderr, node_logs());
+    let port = kafka_base + NODES;
+    let line = added.stdout.trim();
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert!(
+        fields.len() == 6 && fields[..2] == ["node", "4"] && fields[5] == format!("127.0.0.1:{port}"),
+        "`{line}` is not `node 4 pid <pid> kafka 127.0.0.1:{port}`"
+    );
+    pids.push(fields[3].parse().unwrap_or_else(|e| panic!("pid in `{line}`: {e}")));
+    for p in kafka_base..=port {
+        let addr = format!("127.0.0.1:{p}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut w = creek_tests::wire::Wire::connect(&addr);
+            let mut req = kafka_protocol::messages::MetadataRequest::default();
+            req.topics = Some(vec![]);
+            let md: kafka_protocol::messages::MetadataResponse =
+                w.call(kafka_protocol::messages::ApiKey::Metadata, 12, &req);
+            if md.brokers.len() == 4 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} lists {} brokers, not 4\n{}",
+                md.brokers.len(),
+                node_logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     let stopped = run_script(&["stop"], dir.path(), kafka_base, internal_base);
     assert!(stopped.status.success(), "stop failed ({}): {}", stopped.status, stopped.stderr);
@@ -614,5 +648,199 @@ fn a_reassigned_replica_catches_up_on_its_new_node_and_leaves_the_old_one() {
         }
     }
     eprintln!("node {outsider} leads partition 0");
+    assert_acked_stored_once(&cluster, &topic, &run, &acks);
+}
+
+/// The broker ids node `id` lists in Metadata.
+fn brokers_seen(cluster: &CreekCluster, id: i32) -> Vec<i32> {
+    let md = cluster.metadata(id, Some(&[])).unwrap_or_else(|e| panic!("Metadata from node {id}: {e}"));
+    md.brokers.iter().map(|b| b.node_id.0).collect()
+}
+
+/// UnregisterBroker `broker` asked of node `via`: the error code and message.
+fn unregister(cluster: &CreekCluster, via: i32, broker: i32) -> (i16, String) {
+    use kafka_protocol::messages::{ApiKey, BrokerId, UnregisterBrokerRequest, UnregisterBrokerResponse};
+    let mut req = UnregisterBrokerRequest::default();
+    req.broker_id = BrokerId(broker);
+    let mut w = creek_tests::wire::Wire::connect(&cluster.addr(via));
+    let resp: UnregisterBrokerResponse = w.call(ApiKey::UnregisterBroker, 0, &req);
+    (resp.error_code, resp.error_message.map(|m| m.to_string()).unwrap_or_default())
+}
+
+#[test]
+fn a_broker_added_to_a_running_cluster_takes_new_replicas_and_a_decommissioned_voter_hands_over() {
+    // Goal: a fourth broker, started with the cluster's internal.peers but not listed in it,
+    // joins the running cluster: every node lists it, new topics place replicas on it, and it
+    // serves them. Then a configured node is decommissioned with UnregisterBroker: its replicas
+    // move to the others, it disappears from Metadata, and the new broker takes its place among
+    // the metadata voters, so the cluster keeps a metadata quorum when one more node dies.
+    let mut cluster = CreekCluster::start_with(3, &[("auto.leader.rebalance.enable", "false")]);
+    let before = unique_topic("before");
+    cluster.create_topic(&before, 3);
+    cluster.wait_for_leaders(&before, 3, Duration::from_secs(60));
+
+    let added = cluster.add_node();
+    for id in cluster.ids() {
+        eventually(&cluster, &format!("node {id} lists brokers 1 to 4"), || {
+            brokers_seen(&cluster, id) == [1, 2, 3, added]
+        });
+    }
+    eventually(&cluster, "the new broker knows the existing topics", || {
+        partitions_seen(&cluster, added, &before).iter().filter(|(l, _, _)| *l > 0).count() == 3
+    });
+    let after = unique_topic("after");
+    cluster.create_topic(&after, 4);
+    cluster.wait_for_leaders(&after, 4, Duration::from_secs(60));
+    let placed = partitions_seen(&cluster, added, &after);
+    eprintln!("{after} placed as {placed:?}");
+    assert_eq!(placed.iter().filter(|(_, _, r)| r.contains(&added)).count(), 3, "RF 3 of 4 nodes: 3 of 4 partitions");
+    assert!(placed.iter().any(|(l, _, _)| *l == added), "the new broker leads a partition it prefers");
+    // Clients reach the new broker's partitions through any node.
+    let mut producer = AckedProducer::start(&cluster, &after);
+    producer.wait_acks(&cluster, 300, "acks on a topic that includes the new broker");
+    // Restarted, the added broker comes back as itself and catches up.
+    cluster.kill(added);
+    cluster.restart(added);
+    cluster.wait_replicating(added, &after, Duration::from_secs(60));
+    producer.wait_acks(&cluster, 300, "acks after the new broker restarted");
+
+    // Decommission node 1, a configured metadata voter.
+    assert_eq!(unregister(&cluster, 2, 99).0, 102, "BROKER_ID_NOT_REGISTERED");
+    let (code, message) = unregister(&cluster, 2, 1);
+    assert_eq!(code, 0, "{message}");
+    for id in [2, 3, added] {
+        let mut seen = String::new();
+        let drained = |seen: &mut String| {
+            let brokers = brokers_seen(&cluster, id);
+            let parts: Vec<_> = [&before, &after].iter().flat_map(|t| partitions_seen(&cluster, id, t)).collect();
+            *seen = format!("brokers {brokers:?}, partitions (leader, epoch, replicas) {parts:?}");
+            brokers == [2, 3, added]
+                && parts.iter().all(|(l, _, r)| r.len() == 3 && !r.contains(&1) && *l > 0 && *l != 1)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !drained(&mut seen) {
+            assert!(std::time::Instant::now() < deadline, "node {id} still sees {seen}\n{}", cluster.log_tails());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    producer.wait_acks(&cluster, 300, "acks after node 1 left");
+    // Three brokers left, all holding every RF-3 partition: none may go.
+    let (code, message) = unregister(&cluster, 2, 3);
+    assert_eq!(code, 42, "INVALID_REQUEST: {message}");
+    let (run, acks) = producer.stop();
+    cluster.kill(1);
+    assert_acked_stored_once(&cluster, &after, &run, &acks);
+
+    // The metadata voters are now 2, 3 and the new broker: with node 3 down as well, 2 and the
+    // new broker are a majority and still change metadata.
+    cluster.kill(3);
+    let last = unique_topic("last");
+    cluster.create_topic(&last, 1);
+    eventually(&cluster, "the new broker lists the topic created with node 1 and 3 down", || {
+        partitions_seen(&cluster, added, &last).len() == 1
+    });
+}
+
+#[test]
+fn a_decommissioned_broker_drains_under_a_producer_without_losing_acked_records() {
+    // Goal: UnregisterBroker on a four-node cluster moves every replica off the broker while a
+    // producer writes with acks=all (including partitions the broker leads); the broker then
+    // leaves Metadata, and once it is killed every acked record is still stored exactly once.
+    let mut cluster = CreekCluster::start_with(4, &[("auto.leader.rebalance.enable", "false")]);
+    let topic = unique_topic("drained");
+    cluster.create_topic(&topic, 4);
+    let leaving = 2;
+    let led: Vec<i32> = cluster.wait_for_leaders(&topic, 4, Duration::from_secs(60)).iter().map(|p| p.0).collect();
+    assert!(led.contains(&leaving), "node {leaving} leads a partition: {led:?}");
+    let mut producer = AckedProducer::start(&cluster, &topic);
+    producer.wait_acks(&cluster, 300, "acks before the decommission");
+    let (code, message) = unregister(&cluster, 1, leaving);
+    assert_eq!(code, 0, "{message}");
+    let asked = std::time::Instant::now();
+    for id in [1, 3, 4] {
+        eventually(&cluster, &format!("node {id} has moved every replica off node {leaving}"), || {
+            !brokers_seen(&cluster, id).contains(&leaving)
+                && partitions_seen(&cluster, id, &topic)
+                    .iter()
+                    .all(|(l, _, r)| r.len() == 3 && !r.contains(&leaving) && *l > 0 && *l != leaving)
+        });
+    }
+    eprintln!("node {leaving} drained (54 partitions with __consumer_offsets) in {:?}", asked.elapsed());
+    producer.wait_acks(&cluster, 300, "acks after the decommission");
+    let (run, acks) = producer.stop();
+    cluster.kill(leaving);
+    assert_acked_stored_once(&cluster, &topic, &run, &acks);
+}
+
+/// AlterPartitionReassignments for one partition of `topic` asked of node `via`: `replicas`
+/// moves it there, `None` cancels a move; the partition's error code.
+fn alter_reassignment(cluster: &CreekCluster, via: i32, topic: &str, replicas: Option<&[i32]>) -> i16 {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
+    use kafka_protocol::messages::{
+        AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId,
+    };
+    let mut p = ReassignablePartition::default();
+    p.replicas = replicas.map(|r| r.iter().map(|&id| BrokerId(id)).collect());
+    let mut t = ReassignableTopic::default();
+    t.name = creek_tests::wire::topic_name(topic);
+    t.partitions = vec![p];
+    let mut req = AlterPartitionReassignmentsRequest::default();
+    req.timeout_ms = 30_000;
+    req.topics = vec![t];
+    let mut w = creek_tests::wire::Wire::connect(&cluster.addr(via));
+    let resp: AlterPartitionReassignmentsResponse = w.call(ApiKey::AlterPartitionReassignments, 1, &req);
+    assert_eq!(resp.error_code, 0, "{resp:?}");
+    resp.responses[0].partitions[0].error_code
+}
+
+/// The partitions of `topic` that ListPartitionReassignments on node `via` shows moving.
+fn listed_moves(cluster: &CreekCluster, via: i32, topic: &str) -> usize {
+    use kafka_protocol::messages::{ApiKey, ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse};
+    let mut w = creek_tests::wire::Wire::connect(&cluster.addr(via));
+    let listed: ListPartitionReassignmentsResponse =
+        w.call(ApiKey::ListPartitionReassignments, 0, &ListPartitionReassignmentsRequest::default());
+    listed.topics.iter().filter(|t| t.name.0.as_str() == topic).map(|t| t.partitions.len()).sum()
+}
+
+#[test]
+fn a_cancelled_reassignment_moves_the_voters_back_and_keeps_every_acked_record() {
+    // Goal: a move onto a node that is down cannot finish; cancelling it (null replicas) puts the
+    // partition back on its replicas on every node, the stuck move stops, and no acked record is
+    // lost. Cancelling when nothing moves is NO_REASSIGNMENT_IN_PROGRESS.
+    let mut cluster = CreekCluster::start_with(4, &[("auto.leader.rebalance.enable", "false")]);
+    let topic = unique_topic("cancelled");
+    cluster.create_topic(&topic, 1);
+    let leader = cluster.wait_for_leaders(&topic, 1, Duration::from_secs(60))[0].0;
+    let replicas = partitions_seen(&cluster, leader, &topic)[0].2.clone();
+    let outsider = cluster.ids().into_iter().find(|id| !replicas.contains(id)).expect("a node without the partition");
+    let follower = *replicas.iter().find(|&&id| id != leader).expect("a follower");
+    let target: Vec<i32> = replicas.iter().map(|&id| if id == follower { outsider } else { id }).collect();
+    let mut producer = AckedProducer::start(&cluster, &topic);
+    producer.wait_acks(&cluster, 300, "acks before the move");
+    assert_eq!(alter_reassignment(&cluster, leader, &topic, None), 85, "NO_REASSIGNMENT_IN_PROGRESS");
+
+    cluster.kill(outsider);
+    assert_eq!(alter_reassignment(&cluster, leader, &topic, Some(&target)), 0);
+    eventually(&cluster, "the move is listed", || listed_moves(&cluster, leader, &topic) == 1);
+    producer.wait_acks(&cluster, 300, "acks while the move waits for its new node");
+    let asked = std::time::Instant::now();
+    assert_eq!(alter_reassignment(&cluster, follower, &topic, None), 0, "cancelled through a follower");
+    eventually(&cluster, "the cancelled move is no longer listed", || listed_moves(&cluster, leader, &topic) == 0);
+    cluster.restart(outsider);
+    for id in cluster.ids() {
+        eventually(&cluster, &format!("node {id} reports the replicas {replicas:?} again"), || {
+            partitions_seen(&cluster, id, &topic)[0].2 == replicas
+        });
+    }
+    eprintln!("the move back finished {:?} after the cancel", asked.elapsed());
+    // A new move is accepted once the cancellation has finished, and completes.
+    eventually(&cluster, "a new move is accepted", || alter_reassignment(&cluster, leader, &topic, Some(&target)) == 0);
+    for id in cluster.ids() {
+        eventually(&cluster, &format!("node {id} reports the replicas {target:?}"), || {
+            partitions_seen(&cluster, id, &topic)[0].2 == target
+        });
+    }
+    producer.wait_acks(&cluster, 300, "acks after the cancel");
+    let (run, acks) = producer.stop();
     assert_acked_stored_once(&cluster, &topic, &run, &acks);
 }

@@ -77,7 +77,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<CreateTopicsRequest>) -> Opti
         };
         // A cluster places 1..=nodes replicas per partition (-1: every node, at most three); a
         // single node holds the only one.
-        let nodes = cluster.map_or(1, |c| c.nodes.len() as i16);
+        let nodes = cluster.map_or(1, |c| c.placeable().len() as i16);
         let rf = match (t.replication_factor, cluster) {
             (-1, Some(c)) => c.default_replication() as i16,
             (-1, None) => default_rf,

@@ -52,6 +52,7 @@ mod partition_reassignments;
 mod produce;
 mod sync_group;
 mod txn_offset_commit;
+mod unregister_broker;
 
 pub(crate) use api_versions::unsupported_version_response;
 
@@ -98,6 +99,8 @@ pub(crate) mod code {
     pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
     pub(crate) const INVALID_RECORD: i16 = 87;
     pub(crate) const UNKNOWN_TOPIC_ID: i16 = 100;
+    pub(crate) const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
+    pub(crate) const BROKER_ID_NOT_REGISTERED: i16 = 102;
     pub(crate) const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub(crate) const UNKNOWN_PRODUCER_ID: i16 = 59;
     pub(crate) const TRANSACTION_COORDINATOR_FENCED: i16 = 52;
@@ -195,6 +198,7 @@ apis! {
     ElectLeaders: 0..=2 => kafka_protocol::messages::ElectLeadersRequest, elect_leaders::handle;
     AlterPartitionReassignments: 0..=1 => kafka_protocol::messages::AlterPartitionReassignmentsRequest, partition_reassignments::alter;
     ListPartitionReassignments: 0..=0 => kafka_protocol::messages::ListPartitionReassignmentsRequest, partition_reassignments::list;
+    UnregisterBroker: 0..=0 => kafka_protocol::messages::UnregisterBrokerRequest, unregister_broker::handle;
     FindCoordinator: 0..=6 => kafka_protocol::messages::FindCoordinatorRequest, find_coordinator::handle;
     JoinGroup: 0..=9 => kafka_protocol::messages::JoinGroupRequest, join_group::handle;
     SyncGroup: 0..=5 => kafka_protocol::messages::SyncGroupRequest, sync_group::handle;

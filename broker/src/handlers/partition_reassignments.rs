@@ -3,7 +3,9 @@
 //! adds the new replicas as learners, lets them catch up, changes the group's voters, and then
 //! records the move complete, when the replicas no longer wanted stop and drop their data (see
 //! `cluster.rs`). The request is answered once the reassignment is recorded, as Kafka does; List
-//! shows it until it completes. A single node is every partition's only possible replica.
+//! shows it until it completes. Null replicas cancel a move: the leader moves the voters back to
+//! the replicas (the nodes being added keep their copy until then), and List no longer shows it.
+//! A single node is every partition's only possible replica.
 
 use kafka_protocol::messages::alter_partition_reassignments_response::{
     ReassignablePartitionResponse, ReassignableTopicResponse,
@@ -16,10 +18,8 @@ use kafka_protocol::messages::{
     ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, TopicName,
 };
 
+use super::code::NO_REASSIGNMENT_IN_PROGRESS;
 use super::{Ctx, Request, code, str_bytes};
-
-/// NO_REASSIGNMENT_IN_PROGRESS: a cancellation of a partition that is not being moved.
-const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
 
 pub(super) async fn alter(
     ctx: &Ctx,
@@ -69,9 +69,9 @@ async fn reassign(
     };
     let current = cluster.partition_meta(topic, partition).ok_or_else(unknown)?;
     let Some(target) = target else {
-        return match current.target {
+        return match current.moving() {
             None => Err((NO_REASSIGNMENT_IN_PROGRESS, "No reassignment is in progress.".to_string())),
-            Some(_) => Err((code::INVALID_REQUEST, "Cancelling a reassignment is not supported yet.".to_string())),
+            Some(_) => cluster.cancel_reassignment(topic, partition).await,
         };
     };
     let target: Vec<u64> = target

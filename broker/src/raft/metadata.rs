@@ -35,6 +35,10 @@ pub(crate) const METADATA_GROUP: GroupId = GroupId(0);
 /// A command forwarded to the metadata leader: JSON [`MetaCommand`] in, JSON
 /// `Result<(), String>` out.
 pub(crate) const KIND_META_PROPOSE: MessageKind = MessageKind(16);
+/// A command sent by a node that knows no metadata leader (a broker that is not a member yet) to
+/// a configured voter, which proposes it as its own, forwarding it to its leader: JSON in and
+/// out as [`KIND_META_PROPOSE`].
+pub(crate) const KIND_META_RELAY: MessageKind = MessageKind(20);
 /// How long a forwarded proposal may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A metadata command larger than this is refused (topic configs are small).
@@ -44,8 +48,20 @@ const COMMAND_BYTES_MAX: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum MetaCommand {
-    /// A broker announces where Kafka clients reach it (at every start).
-    RegisterBroker { id: NodeId, host: String, port: u16 },
+    /// A broker announces where Kafka clients reach it, and where other brokers reach its
+    /// internal listener, at every start. A broker that was removed joins again.
+    RegisterBroker {
+        id: NodeId,
+        host: String,
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        internal: Option<String>,
+    },
+    /// Starts draining broker `id`: the metadata leader moves its replicas to other brokers and
+    /// then removes it.
+    DecommissionBroker { id: NodeId },
+    /// Broker `id`, which hosts no replica any more, leaves the cluster.
+    RemoveBroker { id: NodeId },
     /// A new topic; partition `i` is replicated on `replicas[i]`, the first one preferred as
     /// leader.
     CreateTopic { name: String, id: String, replicas: Vec<Vec<NodeId>>, configs: BTreeMap<String, String> },
@@ -64,6 +80,10 @@ pub(crate) enum MetaCommand {
     /// The group's voters are now `target`: it becomes the partition's replicas, and nodes no
     /// longer among them stop their replica and drop its data.
     CompleteReassignment { name: String, id: String, partition: usize, target: Vec<NodeId> },
+    /// Cancels a reassignment in progress: the target becomes the replicas again, so the leader
+    /// moves the group's voters back; the nodes the move was adding keep their replica until
+    /// the move back completes (they may be voters already).
+    CancelReassignment { name: String, id: String, partition: usize },
 }
 
 /// Whether `nodes` is a replica list: not empty, no node twice.
@@ -82,13 +102,26 @@ pub(crate) struct PartitionMeta {
     pub(crate) replicas: Vec<NodeId>,
     /// The replicas a reassignment in progress moves the partition to.
     pub(crate) target: Option<Vec<NodeId>>,
+    /// Nodes a cancelled reassignment was adding: they keep hosting until the voters are the
+    /// replicas again.
+    pub(crate) cancelled: Vec<NodeId>,
 }
 
 impl PartitionMeta {
     /// Every node that hosts (or is to host) a replica: the replicas and the target.
     pub(crate) fn hosts(&self) -> impl Iterator<Item = NodeId> + '_ {
-        let extra = self.target.iter().flatten().filter(|n| !self.replicas.contains(n));
-        self.replicas.iter().chain(extra).copied()
+        let extra = self.target.iter().flatten().chain(&self.cancelled).filter(|n| !self.replicas.contains(n));
+        let mut seen = Vec::new();
+        self.replicas.iter().chain(extra).copied().filter(move |n| {
+            let first = !seen.contains(n);
+            seen.push(*n);
+            first
+        })
+    }
+
+    /// Whether a reassignment (not a cancellation moving the voters back) is in progress.
+    pub(crate) fn moving(&self) -> Option<&Vec<NodeId>> {
+        self.target.as_ref().filter(|t| **t != self.replicas)
     }
 }
 
@@ -104,6 +137,12 @@ pub(crate) struct TopicMeta {
 pub(crate) struct ClusterMeta {
     /// Kafka `host:port` per registered broker.
     pub(crate) brokers: BTreeMap<NodeId, (String, u16)>,
+    /// The internal listener's `host:port` of each broker that announced one.
+    pub(crate) internal_addrs: BTreeMap<NodeId, String>,
+    /// Brokers being drained ([`MetaCommand::DecommissionBroker`]).
+    pub(crate) decommissioning: std::collections::BTreeSet<NodeId>,
+    /// Brokers that left the cluster ([`MetaCommand::RemoveBroker`]).
+    pub(crate) removed: std::collections::BTreeSet<NodeId>,
     pub(crate) topics: BTreeMap<String, TopicMeta>,
     /// Ids of deleted topics: a node that still holds one removes it.
     pub(crate) deleted_topics: std::collections::BTreeSet<String>,
@@ -114,8 +153,29 @@ impl ClusterMeta {
     /// Applies one command; an error leaves the state unchanged and is the proposer's answer.
     pub(crate) fn apply(&mut self, cmd: MetaCommand) -> Result<(), String> {
         match cmd {
-            MetaCommand::RegisterBroker { id, host, port } => {
+            MetaCommand::RegisterBroker { id, host, port, internal } => {
                 self.brokers.insert(id, (host, port));
+                if let Some(addr) = internal {
+                    self.internal_addrs.insert(id, addr);
+                }
+                self.removed.remove(&id);
+                Ok(())
+            }
+            MetaCommand::DecommissionBroker { id } => {
+                if !self.brokers.contains_key(&id) {
+                    return Err(format!("broker {id} is not registered"));
+                }
+                self.decommissioning.insert(id);
+                Ok(())
+            }
+            MetaCommand::RemoveBroker { id } => {
+                if let Some((name, i, _)) = self.partitions().find(|(_, _, p)| p.hosts().any(|n| n == id)) {
+                    return Err(format!("broker {id} still hosts {name}-{i}"));
+                }
+                self.brokers.remove(&id);
+                self.internal_addrs.remove(&id);
+                self.decommissioning.remove(&id);
+                self.removed.insert(id);
                 Ok(())
             }
             MetaCommand::CreateTopic { name, id, replicas, configs } => {
@@ -173,9 +233,24 @@ impl ClusterMeta {
                 }
                 p.replicas = target;
                 p.target = None;
+                p.cancelled.clear();
+                Ok(())
+            }
+            MetaCommand::CancelReassignment { name, id, partition } => {
+                let p = self.partition_mut(&name, &id, partition)?;
+                let Some(target) = p.moving().cloned() else {
+                    return Err(format!("{name}-{partition} is not being reassigned"));
+                };
+                p.cancelled.extend(target.into_iter().filter(|n| !p.replicas.contains(n)));
+                p.target = Some(p.replicas.clone());
                 Ok(())
             }
         }
+    }
+
+    /// Every partition: topic name, index and record.
+    pub(crate) fn partitions(&self) -> impl Iterator<Item = (&String, usize, &PartitionMeta)> {
+        self.topics.iter().flat_map(|(name, t)| t.partitions.iter().enumerate().map(move |(i, p)| (name, i, p)))
     }
 
     /// Topic `name`, if it is still the one with `id`.
@@ -199,7 +274,7 @@ impl ClusterMeta {
             .into_iter()
             .map(|replicas| {
                 self.next_group += 1;
-                PartitionMeta { group: GroupId(self.next_group), replicas, target: None }
+                PartitionMeta { group: GroupId(self.next_group), replicas, target: None, cancelled: Vec::new() }
             })
             .collect()
     }
@@ -269,15 +344,19 @@ impl ApplyHook for MetaHook {
 
 /// This node's member of the metadata group.
 pub(crate) struct Metadata {
-    replica: Arc<Replica>,
+    pub(crate) replica: Arc<Replica>,
     rpc: Rpc,
+    /// The configured voters (`internal.peers`): where a node that knows no leader sends its
+    /// proposals.
+    configured: Vec<NodeId>,
     state: Arc<RwLock<ClusterMeta>>,
     changed: watch::Receiver<u64>,
 }
 
 impl Metadata {
     /// Starts the metadata replica on `store` with every configured node as a voter, and serves
-    /// forwarded proposals.
+    /// forwarded proposals. A node that is not configured joins: it waits for the leader to add
+    /// it as a learner once it has registered.
     pub(crate) async fn start(
         node: NodeId,
         rpc: Rpc,
@@ -288,13 +367,15 @@ impl Metadata {
         let state = Arc::new(RwLock::new(ClusterMeta::default()));
         let (tx, changed) = watch::channel(0);
         let hook_state = state.clone();
-        let spec = GroupSpec { group: METADATA_GROUP, voters, supervised: false, joining: false };
+        let joining = !voters.contains(&node);
+        let spec = GroupSpec { group: METADATA_GROUP, voters, supervised: false, joining };
         let replica = Replica::start((node, rpc.clone(), router), store, spec, move |_, _| {
             Arc::new(MetaHook { state: hook_state, changed: tx })
         })
         .await?;
-        let meta = Arc::new(Metadata { replica, rpc, state, changed });
+        let meta = Arc::new(Metadata { replica, rpc, configured: voters.to_vec(), state, changed });
         router.register_service(KIND_META_PROPOSE, Arc::new(ForwardHandler(meta.clone())));
+        router.register_service(KIND_META_RELAY, Arc::new(ForwardHandler(meta.clone())));
         Ok(meta)
     }
 
@@ -322,20 +403,30 @@ impl Metadata {
     /// outer error is "not done, retry" (no leader, leader change, unreachable), the inner one
     /// the command's own refusal.
     pub(crate) async fn propose(&self, cmd: &MetaCommand) -> Result<Result<(), String>, String> {
-        match self.propose_local(cmd).await {
-            Err(ProposeError::NotLeader(Some(leader))) => {
-                let payload = Bytes::from(serde_json::to_vec(cmd).expect("metadata commands serialize"));
-                let answer = self
-                    .rpc
-                    .call(leader, METADATA_GROUP, KIND_META_PROPOSE, payload, FORWARD_TIMEOUT)
-                    .await
-                    .map_err(|e| format!("forwarding to the metadata leader {leader}: {e}"))?;
-                serde_json::from_slice::<Result<Result<(), String>, String>>(&answer)
-                    .map_err(|e| format!("metadata leader {leader} answered badly: {e}"))?
+        self.propose_via(cmd, true).await
+    }
+
+    /// [`Metadata::propose`]; with `relay`, a node that knows no leader asks a configured voter
+    /// to propose for it (a relayed proposal is not relayed again, so voters without a leader
+    /// do not pass it around).
+    async fn propose_via(&self, cmd: &MetaCommand, relay: bool) -> Result<Result<(), String>, String> {
+        let (to, kind) = match self.propose_local(cmd).await {
+            Err(ProposeError::NotLeader(Some(leader))) => (leader, KIND_META_PROPOSE),
+            Err(ProposeError::NotLeader(None)) if relay => {
+                let voter = self.configured.iter().copied().find(|&v| self.rpc.is_connected(v));
+                (voter.ok_or("no metadata leader known and no configured node reachable")?, KIND_META_RELAY)
             }
-            Err(e) => Err(format!("{e:?}")),
-            Ok(r) => Ok(r),
-        }
+            Err(e) => return Err(format!("{e:?}")),
+            Ok(r) => return Ok(r),
+        };
+        let payload = Bytes::from(serde_json::to_vec(cmd).expect("metadata commands serialize"));
+        let answer = self
+            .rpc
+            .call(to, METADATA_GROUP, kind, payload, FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| format!("forwarding to node {to}: {e}"))?;
+        serde_json::from_slice::<Result<Result<(), String>, String>>(&answer)
+            .map_err(|e| format!("node {to} answered badly: {e}"))?
     }
 
     async fn propose_local(&self, cmd: &MetaCommand) -> Result<Result<(), String>, ProposeError> {
@@ -350,14 +441,16 @@ impl Metadata {
     }
 }
 
-/// Answers proposals forwarded by other nodes (only a leader accepts them).
+/// Answers proposals forwarded by other nodes: [`KIND_META_PROPOSE`] only on the leader,
+/// [`KIND_META_RELAY`] by passing it on to the leader.
 struct ForwardHandler(Arc<Metadata>);
 
 impl Handler for ForwardHandler {
-    fn handle(&self, from: NodeId, _group: GroupId, _kind: MessageKind, payload: Bytes) -> HandlerFuture {
+    fn handle(&self, from: NodeId, _group: GroupId, kind: MessageKind, payload: Bytes) -> HandlerFuture {
         let meta = self.0.clone();
         Box::pin(async move {
             let answer: Result<Result<(), String>, String> = match serde_json::from_slice::<MetaCommand>(&payload) {
+                Ok(cmd) if kind == KIND_META_RELAY => meta.propose_via(&cmd, false).await,
                 Ok(cmd) => meta.propose_local(&cmd).await.map_err(|e| format!("{e:?}")),
                 Err(e) => {
                     tracing::warn!(from, error = %e, "a malformed forwarded metadata command");
@@ -402,6 +495,53 @@ mod tests {
         let t = &meta.topics["t"];
         assert_eq!(t.partitions.iter().map(|p| p.group.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!(decode_commands(b"not a batch").is_err());
+    }
+
+    #[test]
+    fn brokers_register_are_decommissioned_and_removed_only_once_they_host_nothing() {
+        let mut meta = ClusterMeta::default();
+        let register = |id: NodeId, internal: Option<&str>| MetaCommand::RegisterBroker {
+            id,
+            host: "127.0.0.1".into(),
+            port: 9092 + id as u16,
+            internal: internal.map(str::to_string),
+        };
+        meta.apply(register(1, Some("127.0.0.1:19092"))).unwrap();
+        meta.apply(register(4, Some("127.0.0.1:19095"))).unwrap();
+        assert_eq!(meta.internal_addrs[&4], "127.0.0.1:19095");
+        // Registrations written before brokers announced an internal address still decode.
+        let old: MetaCommand = serde_json::from_str(r#"{"op":"register_broker","id":2,"host":"h","port":1}"#).unwrap();
+        meta.apply(old).unwrap();
+        assert!(meta.brokers.contains_key(&2) && !meta.internal_addrs.contains_key(&2));
+        assert!(meta.apply(MetaCommand::DecommissionBroker { id: 9 }).is_err(), "not registered");
+        let create = MetaCommand::CreateTopic {
+            name: "t".into(),
+            id: "00000000000000000000000000000001".into(),
+            replicas: vec![vec![4, 1]],
+            configs: BTreeMap::new(),
+        };
+        meta.apply(create).unwrap();
+        meta.apply(MetaCommand::DecommissionBroker { id: 4 }).unwrap();
+        assert!(meta.decommissioning.contains(&4));
+        let err = meta.apply(MetaCommand::RemoveBroker { id: 4 }).unwrap_err();
+        assert!(err.contains("still hosts t-0"), "{err}");
+        let id = "00000000000000000000000000000001".to_string();
+        let moved =
+            |cmd: fn(String, String, usize, Vec<NodeId>) -> MetaCommand| cmd("t".into(), id.clone(), 0, vec![2, 1]);
+        meta.apply(moved(|name, id, partition, target| MetaCommand::Reassign { name, id, partition, target })).unwrap();
+        assert!(meta.apply(MetaCommand::RemoveBroker { id: 4 }).is_err(), "a target replica is not enough");
+        meta.apply(moved(|name, id, partition, target| MetaCommand::CompleteReassignment {
+            name,
+            id,
+            partition,
+            target,
+        }))
+        .unwrap();
+        meta.apply(MetaCommand::RemoveBroker { id: 4 }).unwrap();
+        assert!(!meta.brokers.contains_key(&4) && !meta.decommissioning.contains(&4) && meta.removed.contains(&4));
+        // A removed broker that starts again joins again.
+        meta.apply(register(4, Some("127.0.0.1:19095"))).unwrap();
+        assert!(meta.brokers.contains_key(&4) && !meta.removed.contains(&4));
     }
 
     #[test]

@@ -186,7 +186,8 @@ impl Replica {
 
     /// Moves the group to the voters `target` (a reassignment): each new one is added as a
     /// learner and caught up first, then the membership changes in one joint-consensus step, and
-    /// voters not in `target` leave the group. Only the leader can; an error says why not.
+    /// voters not in `target` leave the group, as do learners (of a cancelled move). Only the
+    /// leader can; an error says why not.
     pub(crate) async fn change_voters(&self, target: &[NodeId]) -> Result<(), String> {
         let current: Vec<NodeId> =
             self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
@@ -194,7 +195,51 @@ impl Replica {
             self.raft.add_learner(node, BasicNode::default(), true).await.map_err(|e| e.to_string())?;
         }
         let voters: std::collections::BTreeSet<NodeId> = target.iter().copied().collect();
-        self.raft.change_membership(voters, false).await.map_err(|e| e.to_string())?;
+        self.raft.change_membership(voters.clone(), false).await.map_err(|e| e.to_string())?;
+        // Learners added for a move that was cancelled before they became voters.
+        let (_, learners) = self.members();
+        let stray: std::collections::BTreeSet<NodeId> = learners.into_iter().filter(|n| !voters.contains(n)).collect();
+        if !stray.is_empty() {
+            let remove = openraft::ChangeMembers::RemoveNodes(stray);
+            self.raft.change_membership(remove, false).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The group's voters and learners in its effective membership, each sorted.
+    pub(crate) fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        (membership.voter_ids().collect(), membership.learner_ids().collect())
+    }
+
+    /// On the leader: adds `node` as a learner, which the leader then replicates to in the
+    /// background (a broker joining the metadata group). Returns once the change is committed.
+    pub(crate) async fn add_learner(&self, node: NodeId) -> Result<(), String> {
+        self.raft.add_learner(node, BasicNode::default(), false).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// On the leader: takes `node` out of the group, voter or learner (a broker leaving the
+    /// cluster); a voter's place is given to `successor`, a learner, when there is one, so the
+    /// group keeps its number of voters.
+    pub(crate) async fn remove_member(&self, node: NodeId, successor: Option<NodeId>) -> Result<(), String> {
+        use openraft::ChangeMembers;
+        let (voters, learners) = self.members();
+        if voters.contains(&node) {
+            let mut next: std::collections::BTreeSet<NodeId> = voters.iter().copied().filter(|&v| v != node).collect();
+            next.extend(successor.filter(|s| learners.contains(s)));
+            if next.is_empty() {
+                return Err(format!("node {node} is the group's last voter"));
+            }
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(next), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        } else if learners.contains(&node) {
+            let gone = std::collections::BTreeSet::from([node]);
+            self.raft.change_membership(ChangeMembers::RemoveNodes(gone), false).await.map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 

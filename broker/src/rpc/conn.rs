@@ -21,7 +21,7 @@ fn refused(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
 
-/// Accepts connections from lower-id peers until aborted.
+/// Accepts connections from the peers that dial this node until aborted.
 pub(super) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     let handshakes = Arc::new(Semaphore::new(inner.limits.handshakes_max));
     // Dropped with this task, which aborts handshakes still running.
@@ -81,17 +81,30 @@ async fn read_hello(inner: &Inner, stream: &mut TcpStream) -> IoResult<NodeId> {
 
 async fn accept_handshake(inner: &Inner, mut stream: TcpStream) -> IoResult<(Arc<Peer>, TcpStream)> {
     let node = read_hello(inner, &mut stream).await?;
-    let peer = match inner.peers.get(&node) {
-        Some(peer) if node < inner.node_id => peer.clone(),
-        Some(_) => return Err(refused(format!("node {node} has a higher id and must wait to be dialed"))),
-        None => return Err(refused(format!("node {node} is not a configured peer"))),
+    if node == inner.node_id || !super::dials(&inner.configured, node, inner.node_id) {
+        return Err(refused(format!("node {node} must wait to be dialed")));
+    }
+    let peer = {
+        let mut peers = inner.peers.write();
+        let known = peers.len();
+        match peers.get(&node) {
+            Some(peer) => peer.clone(),
+            // A broker that joined the cluster, dialing in before this node learned its address.
+            None if known < inner.limits.peers_max => {
+                let peer = Peer::new(node, None);
+                peers.insert(node, peer.clone());
+                peer
+            }
+            None => return Err(refused(format!("node {node} is unknown and {known} peers are known already"))),
+        }
     };
     stream.write_all(&wire::encode_hello(inner.node_id, &inner.cluster_id)).await?;
     Ok((peer, stream))
 }
 
 async fn dial(inner: &Inner, peer: &Peer) -> IoResult<TcpStream> {
-    let connect = TcpStream::connect(peer.addr.as_str());
+    let addr = peer.addr.lock().clone().ok_or_else(|| std::io::Error::other("no address known"))?;
+    let connect = TcpStream::connect(addr.as_str());
     let mut stream = tokio::time::timeout(inner.limits.connect_timeout, connect)
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
@@ -100,7 +113,7 @@ async fn dial(inner: &Inner, peer: &Peer) -> IoResult<TcpStream> {
         stream.write_all(&wire::encode_hello(inner.node_id, &inner.cluster_id)).await?;
         let node = read_hello(inner, &mut stream).await?;
         if node != peer.id {
-            return Err(refused(format!("{} answered as node {node}, expected {}", peer.addr, peer.id)));
+            return Err(refused(format!("{addr} answered as node {node}, expected {}", peer.id)));
         }
         Ok(())
     };
@@ -110,18 +123,18 @@ async fn dial(inner: &Inner, peer: &Peer) -> IoResult<TcpStream> {
     Ok(stream)
 }
 
-/// Keeps a connection to a higher-id peer: dial, run it until it ends, back off, again.
+/// Keeps a connection to a peer this node dials: dial, run it until it ends, back off, again.
 pub(super) async fn dial_loop(inner: Arc<Inner>, peer: Arc<Peer>) {
     let mut backoff = Backoff::new(inner.limits.backoff_min, inner.limits.backoff_max, random_seed() ^ peer.id);
     loop {
         match dial(&inner, &peer).await {
             Ok(stream) => {
-                tracing::info!(peer = peer.id, addr = %peer.addr, "internal connection established");
+                tracing::info!(peer = peer.id, "internal connection established");
                 backoff.reset();
                 let _ = install(&inner, &peer, stream).await;
                 tracing::info!(peer = peer.id, "internal connection closed");
             }
-            Err(e) => tracing::debug!(peer = peer.id, addr = %peer.addr, error = %e, "dialing failed"),
+            Err(e) => tracing::debug!(peer = peer.id, error = %e, "dialing failed"),
         }
         tokio::time::sleep(backoff.next_delay()).await;
     }

@@ -7,11 +7,16 @@
 //! and waits for its response (correlated by a request id, with a timeout); [`Rpc::send`] is
 //! one-way. Incoming messages go to a [`Handler`]. It deliberately knows nothing of openraft.
 //!
-//! - **Connection rule.** Only the node with the lower id dials; the higher one waits for it. So
-//!   a pair has one connection without a tie-break race. An accepted connection from a peer
-//!   replaces the one it had (the peer restarted): the old one is closed and its calls fail.
+//! - **Connection rule.** Exactly one node of a pair dials ([`dials`]): a node that is not a
+//!   configured peer (a broker added to a running cluster) dials the configured ones, and
+//!   otherwise the lower id dials. So a pair has one connection without a tie-break race. An
+//!   accepted connection from a peer replaces the one it had (the peer restarted): the old one is
+//!   closed and its calls fail.
+//! - **Peers.** The configured peers (`internal.peers`) are known from the start; others are
+//!   added at run time ([`Rpc::add_peer`], from the cluster metadata) or accepted when they dial
+//!   in, as the connection rule lets them.
 //! - **Handshake.** The dialer sends magic, version, its node id and the cluster id; the acceptor
-//!   checks them (and that the id is a configured peer with a lower id) and answers with its own,
+//!   checks them (and that the connection rule lets that node dial it) and answers with its own,
 //!   which the dialer checks against the peer it meant to reach. Any mismatch closes the socket.
 //! - **Batching.** Each peer has one send queue; the connection's writer drains everything queued
 //!   (up to [`Limits::batch_bytes_max`]) into one frame and one vectored write.
@@ -51,7 +56,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -72,7 +77,7 @@ pub(crate) struct MessageKind(pub(crate) u16);
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum RpcError {
-    #[error("node {0} is not a configured peer")]
+    #[error("node {0} is not a known peer")]
     UnknownPeer(NodeId),
     #[error("no connection to node {0}")]
     PeerUnavailable(NodeId),
@@ -131,6 +136,9 @@ pub(crate) struct Limits {
     pub(crate) handlers_max: usize,
     /// Connections in their handshake at once; more are closed at accept.
     pub(crate) handshakes_max: usize,
+    /// Peers known at once (configured, added and accepted); a handshake from one more unknown
+    /// node is refused.
+    pub(crate) peers_max: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     /// A batch frame not written within this closes the connection (a peer that stopped reading,
@@ -151,6 +159,7 @@ impl Default for Limits {
             receive_bytes_max: 64 << 20,
             handlers_max: 1024,
             handshakes_max: 64,
+            peers_max: 4096,
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(10),
@@ -172,7 +181,8 @@ pub(crate) struct RpcConfig {
     pub(crate) node_id: NodeId,
     pub(crate) cluster_id: String,
     pub(crate) listen: SocketAddr,
-    /// Every node of the cluster as `(id, "host:port")`; this node's own entry is skipped.
+    /// The configured nodes of the cluster as `(id, "host:port")`; this node's own entry is
+    /// skipped. Other nodes may join later ([`Rpc::add_peer`]).
     pub(crate) peers: Vec<(NodeId, String)>,
     pub(crate) limits: Limits,
 }
@@ -230,7 +240,9 @@ struct Inner {
     cluster_id: String,
     limits: Limits,
     handler: Arc<dyn Handler>,
-    peers: HashMap<NodeId, Arc<Peer>>,
+    /// The configured nodes (this one included if it is one): see [`dials`].
+    configured: std::collections::HashSet<NodeId>,
+    peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
     stats: Stats,
     local_addr: SocketAddr,
     closed: AtomicBool,
@@ -240,9 +252,34 @@ struct Inner {
 
 struct Peer {
     id: NodeId,
-    addr: String,
+    /// Where to dial it; `None` for a node known only because it dialed in.
+    addr: Mutex<Option<String>>,
     next_request_id: AtomicU64,
     state: Mutex<PeerState>,
+    /// The task dialing it, when this node is the one that dials.
+    dialer: Mutex<Option<AbortHandle>>,
+}
+
+impl Peer {
+    fn new(id: NodeId, addr: Option<String>) -> Arc<Peer> {
+        Arc::new(Peer {
+            id,
+            addr: Mutex::new(addr),
+            next_request_id: AtomicU64::new(0),
+            state: Mutex::new(PeerState::default()),
+            dialer: Mutex::new(None),
+        })
+    }
+}
+
+/// Whether node `from` is the one that dials node `to` (see the module docs): a node outside the
+/// configured set dials the configured ones; within either set, the lower id dials.
+fn dials(configured: &std::collections::HashSet<NodeId>, from: NodeId, to: NodeId) -> bool {
+    match (configured.contains(&from), configured.contains(&to)) {
+        (false, true) => true,
+        (true, false) => false,
+        _ => from < to,
+    }
 }
 
 #[derive(Default)]
@@ -292,37 +329,59 @@ impl Rpc {
             return Err(invalid("frame_bytes_max must fit receive_bytes_max and 2 GiB".into()));
         }
         let listener = TcpListener::bind(config.listen).await?;
-        let peers = config
-            .peers
-            .iter()
-            .filter(|(id, _)| *id != config.node_id)
-            .map(|(id, addr)| {
-                let peer = Peer {
-                    id: *id,
-                    addr: addr.clone(),
-                    next_request_id: AtomicU64::new(0),
-                    state: Mutex::new(PeerState::default()),
-                };
-                (*id, Arc::new(peer))
-            })
-            .collect();
+        let configured = config.peers.iter().map(|(id, _)| *id).collect();
         let inner = Arc::new(Inner {
             node_id: config.node_id,
             cluster_id: config.cluster_id,
             limits: config.limits,
             handler,
-            peers,
+            configured,
+            peers: RwLock::new(HashMap::new()),
             stats: Stats::default(),
             local_addr: listener.local_addr()?,
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         });
-        let mut tasks = vec![tokio::spawn(conn::accept_loop(inner.clone(), listener))];
-        for peer in inner.peers.values().filter(|p| p.id > inner.node_id) {
-            tasks.push(tokio::spawn(conn::dial_loop(inner.clone(), peer.clone())));
+        *inner.tasks.lock() = vec![tokio::spawn(conn::accept_loop(inner.clone(), listener))];
+        let rpc = Rpc { inner };
+        for (id, addr) in &config.peers {
+            rpc.add_peer(*id, addr);
         }
-        *inner.tasks.lock() = tasks;
-        Ok(Rpc { inner })
+        Ok(rpc)
+    }
+
+    /// Makes `id` a known peer reachable at `addr` (a broker that joined the cluster), or updates
+    /// its address; dials it if the connection rule says this node dials. Not for this node.
+    pub(crate) fn add_peer(&self, id: NodeId, addr: &str) {
+        let inner = &self.inner;
+        if id == inner.node_id || inner.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let peer = inner.peers.write().entry(id).or_insert_with(|| Peer::new(id, None)).clone();
+        *peer.addr.lock() = Some(addr.to_string());
+        if dials(&inner.configured, inner.node_id, id) {
+            let mut dialer = peer.dialer.lock();
+            if dialer.is_none() {
+                let task = tokio::spawn(conn::dial_loop(inner.clone(), peer.clone()));
+                *dialer = Some(task.abort_handle());
+                inner.tasks.lock().push(task);
+            }
+        }
+    }
+
+    /// Forgets peer `id` (a broker removed from the cluster): stops dialing it, closes the
+    /// connection and fails its calls. It is accepted again if it dials in.
+    pub(crate) fn remove_peer(&self, id: NodeId) {
+        let Some(peer) = self.inner.peers.write().remove(&id) else { return };
+        if let Some(dialer) = peer.dialer.lock().take() {
+            dialer.abort();
+        }
+        peer.state.lock().reset(RpcError::ConnectionLost(id));
+    }
+
+    /// The peers this node knows, configured or joined.
+    pub(crate) fn peer_ids(&self) -> Vec<NodeId> {
+        self.inner.peers.read().keys().copied().collect()
     }
 
     pub(crate) fn node_id(&self) -> NodeId {
@@ -366,12 +425,12 @@ impl Rpc {
 
     /// Whether a connection to `peer` is established.
     pub(crate) fn is_connected(&self, peer: NodeId) -> bool {
-        self.inner.peers.get(&peer).is_some_and(|p| p.state.lock().conn.is_some())
+        self.inner.peers.read().get(&peer).is_some_and(|p| p.state.lock().conn.is_some())
     }
 
     /// Bytes queued for `peer` and not yet handed to its socket.
     pub(crate) fn queued_bytes(&self, peer: NodeId) -> usize {
-        self.inner.peers.get(&peer).map_or(0, |p| p.state.lock().queued_bytes)
+        self.inner.peers.read().get(&peer).map_or(0, |p| p.state.lock().queued_bytes)
     }
 
     pub(crate) fn stats(&self) -> StatsSnapshot {
@@ -398,7 +457,7 @@ impl Rpc {
         for t in tasks {
             let _ = t.await;
         }
-        for peer in self.inner.peers.values() {
+        for peer in self.inner.peers.read().values() {
             peer.state.lock().reset(RpcError::Shutdown);
         }
     }
@@ -407,7 +466,7 @@ impl Rpc {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(RpcError::Shutdown);
         }
-        self.inner.peers.get(&id).cloned().ok_or(RpcError::UnknownPeer(id))
+        self.inner.peers.read().get(&id).cloned().ok_or(RpcError::UnknownPeer(id))
     }
 }
 

@@ -271,8 +271,10 @@ async fn assert_closed(mut s: TcpStream, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bytes_on_the_listener_close_the_connection_and_good_peers_still_connect() {
-    let addrs = free_addrs(2);
-    let limits = Limits { handshake_timeout: Duration::from_millis(1000), handshakes_max: 4, ..Limits::default() };
+    // Nodes 1 to 3 are configured; 2 listens, and its peer table has room for one node more.
+    let addrs = free_addrs(3);
+    let limits =
+        Limits { handshake_timeout: Duration::from_millis(1000), handshakes_max: 4, peers_max: 3, ..Limits::default() };
     let (n2, _) = start_node(2, &addrs, limits).await;
     let target = addrs[1];
     let connect = || TcpStream::connect(target);
@@ -302,8 +304,7 @@ async fn hostile_bytes_on_the_listener_close_the_connection_and_good_peers_still
         ("wrong magic", bad_magic),
         ("wrong version", bad_version),
         ("wrong cluster id", wire::encode_hello(1, "other-cluster")),
-        ("unknown node id", wire::encode_hello(9, CLUSTER)),
-        ("a higher id dialing", wire::encode_hello(3, CLUSTER)),
+        ("a configured node with a higher id dialing", wire::encode_hello(3, CLUSTER)),
         ("its own id", wire::encode_hello(2, CLUSTER)),
     ];
     for (what, hello) in cases {
@@ -311,6 +312,15 @@ async fn hostile_bytes_on_the_listener_close_the_connection_and_good_peers_still
         s.write_all(&hello).await.unwrap();
         assert_closed(s, what).await;
     }
+    // An unknown node (a broker that joined) is accepted while the peer table has room.
+    let mut joined = connect().await.unwrap();
+    joined.write_all(&wire::encode_hello(9, CLUSTER)).await.unwrap();
+    let mut hello = [0u8; HELLO_FIXED_BYTES + CLUSTER.len()];
+    joined.read_exact(&mut hello).await.unwrap();
+    let mut s = connect().await.unwrap();
+    s.write_all(&wire::encode_hello(10, CLUSTER)).await.unwrap();
+    assert_closed(s, "an unknown node past the peer limit").await;
+    drop(joined);
 
     let mut s = connect().await.unwrap();
     s.write_all(&wire::encode_hello(1, CLUSTER)[..7]).await.unwrap();
@@ -342,7 +352,7 @@ async fn hostile_bytes_on_the_listener_close_the_connection_and_good_peers_still
     s.write_all(&wire::encode_hello(1, CLUSTER)).await.unwrap();
     s.write_all(&frame).await.unwrap();
     assert_closed(s, "a payload past the frame").await;
-    assert!(n2.stats().connections_refused >= 8);
+    assert!(n2.stats().connections_refused >= 9);
 
     let (n1, _) = start_node(1, &addrs, Limits::default()).await;
     wait_connected(&[&n1, &n2]).await;
@@ -397,5 +407,52 @@ fn peer_lists_parse_and_refuse_nonsense() {
     assert_eq!(parse_peers("").unwrap(), vec![]);
     for bad in ["1", "x@h:1", "1@h", "1@:9", "1@h:99999", "1@a:1,1@b:2"] {
         assert!(parse_peers(bad).is_err(), "{bad}");
+    }
+}
+
+/// A node outside `internal.peers` (a broker added to a running cluster) dials the configured
+/// nodes, which accept it without knowing it; two such nodes connect once one learns the other's
+/// address; a removed peer is forgotten.
+#[tokio::test]
+async fn a_node_outside_the_configured_peers_dials_in_and_joined_nodes_connect_to_each_other() {
+    let addrs = free_addrs(4);
+    let configured = &addrs[..2];
+    let (one, _) = start_node(1, configured, Limits::default()).await;
+    let (two, _) = start_node(2, configured, Limits::default()).await;
+    let join = |id: NodeId| {
+        let config = RpcConfig {
+            node_id: id,
+            cluster_id: CLUSTER.into(),
+            listen: addrs[id as usize - 1],
+            peers: peer_list(configured),
+            limits: Limits::default(),
+        };
+        async move { Rpc::start(config, Arc::new(Echo { node: id, seen: Arc::new(AtomicU64::new(0)) })).await.unwrap() }
+    };
+    let (three, four) = (join(3).await, join(4).await);
+    wait_until("the joined nodes dial the configured ones", || {
+        [1, 2].iter().all(|&n| three.is_connected(n) && four.is_connected(n))
+            && [3, 4].iter().all(|&n| one.is_connected(n) && two.is_connected(n))
+    })
+    .await;
+    // Either side calls over the connection the joined node dialed.
+    let answer = one.call(3, GroupId(5), MessageKind(1), Bytes::from_static(b"hi"), Duration::from_secs(5)).await;
+    assert_eq!(answer.unwrap().slice(..8), Bytes::copy_from_slice(&3u64.to_be_bytes()));
+    assert!(three.call(2, GroupId(5), MessageKind(1), Bytes::new(), Duration::from_secs(5)).await.is_ok());
+    // Joined nodes learn each other's address from the cluster metadata; the lower id dials.
+    assert_eq!(
+        three.call(4, GroupId(1), MessageKind(1), Bytes::new(), Duration::from_secs(1)).await,
+        Err(RpcError::UnknownPeer(4))
+    );
+    three.add_peer(4, &addrs[3].to_string());
+    four.add_peer(3, &addrs[2].to_string());
+    wait_until("the joined nodes connect", || three.is_connected(4) && four.is_connected(3)).await;
+    assert!(four.call(3, GroupId(1), MessageKind(1), Bytes::new(), Duration::from_secs(5)).await.is_ok());
+    // A configured node never dials a joined one (it would be refused): one connection per pair.
+    assert_eq!(one.stats().connections_refused + three.stats().connections_refused, 0);
+    one.remove_peer(3);
+    assert!(!one.is_connected(3) && !one.peer_ids().contains(&3));
+    for rpc in [one, two, three, four] {
+        rpc.shutdown().await;
     }
 }

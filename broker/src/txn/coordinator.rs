@@ -93,7 +93,8 @@ impl TxnCoordinator {
             })
         })?;
         let lane = match self.broker.cluster.get() {
-            Some(c) => (c.nodes.iter().position(|&n| n == c.node).unwrap_or(0) as i64, c.nodes.len() as i64),
+            // Brokers join and leave, so lanes are node ids (below 2^16, checked at startup).
+            Some(c) => (c.node as i64, crate::cluster::PRODUCER_ID_LANES),
             None => (0, 1),
         };
         let ids = ProducerIds::open(&self.broker.data_dir().join("meta"), txns.max_producer_id_seen(), lane)?;
