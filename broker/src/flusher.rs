@@ -139,8 +139,15 @@ static COMPACTIONS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
 
 /// Log compaction (`cleanup.policy=compact`): taking the snapshot and swapping in the result
 /// hold the log lock briefly; reading and rewriting segments runs on a blocking thread without it.
+///
+/// A replicated log compacts up to its high watermark (committed entries are never truncated)
+/// and keeps every batch, so its Raft entries stay where they are, only with fewer records.
 async fn compact_partition(p: &Arc<Partition>, now: i64) {
-    let job = p.log.lock().compaction_job(now);
+    let job = {
+        let mut log = p.log.lock();
+        log.set_compaction_limit(p.replica.get().map(|r| r.high_watermark()));
+        log.compaction_job(now)
+    };
     let job = match job {
         Ok(Some(job)) => job,
         Ok(None) => return,

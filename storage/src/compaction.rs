@@ -19,7 +19,9 @@
 //! is dropped, except the first and last batch of a segment and the first batch of each leader
 //! epoch, which stay as header-only batches (no records, `maxTimestamp` -1, so time lookups skip
 //! them): the segment keeps its base and end offsets and the leader-epoch cache can still be
-//! rebuilt from the data. Dropped batches leave offset gaps; a
+//! rebuilt from the data. A replicated log whose replication layer addresses entries by batch
+//! ([`PartitionLog::set_compaction_limit`]) keeps every batch, emptied ones as header-only
+//! batches, so the batches and their offsets stay the same. Dropped batches leave offset gaps; a
 //! read at an offset in a gap returns the next batch, as in Kafka. Gaps can only lie below the
 //! persisted `gap_limit`, so recovery still refuses misnumbered batches everywhere else.
 //! Kept as-is, never decoded for removal: control batches (transaction markers), keyless
@@ -261,6 +263,8 @@ pub struct CompactionJob {
     segments: Vec<SegmentSnapshot>,
     /// Aborted transactions overlapping the snapshot (their batches are removed).
     aborted: Vec<crate::AbortedTxn>,
+    /// Every batch stays, emptied ones as header-only batches (a replicated log).
+    keep_every_batch: bool,
     guard: BusyGuard,
 }
 
@@ -508,7 +512,7 @@ impl CompactionJob {
         let mut prev_epoch = None;
         for (i, (_, v)) in batches.iter().enumerate() {
             let epoch = v.partition_leader_epoch();
-            let shell = i == 0 || i + 1 == batches.len() || prev_epoch != Some(epoch);
+            let shell = self.keep_every_batch || i == 0 || i + 1 == batches.len() || prev_epoch != Some(epoch);
             prev_epoch = Some(epoch);
             let out: Vec<u8>;
             let bytes: &[u8] = match self.filter(v, map, map_end, &mut local, &mut local_due) {
@@ -652,8 +656,10 @@ impl PartitionLog {
         }
         let sealed = &self.segments[..self.segments.len() - 1];
         // Open transactions are not cleaned: only segments wholly below the first unstable offset.
-        // Nor at or above the retention floor: only segments ending at or below it.
-        let stable_end = self.first_unstable_offset().unwrap_or(u64::MAX).min(self.retention_floor);
+        // Nor at or above the retention floor (or a replicated log's compaction limit): only
+        // segments ending at or below it.
+        let limit = self.compaction_limit.unwrap_or(self.retention_floor);
+        let stable_end = self.first_unstable_offset().unwrap_or(u64::MAX).min(limit);
         let lag_ok = |s: &Segment| {
             s.next_offset <= stable_end
                 && (c.min_compaction_lag_ms <= 0 || s.max_timestamp <= now_ms.saturating_sub(c.min_compaction_lag_ms))
@@ -699,6 +705,7 @@ impl PartitionLog {
                 })
                 .collect(),
             aborted: self.aborted_transactions(segs[0].base_offset, dirty_end),
+            keep_every_batch: self.compaction_limit.is_some(),
             guard: BusyGuard(self.cleaner_busy.clone()),
         }))
     }

@@ -7,7 +7,9 @@
 //! size, time and index size; retention deletes whole segments by time and size; DeleteRecords
 //! moves the log start; truncation cuts the tail at a batch boundary; [`PartitionLog::reset_to`]
 //! starts over, empty, at any offset; a caller-set retention floor
-//! ([`PartitionLog::set_retention_floor`]) bounds retention, DeleteRecords and compaction.
+//! ([`PartitionLog::set_retention_floor`]) bounds retention, DeleteRecords and compaction, and a
+//! replicated log's compaction limit ([`PartitionLog::set_compaction_limit`]) lets compaction run
+//! above it while keeping every batch.
 //! Opening a directory recovers it: a torn or corrupt tail after a crash is cut off, missing or
 //! bad indexes are rebuilt.
 //! Compaction (`cleanup.policy=compact`, see [`CompactionJob`]) keeps the latest record per key
@@ -261,6 +263,9 @@ pub struct PartitionLog {
     producers: ProducerState,
     /// The caller's retention floor (see [`PartitionLog::set_retention_floor`]); not persisted.
     retention_floor: u64,
+    /// A replicated log's compaction limit (see [`PartitionLog::set_compaction_limit`]); not
+    /// persisted.
+    compaction_limit: Option<u64>,
 }
 
 impl PartitionLog {
@@ -283,6 +288,7 @@ impl PartitionLog {
             cleaner_failed: false,
             producers: ProducerState::default(),
             retention_floor: u64::MAX,
+            compaction_limit: None,
         };
         log.rebuild_producer_state(true)?;
         log.check_invariants();
@@ -312,6 +318,7 @@ impl PartitionLog {
             cleaner_failed: false,
             producers: ProducerState::default(),
             retention_floor: u64::MAX,
+            compaction_limit: None,
         };
         log.check_invariants();
         Ok(log)
@@ -778,6 +785,18 @@ impl PartitionLog {
     }
     pub fn retention_floor(&self) -> u64 {
         self.retention_floor
+    }
+
+    /// For a replicated log whose replication layer addresses entries by batch (a Raft log):
+    /// compaction may clean segments ending at or below `offset` (the committed end, which is
+    /// never truncated), above the retention floor, and then keeps every batch: one it empties
+    /// stays as a header-only batch with the same offsets, leader epoch and producer fields, so
+    /// the replication layer finds the same batches at the same offsets, only with fewer
+    /// records. Raising it is the caller's promise that nothing below `offset` is rewritten or
+    /// truncated by anyone else. `None` (the default) bounds compaction by the retention floor
+    /// alone, dropping emptied batches. In memory only.
+    pub fn set_compaction_limit(&mut self, offset: Option<u64>) {
+        self.compaction_limit = offset;
     }
 
     /// Snapshot files in the directory, by offset.

@@ -630,3 +630,47 @@ fn compaction_never_cleans_at_or_above_the_retention_floor() {
     log.compact(T0).unwrap().unwrap();
     assert!(log.cleaner_checkpoint() > 5_000);
 }
+
+/// `(base offset, last offset, leader epoch)` of every batch from `from` to the log end.
+fn batch_spans(log: &PartitionLog, from: u64) -> Vec<(i64, i64, i32)> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < log.log_end_offset() {
+        let r = log.read(at, 64 * 1024).unwrap();
+        for range in batch_ranges(&r.bytes).unwrap() {
+            let v = BatchView::new(&r.bytes[range]).unwrap();
+            v.verify_crc().unwrap();
+            out.push((v.base_offset(), v.last_offset(), v.partition_leader_epoch()));
+        }
+        at = r.next_offset;
+    }
+    out
+}
+
+#[test]
+fn a_replicated_log_compacts_up_to_its_limit_and_keeps_every_batch() {
+    // A Raft log addresses entries by batch: compaction above the retention floor (here 0, so
+    // Raft still holds every entry) may clean only up to the committed end and must leave every
+    // batch in place, with the same offsets and epoch, emptied ones as header-only batches.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), compact_config(), T0).unwrap();
+    produce(&mut log, 20_000, 50, 10, T0);
+    let all = read_records(&log, 0);
+    let spans = batch_spans(&log, 0);
+    log.set_retention_floor(0);
+    log.set_compaction_limit(Some(10_000));
+    let stats = log.compact(T0).unwrap().expect("the segments below the limit are due");
+    let ck = log.cleaner_checkpoint();
+    assert!(stats.cleaned_to == ck && ck > 0 && ck <= 10_000, "cleaned to {ck}");
+    assert_eq!(stats.batches_removed, 0, "{stats:?}");
+    assert!(stats.records_removed > 0 && stats.bytes_after < stats.bytes_before, "{stats:?}");
+    assert_eq!(batch_spans(&log, 0), spans, "the same batches, offsets and epochs");
+    assert_eq!(read_records(&log, 0), expected(&all, ck, false));
+    // Reopened (recovery scans the header-only batches), the batches are still all there.
+    drop(log);
+    let mut log = PartitionLog::open(dir.path(), compact_config(), T0).unwrap();
+    assert_eq!(batch_spans(&log, 0), spans);
+    // Without a limit the floor rules again: nothing ends at or below 0.
+    log.set_retention_floor(0);
+    assert_eq!(log.compact(T0).unwrap(), None);
+}

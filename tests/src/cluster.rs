@@ -178,6 +178,26 @@ impl CreekCluster {
         id
     }
 
+    /// Produces `batch` to `topic`'s `partition` with acks=all at its leader, asking again
+    /// (the leader as Metadata names it now) while the answer is NOT_LEADER_OR_FOLLOWER: a
+    /// leader that was just elected serves only once it has confirmed its term. Returns the base
+    /// offset; panics on any other error or after 30 s.
+    pub fn produce_at_leader(&self, topic: &str, partition: i32, batch: Vec<u8>) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leaders = self.wait_for_leaders(topic, partition + 1, Duration::from_secs(30));
+            let (leader, _) = leaders[partition as usize];
+            let mut w = Wire::connect(&self.addr(leader));
+            match wire::produce(&mut w, topic, partition, batch.clone(), -1) {
+                (0, offset) => return offset,
+                (6, _) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
+                (code, _) => {
+                    panic!("produce to {topic}-{partition} at node {leader}: error {code}\n{}", self.log_tails())
+                }
+            }
+        }
+    }
+
     /// Number of nodes, running or not.
     pub fn len(&self) -> usize {
         self.nodes.len()

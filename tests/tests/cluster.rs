@@ -385,11 +385,8 @@ fn topic_configs_partitions_and_deletion_apply_on_every_node() {
 
     let mut w = Wire::connect(&cluster.addr(3));
     assert_eq!(wire::create_partitions(&mut w, &topic, 4), 0);
-    let leaders = cluster.wait_for_leaders(&topic, 4, Duration::from_secs(60));
-    let (leader, _) = leaders[3];
-    let mut w = Wire::connect(&cluster.addr(leader));
     let batch = creek_protocol::batch::build_batch(0, 1, &[(None, Some(&b"in a new partition"[..]))]);
-    assert_eq!(wire::produce(&mut w, &topic, 3, batch, -1).0, 0, "acks=-1 produce to new partition 3");
+    cluster.produce_at_leader(&topic, 3, batch);
     for id in cluster.ids() {
         assert!(cluster.data_dir(id).join(format!("{topic}-3")).is_dir(), "node {id} holds partition 3");
     }
@@ -411,10 +408,9 @@ fn topic_configs_partitions_and_deletion_apply_on_every_node() {
     });
 
     cluster.create_topic(&topic, 1);
-    let (leader, _) = cluster.wait_for_leaders(&topic, 1, Duration::from_secs(30))[0];
-    let mut w = Wire::connect(&cluster.addr(leader));
     let batch = creek_protocol::batch::build_batch(0, 1, &[(None, Some(&b"again"[..]))]);
-    assert_eq!(wire::produce(&mut w, &topic, 0, batch, -1).0, 0);
+    cluster.produce_at_leader(&topic, 0, batch);
+    let (leader, _) = cluster.wait_for_leaders(&topic, 1, Duration::from_secs(30))[0];
     let values: Vec<Option<Vec<u8>>> =
         wire::read_partition_records(&cluster.addr(leader), &topic, 0).into_iter().map(|r| r.value).collect();
     assert_eq!(values, vec![Some(b"again".to_vec())], "the re-created topic holds only the new record");
@@ -433,9 +429,10 @@ fn delete_records_moves_the_log_start_on_every_replica() {
     let mut cluster = CreekCluster::start(3);
     let topic = unique_topic("deleterecords");
     cluster.create_topic(&topic, 1);
+    cluster.produce_at_leader(&topic, 0, creek_protocol::batch::build_batch(0, 1, &[(None, Some(&b"single-0"[..]))]));
     let (leader, epoch) = cluster.wait_for_leaders(&topic, 1, Duration::from_secs(30))[0];
     let mut w = Wire::connect(&cluster.addr(leader));
-    for i in 0..30 {
+    for i in 1..30 {
         let value = format!("single-{i}");
         let batch = creek_protocol::batch::build_batch(0, 1, &[(None, Some(value.as_bytes()))]);
         assert_eq!(wire::produce(&mut w, &topic, 0, batch, -1).0, 0);
@@ -739,6 +736,20 @@ fn a_broker_added_to_a_running_cluster_takes_new_replicas_and_a_decommissioned_v
     eventually(&cluster, "the new broker lists the topic created with node 1 and 3 down", || {
         partitions_seen(&cluster, added, &last).len() == 1
     });
+
+    // The whole cluster restarted comes back as it was left: brokers 2, 3 and the new one.
+    for id in [2, added] {
+        cluster.kill(id);
+    }
+    for id in [2, 3, added] {
+        cluster.restart(id);
+    }
+    for id in [2, 3, added] {
+        eventually(&cluster, &format!("node {id} lists brokers 2, 3 and {added} after a restart"), || {
+            brokers_seen(&cluster, id) == [2, 3, added]
+        });
+        cluster.wait_replicating(id, &last, Duration::from_secs(60));
+    }
 }
 
 #[test]
@@ -843,4 +854,100 @@ fn a_cancelled_reassignment_moves_the_voters_back_and_keeps_every_acked_record()
     producer.wait_acks(&cluster, 300, "acks after the cancel");
     let (run, acks) = producer.stop();
     assert_acked_stored_once(&cluster, &topic, &run, &acks);
+}
+
+/// The table the data batches of `batches` build (values are `key=update`, so the key is the
+/// value's prefix) and how many records they hold.
+fn table_of(batches: &[creek_tests::partition_log::Batch]) -> (usize, std::collections::BTreeMap<String, String>) {
+    let mut table = std::collections::BTreeMap::new();
+    let mut records = 0;
+    for (_, value) in batches.iter().flat_map(|b| b.values()) {
+        records += 1;
+        let value = String::from_utf8(value.expect("no tombstones here")).expect("utf-8 values");
+        let key = value.split_once('=').expect("key=update").0.to_string();
+        table.insert(key, value);
+    }
+    (records, table)
+}
+
+#[test]
+fn a_compacted_topic_compacts_on_every_replica_and_keeps_the_latest_values_through_failures() {
+    // Goal: a replicated compacted topic is compacted on every replica (Raft entries stay, with
+    // fewer records, so every replica keeps the same batches at the same offsets); a wiped
+    // replica copies the compacted log, and after the leader dies the new one serves the latest
+    // value of every key.
+    use creek_protocol::batch::build_batch;
+    use creek_tests::partition_log::{fetch_log, read_segments};
+    use creek_tests::wire::{Wire, create_topics_request};
+    use kafka_protocol::messages::{ApiKey, CreateTopicsResponse};
+    const UPDATES: usize = 10_000;
+    const KEYS: usize = 40;
+    const PER_BATCH: usize = 50;
+    let mut cluster = CreekCluster::start_with(
+        3,
+        &[("log.retention.check.interval.ms", "200"), ("auto.leader.rebalance.enable", "false")],
+    );
+    let topic = unique_topic("table");
+    let configs = [("cleanup.policy", "compact"), ("segment.bytes", "16384"), ("min.cleanable.dirty.ratio", "0.01")];
+    let req = create_topics_request(&topic, 1, 3, &configs);
+    let created: CreateTopicsResponse = Wire::connect(&cluster.addr(1)).call(ApiKey::CreateTopics, 7, &req);
+    assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+    let mut model = std::collections::BTreeMap::new();
+    for first in (0..UPDATES).step_by(PER_BATCH) {
+        let recs: Vec<(Vec<u8>, Vec<u8>)> = (first..first + PER_BATCH)
+            .map(|u| {
+                let k = format!("key-{}", (u * 7919) % KEYS);
+                (k.clone().into_bytes(), format!("{k}=u{u}").into_bytes())
+            })
+            .collect();
+        for (k, v) in &recs {
+            model.insert(String::from_utf8(k.clone()).unwrap(), String::from_utf8(v.clone()).unwrap());
+        }
+        let refs: Vec<_> = recs.iter().map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice()))).collect();
+        cluster.produce_at_leader(&topic, 0, build_batch(0, monotonic_ms(), &refs));
+    }
+    let leader = cluster.wait_for_leaders(&topic, 1, Duration::from_secs(60))[0].0;
+
+    let spans = |cluster: &CreekCluster, id: i32| -> Vec<(i64, i64, i32)> {
+        read_segments(&cluster.data_dir(id), &topic, 0)
+            .iter()
+            .map(|b| (b.base_offset, b.last_offset, b.leader_epoch))
+            .collect()
+    };
+    for id in cluster.ids() {
+        eventually(&cluster, &format!("node {id} compacts its replica"), || {
+            let (records, table) = table_of(&read_segments(&cluster.data_dir(id), &topic, 0));
+            records < UPDATES / 2 && table == model
+        });
+    }
+    let leader_spans = spans(&cluster, leader);
+    eprintln!(
+        "{} batches; records left per node: {:?}",
+        leader_spans.len(),
+        cluster
+            .ids()
+            .iter()
+            .map(|&id| table_of(&read_segments(&cluster.data_dir(id), &topic, 0)).0)
+            .collect::<Vec<_>>()
+    );
+    for id in cluster.ids() {
+        assert_eq!(spans(&cluster, id), leader_spans, "node {id} keeps the same batches as the leader");
+    }
+
+    // A replica that lost its disk copies the compacted entries.
+    let wiped = *cluster.ids().iter().find(|&&id| id != leader).expect("a follower");
+    cluster.wipe_and_restart(wiped);
+    eventually(&cluster, &format!("node {wiped} copies the compacted log"), || {
+        let (_, table) = table_of(&read_segments(&cluster.data_dir(wiped), &topic, 0));
+        table == model && spans(&cluster, wiped) == leader_spans
+    });
+
+    // The leader dies: the new one serves the latest value of every key.
+    cluster.kill(leader);
+    eventually(&cluster, "a new leader serves the table", || {
+        cluster.ids().into_iter().filter(|&id| id != leader).any(|id| {
+            fetch_log(&cluster.addr(id), &topic, 0, Duration::from_secs(2))
+                .is_ok_and(|(_, batches)| table_of(&batches).1 == model)
+        })
+    });
 }
