@@ -142,13 +142,7 @@ impl CreekCluster {
             InternalProxies::start(&routes)
         });
         let mut cluster = CreekCluster { nodes, settings: all_settings, proxies };
-        // Spawn every node before waiting for any: a node may need its peers before it serves.
-        let starting: Vec<(i32, Starting)> = (1..=n as i32).map(|id| (id, cluster.spawn(id))).collect();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        for (id, s) in starting {
-            let (child, _) = s.wait_ready(deadline);
-            cluster.node_mut(id).child = Some(child);
-        }
+        cluster.restart_all(&(1..=n as i32).collect::<Vec<_>>());
         cluster
     }
 
@@ -238,6 +232,20 @@ impl CreekCluster {
         assert!(self.node(id).child.is_none(), "restart({id}) while node {id} still runs");
         let (child, _) = self.spawn(id).wait_ready(Instant::now() + READY_TIMEOUT);
         self.node_mut(id).child = Some(child);
+    }
+
+    /// Starts the nodes `ids` again (after [`kill`](Self::kill)), all of them before waiting for
+    /// any: a node may need the others (a metadata quorum) before it serves.
+    pub fn restart_all(&mut self, ids: &[i32]) {
+        for &id in ids {
+            assert!(self.node(id).child.is_none(), "restart_all: node {id} still runs");
+        }
+        let starting: Vec<(i32, Starting)> = ids.iter().map(|&id| (id, self.spawn(id))).collect();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for (id, s) in starting {
+            let (child, _) = s.wait_ready(deadline);
+            self.node_mut(id).child = Some(child);
+        }
     }
 
     /// Stops node `id` cleanly with SIGTERM and waits for it to exit; panics if it does not exit

@@ -741,9 +741,7 @@ fn a_broker_added_to_a_running_cluster_takes_new_replicas_and_a_decommissioned_v
     for id in [2, added] {
         cluster.kill(id);
     }
-    for id in [2, 3, added] {
-        cluster.restart(id);
-    }
+    cluster.restart_all(&[2, 3, added]);
     for id in [2, 3, added] {
         eventually(&cluster, &format!("node {id} lists brokers 2, 3 and {added} after a restart"), || {
             brokers_seen(&cluster, id) == [2, 3, added]
