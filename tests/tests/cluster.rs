@@ -936,6 +936,9 @@ fn a_compacted_topic_compacts_on_every_replica_and_keeps_the_latest_values_throu
     let wiped = *cluster.ids().iter().find(|&&id| id != leader).expect("a follower");
     cluster.wipe_and_restart(wiped);
     eventually(&cluster, &format!("node {wiped} copies the compacted log"), || {
+        if !cluster.data_dir(wiped).join(format!("{topic}-0")).is_dir() {
+            return false; // not created again yet
+        }
         let (_, table) = table_of(&read_segments(&cluster.data_dir(wiped), &topic, 0));
         table == model && spans(&cluster, wiped) == leader_spans
     });
