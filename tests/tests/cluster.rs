@@ -952,3 +952,46 @@ fn a_compacted_topic_compacts_on_every_replica_and_keeps_the_latest_values_throu
         })
     });
 }
+
+#[test]
+fn a_decommission_goes_on_when_the_controller_dies_mid_way() {
+    // Goal: the drain is driven by whichever node leads the metadata group, and every step is
+    // retried: killing that node right after UnregisterBroker, the next controller finishes the
+    // drain, and the old one, restarted, agrees. Five nodes, so that with one dead and one
+    // leaving, every RF-3 partition still has a live node to move to.
+    let mut cluster = CreekCluster::start_with(5, &[("auto.leader.rebalance.enable", "false")]);
+    let topic = unique_topic("drained");
+    cluster.create_topic(&topic, 4);
+    cluster.wait_for_leaders(&topic, 4, Duration::from_secs(60));
+    let mut controller = -1;
+    eventually(&cluster, "a controller", || {
+        controller = cluster.metadata(1, Some(&[])).map_or(-1, |md| md.controller_id.0);
+        controller > 0
+    });
+    let leaving = *cluster.ids().iter().find(|&&id| id != controller).expect("another node");
+    let (code, message) = unregister(&cluster, leaving, leaving);
+    assert_eq!(code, 0, "{message}");
+    cluster.kill(controller);
+    let rest: Vec<i32> = cluster.ids().into_iter().filter(|&id| id != controller && id != leaving).collect();
+    let drained = |cluster: &CreekCluster, id: i32| {
+        !brokers_seen(cluster, id).contains(&leaving)
+            && partitions_seen(cluster, id, &topic)
+                .iter()
+                .all(|(l, _, r)| r.len() == 3 && !r.contains(&leaving) && *l > 0)
+    };
+    for &id in &rest {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !drained(&cluster, id) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {id} still sees node {leaving} (brokers {:?}, partitions {:?}) without node {controller}\n{}",
+                brokers_seen(&cluster, id),
+                partitions_seen(&cluster, id, &topic),
+                cluster.log_tails()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    cluster.restart(controller);
+    eventually(&cluster, &format!("node {controller}, restarted, agrees"), || drained(&cluster, controller));
+}
