@@ -50,6 +50,7 @@ pub(crate) mod replica;
 pub(crate) mod state_machine;
 #[cfg(test)]
 mod tests;
+pub(crate) mod writer;
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,0 +1,168 @@
+//! How a coordinator (groups, transactions) keeps its records in a replicated internal topic:
+//! one writer task per coordinator hands records to their partitions' Raft groups in the order
+//! they were decided, only while this node still leads the partition in the term they were
+//! decided in, and tells each caller once a quorum holds its record; and a new leader reads a
+//! partition's committed records back ([`read_committed`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Applied;
+use super::log_store::PROPOSAL_OFFSET;
+use super::replica::{ProposeError, Replica};
+use crate::state::Partition;
+
+/// Records waiting for the writer task. When the queue is full a write fails at once and its
+/// client retries.
+const WRITES_QUEUED_MAX: usize = 4096;
+/// How long a coordinator record may take to be accepted, and then to commit, before its
+/// client is told to retry.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Resolves with `Ok` once a quorum holds the record, or why it may not have.
+pub(crate) type Committed = oneshot::Receiver<Result<(), String>>;
+
+/// A record batch for a partition's Raft group, in decision order.
+struct Write {
+    partition: Arc<Partition>,
+    /// The leader's term when the batch was decided.
+    term: i32,
+    batch: Bytes,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// Called with (partition index, term) when a write decided in that term failed: the
+/// coordinator's memory may be ahead of the log.
+pub(crate) type OnFailed = Arc<dyn Fn(i32, i32) + Send + Sync>;
+
+/// The queue of one coordinator's writer task.
+pub(crate) struct OrderedWriter {
+    queue: mpsc::Sender<Write>,
+}
+
+impl OrderedWriter {
+    /// Starts the writer task; `on_failed` hears of every write that did not commit.
+    pub(crate) fn start(on_failed: OnFailed) -> OrderedWriter {
+        let (queue, rx) = mpsc::channel(WRITES_QUEUED_MAX);
+        tokio::spawn(write_in_order(rx, on_failed));
+        OrderedWriter { queue }
+    }
+
+    /// Queues `batch` (a whole batch; its base offset is set here) for `partition`, decided
+    /// while this node led it in `term`.
+    pub(crate) fn write(&self, partition: Arc<Partition>, term: i32, mut batch: Vec<u8>) -> Result<Committed, String> {
+        creek_protocol::batch::set_base_offset(&mut batch, PROPOSAL_OFFSET);
+        let (reply, rx) = oneshot::channel();
+        let write = Write { partition, term, batch: Bytes::from(batch), reply };
+        self.queue.try_send(write).map_err(|_| "too many coordinator writes queued")?;
+        Ok(rx)
+    }
+}
+
+/// The one writer: submits records in the order they were decided, then waits for each commit
+/// in its own task.
+async fn write_in_order(mut queue: mpsc::Receiver<Write>, on_failed: OnFailed) {
+    while let Some(w) = queue.recv().await {
+        let Some(replica) = w.partition.replica.get() else { continue };
+        // A record decided in an earlier term must not enter a later term's log: that term's
+        // leader loaded the partition without it.
+        let submitted = if led_term(&replica) != Some(w.term) {
+            Err(ProposeError::NotLeader(None))
+        } else {
+            // Bounded like the commit below: a group that does not take the entry must not
+            // hold up every other partition's writes.
+            tokio::time::timeout(WRITE_TIMEOUT, replica.submit(w.batch))
+                .await
+                .unwrap_or_else(|_| Err(ProposeError::Stopped("not accepted in time".into())))
+        };
+        let on_failed = on_failed.clone();
+        tokio::spawn(async move {
+            let result = match submitted {
+                Ok(committed) => tokio::select! {
+                    r = committed => match r {
+                        Ok(Applied::Batch { .. }) => Ok(()),
+                        Ok(other) => Err(format!("unexpected apply result {other:?}")),
+                        Err(e) => Err(format!("{e:?}")),
+                    },
+                    () = lost_leadership(&replica, w.term) => Err("leadership moved".into()),
+                    () = tokio::time::sleep(WRITE_TIMEOUT) => Err("not committed in time".into()),
+                },
+                Err(e) => Err(format!("{e:?}")),
+            };
+            if let Err(e) = &result {
+                tracing::debug!(topic = %w.partition.topic, partition = w.partition.index, error = %e, "coordinator write failed");
+                on_failed(w.partition.index, w.term);
+            }
+            let _ = w.reply.send(result);
+        });
+    }
+}
+
+/// The term in which this node leads a replica and serves it (see `Replica::is_leader`).
+pub(crate) fn led_term(replica: &Replica) -> Option<i32> {
+    replica.is_leader().then(|| replica.epoch())
+}
+
+/// Resolves once `replica` no longer serves as leader in `term`.
+pub(crate) async fn lost_leadership(replica: &Replica, term: i32) {
+    while led_term(replica) == Some(term) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Hands `apply` the committed batches of a partition, in order: from its log start to its high
+/// watermark (a new leader's high watermark covers everything committed before its term).
+/// Unreadable batches are skipped with a warning.
+pub(crate) fn read_committed(p: &Partition, apply: &mut dyn FnMut(&[u8]) -> Result<(), String>) -> Result<(), String> {
+    let (mut at, end) = {
+        let log = p.log.lock();
+        (log.log_start_offset(), p.high_watermark(&log))
+    };
+    while at < end {
+        let read = p.log.lock().read(at, 1 << 20).map_err(|e| e.to_string())?;
+        if read.next_offset <= at {
+            break;
+        }
+        let bytes = committed_prefix(&read.bytes, end);
+        if let Err(e) = apply(bytes) {
+            tracing::warn!(topic = %p.topic, partition = p.index, offset = at, error = %e, "skipping unreadable batches");
+        }
+        at = read.next_offset;
+    }
+    Ok(())
+}
+
+/// The whole batches of `bytes` that end below `end`.
+fn committed_prefix(bytes: &[u8], end: u64) -> &[u8] {
+    let mut cut = 0;
+    for range in creek_protocol::batch::batch_ranges(bytes).unwrap_or_default() {
+        match creek_protocol::batch::BatchView::new(&bytes[range.clone()]) {
+            Ok(v) if (v.last_offset() as u64) < end => cut = range.end,
+            _ => break,
+        }
+    }
+    &bytes[..cut]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_reads_only_batches_below_the_high_watermark() {
+        // Goal: a new leader loads what is committed, never an uncommitted tail.
+        let (k, v, k2): (&[u8], &[u8], &[u8]) = (b"k", b"v", b"k2");
+        let records = [(Some(k), Some(v)), (Some(k2), None)];
+        let mut bytes = creek_protocol::batch::build_batch(0, 1, &records);
+        let first = bytes.len();
+        bytes.extend(creek_protocol::batch::build_batch(2, 1, &records));
+        assert_eq!(committed_prefix(&bytes, 4).len(), bytes.len());
+        assert_eq!(committed_prefix(&bytes, 3).len(), first);
+        assert_eq!(committed_prefix(&bytes, 2).len(), first);
+        assert!(committed_prefix(&bytes, 1).is_empty());
+        assert!(committed_prefix(&bytes[..first - 1], 10).is_empty(), "a torn batch is not read");
+    }
+}
