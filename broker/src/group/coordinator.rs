@@ -35,12 +35,11 @@ use super::store::{self, Loaded, OFFSETS_TOPIC};
 use crate::config::BrokerConfig;
 use crate::flusher::Flusher;
 use crate::handlers::code;
+use crate::raft::internal_topic::{
+    Committed as RaftCommitted, Load, OrderedWriter, Step, led_term, read_committed, replicate,
+};
 use crate::raft::replica::Replica;
-use crate::raft::writer::{Committed as RaftCommitted, OrderedWriter, led_term, read_committed};
 use crate::state::{Broker, Partition, now_ms};
-
-/// How often a cluster node retries creating `__consumer_offsets` until the metadata takes it.
-const CREATE_RETRY: Duration = Duration::from_millis(300);
 
 /// One partition's commit in an OffsetCommit, after the handler's own checks.
 #[derive(Debug, Clone)]
@@ -92,17 +91,6 @@ struct Inner {
     /// a partition while it was loading; the load may have read the log before them, so they
     /// are applied again once it is installed.
     markers_while_loading: Vec<(i32, i64, bool)>,
-}
-
-/// How far this node has loaded one `__consumer_offsets` partition (cluster mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Load {
-    /// Not led here: none of its groups is in memory.
-    Unloaded,
-    /// Led here in this term; its committed records are being read.
-    Loading(i32),
-    /// Led here in this term; its groups are in memory and served.
-    Loaded(i32),
 }
 
 /// A batch on its way into `__consumer_offsets`.
@@ -230,34 +218,9 @@ impl GroupCoordinator {
     async fn replicate_offsets_topic(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let cluster = self.broker.cluster.get().cloned().context("not in a cluster")?;
         let (wanted, configs) = self.offsets_topic_config();
-        let mut warned = false;
-        let topic = loop {
-            let known = cluster.meta.read(|m| m.topics.contains_key(OFFSETS_TOPIC));
-            match self.broker.topic(OFFSETS_TOPIC) {
-                // The reconciler starts a replica of every partition once the topic is open.
-                Some(t) if known => break t,
-                Some(_) if !warned => {
-                    warned = true;
-                    tracing::error!(
-                        "{OFFSETS_TOPIC} exists here but not in the cluster metadata (a data directory from a single node?); \
-                         consumer groups are not served until it is removed"
-                    );
-                }
-                None if !known => {
-                    // Every node tries at startup; the first proposal wins and the rest see
-                    // TOPIC_ALREADY_EXISTS.
-                    if let Err((error, m)) =
-                        cluster.create_topic(&self.broker, OFFSETS_TOPIC, wanted, -1, configs.clone()).await
-                    {
-                        tracing::debug!(error, message = %m, "{OFFSETS_TOPIC} not created here");
-                    }
-                }
-                _ => {}
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(CREATE_RETRY) => {}
-                _ = stop.changed() => return Ok(()),
-            }
+        let Some(topic) = replicate(&self.broker, &cluster, OFFSETS_TOPIC, (wanted, -1), configs, &mut stop).await
+        else {
+            return Ok(());
         };
         let count = topic.partition_count();
         self.partitions.store(count as i32, Ordering::Release);
@@ -342,7 +305,7 @@ impl GroupCoordinator {
             return Err(code::NOT_COORDINATOR);
         };
         match inner.loads.get(p as usize) {
-            Some(Load::Loaded(t)) if *t == term => Ok(()),
+            Some(l) if l.serves(term) => Ok(()),
             _ => Err(code::COORDINATOR_LOAD_IN_PROGRESS),
         }
     }
@@ -361,16 +324,14 @@ impl GroupCoordinator {
         let mut inner = self.inner.lock();
         for p in partitions {
             let Some(replica) = p.replica.get() else { continue };
-            let term = led_term(&replica);
             let Some(&state) = inner.loads.get(p.index as usize) else { continue };
-            match (term, state) {
-                (None, Load::Unloaded) => {}
-                (Some(t), Load::Loading(l) | Load::Loaded(l)) if t == l => {}
-                (None, _) => {
+            match state.step(led_term(&replica)) {
+                Step::Stay => {}
+                Step::Unload => {
                     self.unload(&mut inner, p.index);
                     tracing::info!(partition = p.index, "no longer leading; unloaded its groups");
                 }
-                (Some(t), _) => {
+                Step::Load(t) => {
                     if state != Load::Unloaded {
                         self.unload(&mut inner, p.index);
                     }

@@ -43,6 +43,7 @@
 #[cfg(test)]
 mod cluster_tests;
 pub(crate) mod codec;
+pub(crate) mod internal_topic;
 pub(crate) mod log_store;
 pub(crate) mod metadata;
 pub(crate) mod network;
@@ -50,7 +51,6 @@ pub(crate) mod replica;
 pub(crate) mod state_machine;
 #[cfg(test)]
 mod tests;
-pub(crate) mod writer;
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,19 +1,24 @@
-//! How a coordinator (groups, transactions) keeps its records in a replicated internal topic:
-//! one writer task per coordinator hands records to their partitions' Raft groups in the order
-//! they were decided, only while this node still leads the partition in the term they were
-//! decided in, and tells each caller once a quorum holds its record; and a new leader reads a
-//! partition's committed records back ([`read_committed`]).
+//! How a coordinator (groups, transactions) keeps its state in a replicated internal topic
+//! (`__consumer_offsets`, `__transaction_state`) in a cluster: the topic is created through the
+//! metadata group at startup ([`replicate`]); a partition's records are loaded when this node
+//! comes to lead it and forgotten when it stops ([`Load`]); one writer task per coordinator
+//! hands records to their partitions' Raft groups in the order they were decided, only while
+//! this node still leads the partition in the term they were decided in, and tells each caller
+//! once a quorum holds its record ([`OrderedWriter`]); and a new leader reads a partition's
+//! committed records back ([`read_committed`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Applied;
 use super::log_store::PROPOSAL_OFFSET;
 use super::replica::{ProposeError, Replica};
-use crate::state::Partition;
+use crate::cluster::Cluster;
+use crate::state::{Broker, Partition, Topic};
 
 /// Records waiting for the writer task. When the queue is full a write fails at once and its
 /// client retries.
@@ -21,6 +26,90 @@ const WRITES_QUEUED_MAX: usize = 4096;
 /// How long a coordinator record may take to be accepted, and then to commit, before its
 /// client is told to retry.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a node retries creating an internal topic until the metadata takes it.
+const CREATE_RETRY: Duration = Duration::from_millis(300);
+
+/// Creates the internal topic `name` through the metadata group unless it exists (as
+/// CreateTopics does: the cluster's topic id; every node tries at startup, the first proposal
+/// wins and the rest see TOPIC_ALREADY_EXISTS), and waits until it is open here, where the
+/// reconciler starts a replica of every partition. `None` once `stop` fires first. A local topic
+/// of that name that the metadata does not know (a data directory from a single node) is not
+/// adopted: it is logged and waited on forever.
+pub(crate) async fn replicate(
+    broker: &Broker,
+    cluster: &Cluster,
+    name: &str,
+    (partitions, replication): (u32, i16),
+    configs: BTreeMap<String, String>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Arc<Topic>> {
+    let mut warned = false;
+    loop {
+        let known = cluster.meta.read(|m| m.topics.contains_key(name));
+        match broker.topic(name) {
+            Some(t) if known => return Some(t),
+            Some(_) if !warned => {
+                warned = true;
+                tracing::error!(
+                    "{name} exists here but not in the cluster metadata (a data directory from a single node?); \
+                     its coordinator does not serve until it is removed"
+                );
+            }
+            None if !known => {
+                if let Err((error, m)) =
+                    cluster.create_topic(broker, name, partitions, replication, configs.clone()).await
+                {
+                    tracing::debug!(error, message = %m, "{name} not created here");
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CREATE_RETRY) => {}
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
+/// How far this node has loaded one partition of an internal topic (cluster mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Load {
+    /// Not led here: none of its state is in memory.
+    Unloaded,
+    /// Led here in this term; its committed records are being read.
+    Loading(i32),
+    /// Led here in this term; its state is in memory and served.
+    Loaded(i32),
+}
+
+/// What a coordinator's tick does with one partition, given the term this node leads it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Nothing changed.
+    Stay,
+    /// No longer led here: forget its state.
+    Unload,
+    /// Led here in a new term: forget what is held (if anything) and load it for this term.
+    Load(i32),
+}
+
+impl Load {
+    /// The step for a partition in this state when this node leads it in `led` (`None`: not).
+    pub(crate) fn step(self, led: Option<i32>) -> Step {
+        match (led, self) {
+            (None, Load::Unloaded) => Step::Stay,
+            (Some(t), Load::Loading(l) | Load::Loaded(l)) if t == l => Step::Stay,
+            (None, _) => Step::Unload,
+            (Some(t), _) => Step::Load(t),
+        }
+    }
+
+    /// Whether the partition is served in `term`.
+    pub(crate) fn serves(self, term: i32) -> bool {
+        self == Load::Loaded(term)
+    }
+}
 
 /// Resolves with `Ok` once a quorum holds the record, or why it may not have.
 pub(crate) type Committed = oneshot::Receiver<Result<(), String>>;
@@ -150,6 +239,19 @@ fn committed_prefix(bytes: &[u8], end: u64) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_load_in_each_new_term_and_unload_when_not_led() {
+        // Goal: a coordinator loads a partition once per term it leads it in, never twice.
+        assert_eq!(Load::Unloaded.step(None), Step::Stay);
+        assert_eq!(Load::Unloaded.step(Some(3)), Step::Load(3));
+        assert_eq!(Load::Loading(3).step(Some(3)), Step::Stay);
+        assert_eq!(Load::Loaded(3).step(Some(3)), Step::Stay);
+        assert_eq!(Load::Loaded(3).step(Some(5)), Step::Load(5), "led again in a later term: reload");
+        assert_eq!(Load::Loading(3).step(None), Step::Unload);
+        assert_eq!(Load::Loaded(3).step(None), Step::Unload);
+        assert!(Load::Loaded(3).serves(3) && !Load::Loading(3).serves(3) && !Load::Loaded(3).serves(4));
+    }
 
     #[test]
     fn a_load_reads_only_batches_below_the_high_watermark() {

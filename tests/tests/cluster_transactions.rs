@@ -1,0 +1,251 @@
+//! Transactions in a 3-node cluster, with confluent-kafka: a transactional id's coordinator is the
+//! leader of its `__transaction_state` partition and markers go through each data partition's
+//! Raft leader, so transactions span partitions led by different nodes, a consume-transform-
+//! produce pipeline is exactly once when its group and transaction coordinators are different
+//! nodes, and a transaction survives SIGKILL of the node coordinating it.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use creek_tests::cluster::{CreekCluster, KEY_TYPE_TRANSACTION};
+use creek_tests::tools::{self, RunningClient};
+use creek_tests::unique_topic;
+use creek_tests::wire::{self, Wire};
+
+const PARTITIONS: i32 = 3;
+const CLIENT_LIMIT: Duration = Duration::from_secs(240);
+const COORDINATOR_WAIT: Duration = Duration::from_secs(60);
+
+fn settings() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("group.initial.rebalance.delay.ms", "0"),
+        // Timed-out transactions are looked for every second (Kafka's default is 10 s).
+        ("transaction.abort.timed.out.transaction.cleanup.interval.ms", "1000"),
+    ]
+}
+
+fn python(cluster: &CreekCluster, script: &str, mode: &str) -> Command {
+    let script = tools::client_path(&format!("python/{script}"));
+    let mut cmd = tools::command_in(&tools::venv_python(), script.parent().expect("script dir"));
+    cmd.arg(&script).arg(mode).args(["--bootstrap", &cluster.bootstrap()]);
+    cmd
+}
+
+/// A topic with [`PARTITIONS`] partitions whose leaders are not all one node.
+fn spread_topic(cluster: &CreekCluster, prefix: &str) -> String {
+    let topic = unique_topic(prefix);
+    cluster.create_topic(&topic, PARTITIONS);
+    let leaders = cluster.wait_for_leaders(&topic, PARTITIONS, Duration::from_secs(60));
+    let distinct: std::collections::BTreeSet<i32> = leaders.iter().map(|(l, _)| *l).collect();
+    assert!(distinct.len() >= 2, "{topic}: every partition led by one node: {leaders:?}");
+    topic
+}
+
+/// The first `{prefix}-{i}` whose coordinator (key type `key_type`) satisfies `wanted`, with it.
+fn key_coordinated(cluster: &CreekCluster, key_type: i8, prefix: &str, wanted: impl Fn(i32) -> bool) -> (String, i32) {
+    for i in 0..64 {
+        let key = format!("{prefix}-{i}");
+        let c = cluster.wait_coordinator_on(&running(cluster), key_type, &key, COORDINATOR_WAIT);
+        if wanted(c) {
+            return (key, c);
+        }
+    }
+    panic!("no key {prefix}-* with the wanted coordinator\n{}", cluster.log_tails());
+}
+
+fn running(cluster: &CreekCluster) -> Vec<i32> {
+    cluster.ids().into_iter().filter(|&id| cluster.running(id)).collect()
+}
+
+#[test]
+fn transactions_spanning_partitions_led_by_different_nodes_commit_and_abort() {
+    // Goal: commits and aborts over partitions led by different nodes: read_committed sees
+    // exactly the committed records, read_uncommitted all of them.
+    let cluster = CreekCluster::start_with(3, &settings());
+    let topic = spread_topic(&cluster, "ctxn-spread");
+    let txn_id = format!("{topic}-txn");
+    let coordinator = cluster.wait_txn_coordinator(&txn_id, COORDINATOR_WAIT);
+    println!("transactional id {txn_id}: coordinator {coordinator}");
+    let mut cmd = python(&cluster, "cluster_txn.py", "spread");
+    cmd.args(["--topic", &topic, "--txn-id", &txn_id]);
+    let out = tools::run_with_limit(cmd, CLIENT_LIMIT);
+    assert!(out.status.success(), "{}\n{}\n{}", out.stdout, out.stderr, cluster.log_tails());
+    assert!(out.stdout.contains("read_committed=60 read_uncommitted=90"), "{}", out.stdout);
+}
+
+#[test]
+fn transaction_coordinators_are_spread_and_agreed_on() {
+    // Goal: every node names the same coordinator for a transactional id, and ids are
+    // coordinated by different nodes (not all the lowest node id).
+    let cluster = CreekCluster::start_with(3, &settings());
+    let mut coordinators = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        coordinators.insert(cluster.wait_txn_coordinator(&format!("spread-txn-{i}"), COORDINATOR_WAIT));
+    }
+    assert!(coordinators.len() >= 2, "12 transactional ids all coordinated by {coordinators:?}");
+}
+
+#[test]
+fn pipeline_with_group_and_transaction_coordinators_on_different_nodes_is_exactly_once() {
+    // Goal: consume-transform-produce whose offsets go to another node than its transaction
+    // coordinator: offsets sent in a transaction are not committed until the transaction is,
+    // and the committed output is exactly the input, once.
+    let cluster = CreekCluster::start_with(3, &settings());
+    let input = spread_topic(&cluster, "ctxn-pipe-in");
+    let output = spread_topic(&cluster, "ctxn-pipe-out");
+    let records = 600;
+    let (group, group_coordinator) = key_coordinated(&cluster, 0, &format!("{input}-group"), |_| true);
+    let (txn_id, txn_coordinator) =
+        key_coordinated(&cluster, KEY_TYPE_TRANSACTION, &format!("{input}-txn"), |c| c != group_coordinator);
+    println!("group {group} on node {group_coordinator}, transactional id {txn_id} on node {txn_coordinator}");
+    let mut cmd = python(&cluster, "txn_pipeline.py", "produce-input");
+    cmd.args(["--input", &input, "--records", &records.to_string(), "--partitions", &PARTITIONS.to_string()]);
+    tools::run_client_ok("confluent-kafka-txn", cmd, CLIENT_LIMIT);
+
+    let mut cmd = python(&cluster, "txn_pipeline.py", "pipeline");
+    cmd.args(["--input", &input, "--output", &output, "--group", &group, "--txn-id", &txn_id]);
+    cmd.args(["--batch", "50", "--hold-offsets-after", "3", "--hold-s", "3"]);
+    let mut pipeline = RunningClient::spawn("cluster-pipeline", cmd);
+    let committed = |cluster: &CreekCluster| -> Vec<i64> {
+        let coordinator = cluster.wait_group_coordinator(&group, COORDINATOR_WAIT);
+        let mut w = Wire::connect(&cluster.addr(coordinator));
+        match wire::committed_offsets(&mut w, &group, &input, PARTITIONS) {
+            Some((0, offsets)) => offsets,
+            other => panic!("OffsetFetch of {group}: {other:?}"),
+        }
+    };
+    let held = pipeline
+        .try_wait_for_line("HOLDING_OFFSETS", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails()));
+    let field = |line: &str, key: &str| -> String {
+        line.split_whitespace().find_map(|w| w.strip_prefix(key)).expect(key).to_string()
+    };
+    let sent: Vec<(usize, i64)> = field(&held, "offsets=")
+        .split(',')
+        .map(|po| po.split_once(':').map(|(p, o)| (p.parse().unwrap(), o.parse().unwrap())).expect("p:o"))
+        // A partition not consumed yet has no position (-1001).
+        .filter(|&(_, o)| o >= 0)
+        .collect();
+    // The held transaction's offsets were sent (TxnOffsetCommit answered) but it is not committed.
+    let during = committed(&cluster);
+    assert!(sent.iter().all(|&(p, o)| during[p] <= o), "offsets beyond those sent: {during:?} vs {held}");
+    assert!(sent.iter().any(|&(p, o)| during[p] < o), "offsets of an open transaction are visible: {during:?}, {held}");
+    let done = pipeline
+        .try_wait_for_line(&format!("COMMITTED txn={} ", field(&held, "txn=")), Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails()));
+    // The commit's markers are written before EndTxn is answered, so its offsets are visible now.
+    let after = committed(&cluster);
+    assert!(sent.iter().all(|&(p, o)| after[p] >= o), "offsets {after:?} after {done}, sent {held}");
+    let out = pipeline.wait(CLIENT_LIMIT);
+    assert!(out.status.success(), "pipeline: {}\n{}", out.stdout, cluster.log_tails());
+
+    let mut cmd = python(&cluster, "txn_pipeline.py", "verify");
+    cmd.args(["--input", &input, "--output", &output]);
+    cmd.args(["--records", &records.to_string(), "--partitions", &PARTITIONS.to_string()]);
+    let out = tools::run_with_limit(cmd, CLIENT_LIMIT);
+    let result = out.stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("a RESULT line").to_string();
+    println!("pipeline across nodes: {result}");
+    for (key, want) in [("duplicates", 0), ("missing", 0), ("unexpected", 0), ("records_out", records)] {
+        assert!(result.contains(&format!("\"{key}\": {want}")), "{key} != {want}: {result}");
+    }
+    assert!(result.contains("\"partitions_not_at_end\": []"), "{result}");
+    // The group's final offsets are the ends of the input.
+    let ends: Vec<i64> = (0..PARTITIONS)
+        .map(|p| {
+            let leader = cluster.leader_of(&input, p).expect("a leader").0;
+            wire::stable_offsets(&mut Wire::connect(&cluster.addr(leader)), &input, p).1
+        })
+        .collect();
+    assert_eq!(committed(&cluster), ends, "the group's final offsets");
+}
+
+/// When the coordinator is killed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum When {
+    /// The transaction is open: records written, not committed.
+    Open,
+    /// The producer has just called commit_transaction.
+    Committing,
+}
+
+#[test]
+fn transaction_survives_killing_its_coordinator_while_open() {
+    // Goal: the node coordinating a transactional id is SIGKILLed with a transaction open; a new
+    // coordinator takes over within seconds, the producer goes on, no committed record is lost
+    // or doubled, and another producer's transaction left open there is aborted.
+    survives_killing_the_coordinator(When::Open);
+}
+
+#[test]
+fn transaction_survives_killing_its_coordinator_while_committing() {
+    // Goal: as above, with the kill landing while EndTxn is under way.
+    survives_killing_the_coordinator(When::Committing);
+}
+
+fn survives_killing_the_coordinator(when: When) {
+    let mut cluster = CreekCluster::start_with(3, &settings());
+    let topic = spread_topic(&cluster, "ctxn-kill");
+    let (txn_id, coordinator) = key_coordinated(&cluster, KEY_TYPE_TRANSACTION, &format!("{topic}-txn"), |_| true);
+    // A second producer whose open transaction is coordinated by the same node, abandoned.
+    let (hung_id, _) = key_coordinated(&cluster, KEY_TYPE_TRANSACTION, &format!("{topic}-hung"), |c| c == coordinator);
+    let mut cmd = python(&cluster, "txn_pipeline.py", "hang");
+    cmd.args(["--topic", &topic, "--txn-id", &hung_id, "--txn-timeout-ms", "5000"]);
+    let mut hung = RunningClient::spawn("hung", cmd);
+    hung.try_wait_for_line("HUNG", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails()));
+    hung.kill();
+
+    let go = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    let go_path = go.to_path_buf();
+    go.close().unwrap();
+    let mut cmd = python(&cluster, "cluster_txn.py", "failover");
+    cmd.args(["--topic", &topic, "--txn-id", &txn_id, "--txns", "8", "--hold", "3"]);
+    cmd.arg("--go").arg(&go_path);
+    if when == When::Committing {
+        cmd.arg("--kill-on-commit");
+    }
+    let mut producer = RunningClient::spawn("failover", cmd);
+    let line = if when == When::Open { "HOLDING" } else { "COMMITTING" };
+    producer
+        .try_wait_for_line(line, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails()));
+    println!("transactional id {txn_id} (and {hung_id}): coordinator {coordinator}; killing it ({when:?})");
+    cluster.kill(coordinator);
+    let killed = Instant::now();
+    std::fs::write(&go_path, b"go").unwrap();
+    let others = running(&cluster);
+    let new = cluster.wait_coordinator_on(&others, KEY_TYPE_TRANSACTION, &txn_id, Duration::from_secs(30));
+    let moved = killed.elapsed();
+    println!("new coordinator {new} agreed on after {moved:?}");
+    assert_ne!(new, coordinator);
+    assert!(moved < Duration::from_secs(10), "a new transaction coordinator took {moved:?}");
+
+    let out = producer.wait(CLIENT_LIMIT);
+    println!("{}", out.stdout.lines().filter(|l| !l.starts_with('[')).collect::<Vec<_>>().join("\n"));
+    assert!(out.status.success(), "producer: {}\n{}\n{}", out.stdout, out.stderr, cluster.log_tails());
+    let ok = out.stdout.lines().find(|l| l.starts_with("OK cluster-txn failover")).expect("an OK line").to_string();
+    let committed = ok.split_whitespace().find_map(|w| w.strip_prefix("committed=")).expect("committed=").to_string();
+
+    // The abandoned transaction (timeout 5 s) is aborted by the new coordinator: nothing holds
+    // back any partition's last stable offset.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in 0..PARTITIONS {
+        loop {
+            let leader = cluster.wait_for_leaders(&topic, PARTITIONS, Duration::from_secs(30))[p as usize].0;
+            let (err, hw, lso) = wire::stable_offsets(&mut Wire::connect(&cluster.addr(leader)), &topic, p);
+            if err == 0 && lso == hw {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic}/{p}: last stable offset {lso} below the high watermark {hw} (error {err}): a transaction stays open\n{}",
+                cluster.log_tails()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    println!("{when:?}: {ok}; every partition stable {:?} after the kill", killed.elapsed());
+    let mut cmd = python(&cluster, "cluster_txn.py", "check");
+    cmd.args(["--topic", &topic, "--committed", &committed, "--forbidden-prefix", "hung-"]);
+    let line = tools::run_client_ok("cluster-txn", cmd, CLIENT_LIMIT);
+    println!("{when:?}: {line}");
+}
