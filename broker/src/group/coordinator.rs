@@ -36,7 +36,7 @@ use crate::config::BrokerConfig;
 use crate::flusher::Flusher;
 use crate::handlers::code;
 use crate::raft::internal_topic::{
-    Committed as RaftCommitted, Load, OrderedWriter, Step, led_term, read_committed, replicate,
+    Committed as RaftCommitted, Load, OrderedWriter, Step, WriteError, led_term, read_committed, replicate,
 };
 use crate::raft::replica::Replica;
 use crate::state::{Broker, Partition, now_ms};
@@ -118,7 +118,8 @@ impl Written {
                 .map_err(|e| (code::COORDINATOR_NOT_AVAILABLE, e.to_string())),
             Wait::Commit(_, rx) => match rx.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(m)) => Err((code::NOT_COORDINATOR, m)),
+                Ok(Err(WriteError::Refused(error))) => Err((error, "refused by the producer state".into())),
+                Ok(Err(WriteError::Failed(m))) => Err((code::NOT_COORDINATOR, m)),
                 Err(_) => Err((code::NOT_COORDINATOR, "the coordinator stopped".into())),
             },
         }

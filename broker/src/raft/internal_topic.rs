@@ -34,8 +34,9 @@ const CREATE_RETRY: Duration = Duration::from_millis(300);
 /// CreateTopics does: the cluster's topic id; every node tries at startup, the first proposal
 /// wins and the rest see TOPIC_ALREADY_EXISTS), and waits until it is open here, where the
 /// reconciler starts a replica of every partition. `None` once `stop` fires first. A local topic
-/// of that name that the metadata does not know (a data directory from a single node) is not
-/// adopted: it is logged and waited on forever.
+/// of that name that the metadata does not know is removed if it holds no record (older builds
+/// created every internal topic locally on every node); one holding records (a data directory
+/// from a single node) is not adopted: it is logged and waited on forever.
 pub(crate) async fn replicate(
     broker: &Broker,
     cluster: &Cluster,
@@ -46,9 +47,18 @@ pub(crate) async fn replicate(
 ) -> Option<Arc<Topic>> {
     let mut warned = false;
     loop {
+        // Local first: the reconciler opens the topic only after the metadata has it, so a local
+        // topic the metadata does not know then was not made by the reconciler.
+        let local = broker.topic(name);
         let known = cluster.meta.read(|m| m.topics.contains_key(name));
-        match broker.topic(name) {
+        match local {
             Some(t) if known => return Some(t),
+            Some(t) if t.partitions.read().iter().all(|p| p.log.lock().log_end_offset() == 0) => {
+                match tokio::task::block_in_place(|| broker.delete_topic(name)) {
+                    Ok(_) => tracing::info!("removed an empty local {name} unknown to the cluster metadata"),
+                    Err(e) => tracing::warn!(error = %e, "could not remove the empty local {name}"),
+                }
+            }
             Some(_) if !warned => {
                 warned = true;
                 tracing::error!(
@@ -111,8 +121,18 @@ impl Load {
     }
 }
 
+/// Why a coordinator record did not commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WriteError {
+    /// The partition's producer state refused it with this Kafka error code (a transactional
+    /// offset commit of a fenced producer): the log holds the refusal, so memory is not ahead.
+    Refused(i16),
+    /// Not committed in its term (leadership moved, no quorum, too slow); it may still commit.
+    Failed(String),
+}
+
 /// Resolves with `Ok` once a quorum holds the record, or why it may not have.
-pub(crate) type Committed = oneshot::Receiver<Result<(), String>>;
+pub(crate) type Committed = oneshot::Receiver<Result<(), WriteError>>;
 
 /// A record batch for a partition's Raft group, in decision order.
 struct Write {
@@ -120,11 +140,11 @@ struct Write {
     /// The leader's term when the batch was decided.
     term: i32,
     batch: Bytes,
-    reply: oneshot::Sender<Result<(), String>>,
+    reply: oneshot::Sender<Result<(), WriteError>>,
 }
 
-/// Called with (partition index, term) when a write decided in that term failed: the
-/// coordinator's memory may be ahead of the log.
+/// Called with (partition index, term) when a write decided in that term failed
+/// ([`WriteError::Failed`]): the coordinator's memory may be ahead of the log.
 pub(crate) type OnFailed = Arc<dyn Fn(i32, i32) + Send + Sync>;
 
 /// The queue of one coordinator's writer task.
@@ -173,17 +193,22 @@ async fn write_in_order(mut queue: mpsc::Receiver<Write>, on_failed: OnFailed) {
                 Ok(committed) => tokio::select! {
                     r = committed => match r {
                         Ok(Applied::Batch { .. }) => Ok(()),
-                        Ok(other) => Err(format!("unexpected apply result {other:?}")),
-                        Err(e) => Err(format!("{e:?}")),
+                        // Code 0: a duplicate, already in the log.
+                        Ok(Applied::Refused(r)) if r.code == 0 => Ok(()),
+                        Ok(Applied::Refused(r)) => Err(WriteError::Refused(r.code)),
+                        Ok(other) => Err(WriteError::Failed(format!("unexpected apply result {other:?}"))),
+                        Err(e) => Err(WriteError::Failed(format!("{e:?}"))),
                     },
-                    () = lost_leadership(&replica, w.term) => Err("leadership moved".into()),
-                    () = tokio::time::sleep(WRITE_TIMEOUT) => Err("not committed in time".into()),
+                    () = lost_leadership(&replica, w.term) => Err(WriteError::Failed("leadership moved".into())),
+                    () = tokio::time::sleep(WRITE_TIMEOUT) => Err(WriteError::Failed("not committed in time".into())),
                 },
-                Err(e) => Err(format!("{e:?}")),
+                Err(e) => Err(WriteError::Failed(format!("{e:?}"))),
             };
             if let Err(e) = &result {
-                tracing::debug!(topic = %w.partition.topic, partition = w.partition.index, error = %e, "coordinator write failed");
-                on_failed(w.partition.index, w.term);
+                tracing::debug!(topic = %w.partition.topic, partition = w.partition.index, error = ?e, "coordinator write failed");
+                if matches!(e, WriteError::Failed(_)) {
+                    on_failed(w.partition.index, w.term);
+                }
             }
             let _ = w.reply.send(result);
         });

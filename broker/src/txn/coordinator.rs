@@ -42,7 +42,9 @@ use crate::flusher::Flusher;
 use crate::group::coordinator::GroupCoordinator;
 use crate::group::store::OFFSETS_TOPIC;
 use crate::handlers::code;
-use crate::raft::internal_topic::{Committed, Load, OrderedWriter, Step, led_term, read_committed, replicate};
+use crate::raft::internal_topic::{
+    Committed, Load, OrderedWriter, Step, WriteError, led_term, read_committed, replicate,
+};
 use crate::raft::replica::Replica;
 use crate::state::{Broker, Partition, now_ms};
 
@@ -236,7 +238,7 @@ impl TxnCoordinator {
                 let effects = {
                     let mut inner = self.inner.lock();
                     let effects = inner.txns.expire(now);
-                    self.persist_now(&inner, effects)
+                    self.persist_now(&mut inner, effects)
                 };
                 match effects {
                     Ok((waits, markers)) => {
@@ -457,8 +459,9 @@ impl TxnCoordinator {
     }
 
     /// Appends every `Persist` effect now (the caller holds the state lock) and returns what to
-    /// wait for and the markers to write afterwards.
-    fn persist_now(&self, inner: &Inner, effects: Vec<Effect>) -> Result<(Vec<Wait>, Vec<Markers>), i16> {
+    /// wait for and the markers to write afterwards. In a cluster a record that cannot even be
+    /// queued unloads its partition (memory is ahead of the log), which the next tick reloads.
+    fn persist_now(&self, inner: &mut Inner, effects: Vec<Effect>) -> Result<(Vec<Wait>, Vec<Markers>), i16> {
         let mut waits = Vec::new();
         let mut markers = Vec::new();
         for e in effects {
@@ -470,6 +473,9 @@ impl TxnCoordinator {
                         Ok(w) => waits.push(w),
                         Err(e) => {
                             self.release(&markers);
+                            if self.raft_writes.get().is_some() {
+                                self.unload(inner, self.partition_of(&txn_id));
+                            }
                             return Err(e);
                         }
                     }
@@ -530,7 +536,8 @@ impl TxnCoordinator {
                     }
                     Wait::Commit(rx) => match rx.await {
                         Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err((code::NOT_COORDINATOR, e)),
+                        Ok(Err(WriteError::Refused(error))) => Err((error, "refused".to_string())),
+                        Ok(Err(WriteError::Failed(e))) => Err((code::NOT_COORDINATOR, e)),
                         Err(_) => Err((code::NOT_COORDINATOR, "the writer stopped".to_string())),
                     },
                 }
@@ -571,7 +578,7 @@ impl TxnCoordinator {
                     if let Err(e) = reply.answer {
                         tracing::warn!(txn = %m.txn_id, code = e, "completing a transaction after its markers");
                     }
-                    self.persist_now(&inner, reply.effects)
+                    self.persist_now(&mut inner, reply.effects)
                 };
                 let result = match persisted {
                     // The `Complete*` record is not waited for: once the markers are durable the
