@@ -36,9 +36,9 @@ use crate::config::BrokerConfig;
 use crate::flusher::Flusher;
 use crate::handlers::code;
 use crate::raft::internal_topic::{
-    Committed as RaftCommitted, Load, OrderedWriter, Step, WriteError, led_term, read_committed, replicate,
+    Committed as RaftCommitted, Load, OrderedWriter, Step, WriteError, check_led, compacted, leadership_changes,
+    led_term, read_committed, replicate,
 };
-use crate::raft::replica::Replica;
 use crate::state::{Broker, Partition, now_ms};
 
 /// One partition's commit in an OffsetCommit, after the handler's own checks.
@@ -226,13 +226,7 @@ impl GroupCoordinator {
         let count = topic.partition_count();
         self.partitions.store(count as i32, Ordering::Release);
         self.inner.lock().loads = vec![Load::Unloaded; count];
-        let weak = Arc::downgrade(&self);
-        let writer = OrderedWriter::start(Arc::new(move |p, term| {
-            if let Some(this) = weak.upgrade() {
-                this.write_failed(p, term);
-            }
-        }));
-        let _ = self.raft_writes.set(writer);
+        let _ = self.raft_writes.set(OrderedWriter::start_for(&self, Self::write_failed));
         self.loaded.store(true, Ordering::Release);
         tracing::info!(
             partitions = count,
@@ -244,10 +238,7 @@ impl GroupCoordinator {
     /// The partition count and configs `__consumer_offsets` is created with.
     fn offsets_topic_config(&self) -> (u32, BTreeMap<String, String>) {
         let segment_bytes = self.broker.config.read().i64("offsets.topic.segment.bytes");
-        let mut configs = BTreeMap::new();
-        configs.insert("cleanup.policy".to_string(), "compact".to_string());
-        configs.insert("segment.bytes".to_string(), segment_bytes.to_string());
-        (self.partitions.load(Ordering::Acquire) as u32, configs)
+        (self.partitions.load(Ordering::Acquire) as u32, compacted(segment_bytes))
     }
 
     /// Creates `__consumer_offsets` if missing, replays every partition of it (blocking I/O),
@@ -301,44 +292,21 @@ impl GroupCoordinator {
             }
             return if self.loaded.load(Ordering::Acquire) { Ok(()) } else { Err(code::COORDINATOR_LOAD_IN_PROGRESS) };
         }
-        let p = self.partition_of(group);
-        let Some(term) = self.offsets_replica(p).and_then(|r| led_term(&r)) else {
-            return Err(code::NOT_COORDINATOR);
-        };
-        match inner.loads.get(p as usize) {
-            Some(l) if l.serves(term) => Ok(()),
-            _ => Err(code::COORDINATOR_LOAD_IN_PROGRESS),
-        }
-    }
-
-    /// This node's replica of `__consumer_offsets` partition `p` (cluster mode).
-    fn offsets_replica(&self, p: i32) -> Option<Arc<Replica>> {
-        self.broker.topic(OFFSETS_TOPIC)?.partition(p)?.replica.get()
+        check_led(&self.broker, OFFSETS_TOPIC, self.partition_of(group), &inner.loads)
     }
 
     /// Cluster mode, every tick: loads the partitions this node has come to lead (in a new
-    /// term) and unloads those it no longer leads. Reads one watch per partition; nothing else
-    /// while leadership is stable.
+    /// term) and unloads those it no longer leads.
     fn follow_leadership(self: &Arc<Self>) {
-        let Some(topic) = self.broker.topic(OFFSETS_TOPIC) else { return };
-        let partitions = topic.partitions.read().clone();
         let mut inner = self.inner.lock();
-        for p in partitions {
-            let Some(replica) = p.replica.get() else { continue };
-            let Some(&state) = inner.loads.get(p.index as usize) else { continue };
-            match state.step(led_term(&replica)) {
-                Step::Stay => {}
-                Step::Unload => {
-                    self.unload(&mut inner, p.index);
-                    tracing::info!(partition = p.index, "no longer leading; unloaded its groups");
-                }
+        for (p, step) in leadership_changes(&self.broker, OFFSETS_TOPIC, &inner.loads) {
+            self.unload(&mut inner, p.index);
+            match step {
                 Step::Load(t) => {
-                    if state != Load::Unloaded {
-                        self.unload(&mut inner, p.index);
-                    }
                     inner.loads[p.index as usize] = Load::Loading(t);
-                    tokio::spawn(self.clone().load_partition(p.clone(), t));
+                    tokio::spawn(self.clone().load_partition(p, t));
                 }
+                _ => tracing::info!(partition = p.index, "no longer leading; unloaded its groups"),
             }
         }
     }
@@ -418,7 +386,7 @@ impl GroupCoordinator {
     /// partition is unloaded and, if this node still leads it, read again from the log.
     fn write_failed(&self, p: i32, term: i32) {
         let mut inner = self.inner.lock();
-        if matches!(inner.loads.get(p as usize), Some(Load::Loading(t) | Load::Loaded(t)) if *t == term) {
+        if inner.loads.get(p as usize).is_some_and(|l| l.in_term(term)) {
             self.unload(&mut inner, p);
             tracing::warn!(partition = p, term, "a coordinator write failed; reloading the partition's groups");
         }

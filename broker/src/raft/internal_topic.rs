@@ -18,6 +18,7 @@ use super::Applied;
 use super::log_store::PROPOSAL_OFFSET;
 use super::replica::{ProposeError, Replica};
 use crate::cluster::Cluster;
+use crate::handlers::code;
 use crate::state::{Broker, Partition, Topic};
 
 /// Records waiting for the writer task. When the queue is full a write fails at once and its
@@ -119,6 +120,49 @@ impl Load {
     pub(crate) fn serves(self, term: i32) -> bool {
         self == Load::Loaded(term)
     }
+
+    /// Whether the partition is loading or loaded in `term`.
+    pub(crate) fn in_term(self, term: i32) -> bool {
+        matches!(self, Load::Loading(t) | Load::Loaded(t) if t == term)
+    }
+}
+
+/// The configs of a coordinator's internal topic: compacted, with these segments.
+pub(crate) fn compacted(segment_bytes: i64) -> BTreeMap<String, String> {
+    let mut configs = BTreeMap::new();
+    configs.insert("cleanup.policy".to_string(), "compact".to_string());
+    configs.insert("segment.bytes".to_string(), segment_bytes.to_string());
+    configs
+}
+
+/// Whether this node serves the keys of partition `p` of internal topic `topic`, whose loads
+/// are `loads`: NOT_COORDINATOR unless it leads the partition (confirmed in its term),
+/// COORDINATOR_LOAD_IN_PROGRESS until it has loaded it in that term.
+pub(crate) fn check_led(broker: &Broker, topic: &str, p: i32, loads: &[Load]) -> Result<(), i16> {
+    let replica = broker.topic(topic).and_then(|t| t.partition(p)).and_then(|p| p.replica.get());
+    let Some(term) = replica.and_then(|r| led_term(&r)) else {
+        return Err(code::NOT_COORDINATOR);
+    };
+    match loads.get(p as usize) {
+        Some(l) if l.serves(term) => Ok(()),
+        _ => Err(code::COORDINATOR_LOAD_IN_PROGRESS),
+    }
+}
+
+/// The partitions of internal topic `topic` whose load must change now (cluster mode, every
+/// coordinator tick), with the step. Reads one watch per partition; nothing else while
+/// leadership is stable.
+pub(crate) fn leadership_changes(broker: &Broker, topic: &str, loads: &[Load]) -> Vec<(Arc<Partition>, Step)> {
+    let Some(topic) = broker.topic(topic) else { return Vec::new() };
+    let partitions = topic.partitions.read().clone();
+    partitions
+        .into_iter()
+        .filter_map(|p| {
+            let replica = p.replica.get()?;
+            let step = loads.get(p.index as usize)?.step(led_term(&replica));
+            (step != Step::Stay).then_some((p, step))
+        })
+        .collect()
 }
 
 /// Why a coordinator record did not commit.
@@ -158,6 +202,17 @@ impl OrderedWriter {
         let (queue, rx) = mpsc::channel(WRITES_QUEUED_MAX);
         tokio::spawn(write_in_order(rx, on_failed));
         OrderedWriter { queue }
+    }
+
+    /// [`OrderedWriter::start`] for a coordinator `owner`, told of failed writes through
+    /// `on_failed` while it exists.
+    pub(crate) fn start_for<T: Send + Sync + 'static>(owner: &Arc<T>, on_failed: fn(&T, i32, i32)) -> OrderedWriter {
+        let owner = Arc::downgrade(owner);
+        OrderedWriter::start(Arc::new(move |p, term| {
+            if let Some(o) = owner.upgrade() {
+                on_failed(&o, p, term);
+            }
+        }))
     }
 
     /// Queues `batch` (a whole batch; its base offset is set here) for `partition`, decided

@@ -43,7 +43,8 @@ use crate::group::coordinator::GroupCoordinator;
 use crate::group::store::OFFSETS_TOPIC;
 use crate::handlers::code;
 use crate::raft::internal_topic::{
-    Committed, Load, OrderedWriter, Step, WriteError, led_term, read_committed, replicate,
+    Committed, Load, OrderedWriter, Step, WriteError, check_led, compacted, leadership_changes, led_term,
+    read_committed, replicate,
 };
 use crate::raft::replica::Replica;
 use crate::state::{Broker, Partition, now_ms};
@@ -154,13 +155,7 @@ impl TxnCoordinator {
         let count = topic.partition_count();
         self.partitions.store(count as i32, Ordering::Release);
         self.inner.lock().loads = vec![Load::Unloaded; count];
-        let weak = Arc::downgrade(&self);
-        let writer = OrderedWriter::start(Arc::new(move |p, term| {
-            if let Some(this) = weak.upgrade() {
-                this.write_failed(p, term);
-            }
-        }));
-        let _ = self.raft_writes.set(writer);
+        let _ = self.raft_writes.set(OrderedWriter::start_for(&self, Self::write_failed));
         self.loaded.store(true, Ordering::Release);
         tracing::info!(
             partitions = count,
@@ -172,10 +167,7 @@ impl TxnCoordinator {
     /// The partition count and configs `__transaction_state` is created with.
     fn txn_topic_config(&self) -> (u32, BTreeMap<String, String>) {
         let segment_bytes = self.broker.config.read().i64("transaction.state.log.segment.bytes");
-        let mut configs = BTreeMap::new();
-        configs.insert("cleanup.policy".to_string(), "compact".to_string());
-        configs.insert("segment.bytes".to_string(), segment_bytes.to_string());
-        (self.partitions.load(Ordering::Acquire) as u32, configs)
+        (self.partitions.load(Ordering::Acquire) as u32, compacted(segment_bytes))
     }
 
     /// Opens the producer id allocator above `floor` (in this node's lane in a cluster).
@@ -283,14 +275,7 @@ impl TxnCoordinator {
         if self.raft_writes.get().is_none() {
             return Ok(());
         }
-        let p = self.partition_of(txn_id);
-        let Some(term) = self.txn_replica(p).and_then(|r| led_term(&r)) else {
-            return Err(code::NOT_COORDINATOR);
-        };
-        match inner.loads.get(p as usize) {
-            Some(l) if l.serves(term) => Ok(()),
-            _ => Err(code::COORDINATOR_LOAD_IN_PROGRESS),
-        }
+        check_led(&self.broker, TXN_TOPIC, self.partition_of(txn_id), &inner.loads)
     }
 
     /// Whether this node serves transaction requests at all (ListTransactions lists the ids of
@@ -319,23 +304,15 @@ impl TxnCoordinator {
     /// Cluster mode, every tick: loads the partitions this node has come to lead (in a new term)
     /// and forgets those it no longer leads.
     fn follow_leadership(self: &Arc<Self>) {
-        let Some(topic) = self.broker.topic(TXN_TOPIC) else { return };
-        let partitions = topic.partitions.read().clone();
         let mut inner = self.inner.lock();
-        for p in partitions {
-            let Some(replica) = p.replica.get() else { continue };
-            let Some(&state) = inner.loads.get(p.index as usize) else { continue };
-            match state.step(led_term(&replica)) {
-                Step::Stay => {}
-                Step::Unload => {
-                    self.unload(&mut inner, p.index);
-                    tracing::info!(partition = p.index, "no longer leading; unloaded its transactional ids");
-                }
+        for (p, step) in leadership_changes(&self.broker, TXN_TOPIC, &inner.loads) {
+            self.unload(&mut inner, p.index);
+            match step {
                 Step::Load(t) => {
-                    self.unload(&mut inner, p.index);
                     inner.loads[p.index as usize] = Load::Loading(t);
-                    tokio::spawn(self.clone().load_partition(p.clone(), t));
+                    tokio::spawn(self.clone().load_partition(p, t));
                 }
+                _ => tracing::info!(partition = p.index, "no longer leading; unloaded its transactional ids"),
             }
         }
     }
@@ -396,7 +373,7 @@ impl TxnCoordinator {
     /// partition is unloaded and, if this node still leads it, read again from the log.
     fn write_failed(&self, p: i32, term: i32) {
         let mut inner = self.inner.lock();
-        if matches!(inner.loads.get(p as usize), Some(Load::Loading(t) | Load::Loaded(t)) if *t == term) {
+        if inner.loads.get(p as usize).is_some_and(|l| l.in_term(term)) {
             self.unload(&mut inner, p);
             tracing::warn!(partition = p, term, "a transaction record did not commit; reloading the partition");
         }

@@ -29,19 +29,11 @@ import time
 
 from confluent_kafka import KafkaException
 
-from txn_pipeline import produce_all, read_all, retrying, txn_producer
+from txn_pipeline import log, produce_all, read_all, retrying, say, txn_producer
 
 CLIENT = "cluster-txn"
 TXNS = 6
 RECORDS = 5
-
-
-def log(msg: str) -> None:
-    print(f"[{time.monotonic():.3f}] {msg}", file=sys.stderr, flush=True)
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def fail(msg: str) -> None:
