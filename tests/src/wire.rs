@@ -501,3 +501,13 @@ pub fn committed_offsets(w: &mut Wire, group: &str, topic: &str, partitions: i32
     }
     Some((resp.error_code, offsets))
 }
+
+/// DescribeTransactions (v0) of `txn_id`, asked of the broker behind `w` (its coordinator): the
+/// error code and the state's name (`Ongoing`, `PrepareCommit`, ...; empty on an error).
+pub fn describe_transaction(w: &mut Wire, txn_id: &str) -> Option<(i16, String)> {
+    let mut req = DescribeTransactionsRequest::default();
+    req.transactional_ids = vec![TransactionalId(StrBytes::from_string(txn_id.to_string()))];
+    let resp: DescribeTransactionsResponse = w.try_call(ApiKey::DescribeTransactions, 0, &req)?;
+    let s = resp.transaction_states.first()?;
+    Some((s.error_code, s.transaction_state.to_string()))
+}

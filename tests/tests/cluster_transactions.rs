@@ -249,3 +249,94 @@ fn survives_killing_the_coordinator(when: When) {
     let line = tools::run_client_ok("cluster-txn", cmd, CLIENT_LIMIT);
     println!("{when:?}: {line}");
 }
+
+/// Kafka's partition of a key in an internal topic: `abs(javaHashCode(key)) % partitions`.
+fn internal_partition(key: &str, partitions: i32) -> i32 {
+    let hash = key.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    (hash & 0x7fff_ffff) % partitions
+}
+
+/// The replicas of `__transaction_state` partition `p`, as node `asked` reports them.
+fn txn_state_replicas(cluster: &CreekCluster, asked: i32, p: i32) -> Vec<i32> {
+    let md = cluster.metadata(asked, Some(&["__transaction_state"])).expect("Metadata");
+    let topic = md.topics.first().expect("__transaction_state in Metadata");
+    let part = topic.partitions.iter().find(|x| x.partition_index == p).expect("the partition");
+    part.replica_nodes.iter().map(|b| b.0).collect()
+}
+
+/// Polls DescribeTransactions on `node` until `txn_id` is in `state`. Panics after `limit`.
+fn wait_txn_state(cluster: &CreekCluster, node: i32, txn_id: &str, state: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(mut w) = Wire::connect_timeout(&cluster.addr(node), Duration::from_secs(2)) {
+            last = wire::describe_transaction(&mut w, txn_id);
+            if last.as_ref().is_some_and(|(e, s)| *e == 0 && s == state) {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{txn_id} on node {node}: {last:?}, never {state}\n{}", cluster.log_tails());
+}
+
+#[test]
+fn transaction_left_in_prepare_commit_is_completed_by_the_next_coordinator() {
+    // Goal: a commit whose markers cannot all be written (a partition's only replica is down)
+    // stays PrepareCommit; its coordinator is SIGKILLed; the next one loads PrepareCommit and,
+    // once the partition is back, writes the markers and completes it: the producer's commit
+    // succeeds and read_committed shows the transaction exactly once.
+    let mut cluster = CreekCluster::start_with(5, &settings());
+    cluster.create_topic(&unique_topic("ctxn-ready"), 1);
+    let topic = unique_topic("ctxn-prepared");
+    let mut w = Wire::connect(&cluster.addr(1));
+    assert_eq!(wire::create_topic(&mut w, &topic, PARTITIONS, &[]), 0, "a topic of one replica per partition");
+    let leaders: Vec<i32> =
+        cluster.wait_for_leaders(&topic, PARTITIONS, Duration::from_secs(60)).into_iter().map(|(l, _)| l).collect();
+    // A transactional id whose state has no replica on the node (X) that holds one of the
+    // topic's partitions: X and the coordinator (Y) both down leave the state a quorum.
+    let txn_partitions = 50;
+    let (txn_id, y, x) = (0..200)
+        .find_map(|i| {
+            let id = format!("{topic}-txn-{i}");
+            let replicas = txn_state_replicas(&cluster, 1, internal_partition(&id, txn_partitions));
+            let x = leaders.iter().copied().find(|l| !replicas.contains(l))?;
+            let y = cluster.wait_txn_coordinator(&id, COORDINATOR_WAIT);
+            Some((id, y, x))
+        })
+        .expect("a transactional id placed as wanted");
+    println!("{topic}: partition leaders {leaders:?}; {txn_id} coordinated by {y}; partition holder to stop: {x}");
+
+    let go = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    let go_path = go.to_path_buf();
+    go.close().unwrap();
+    let mut cmd = python(&cluster, "cluster_txn.py", "failover");
+    cmd.args(["--topic", &topic, "--txn-id", &txn_id, "--txns", "4", "--hold", "1"]).arg("--go").arg(&go_path);
+    let mut producer = RunningClient::spawn("prepared", cmd);
+    producer
+        .try_wait_for_line("HOLDING", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails()));
+    cluster.kill(x);
+    std::fs::write(&go_path, b"go").unwrap();
+    // The commit's markers reach every partition but the one on X: the transaction stays there.
+    wait_txn_state(&cluster, y, &txn_id, "PrepareCommit", Duration::from_secs(30));
+    cluster.kill(y);
+    let killed = Instant::now();
+    let z = cluster.wait_coordinator_on(&running(&cluster), KEY_TYPE_TRANSACTION, &txn_id, Duration::from_secs(30));
+    println!("new coordinator {z} after {:?}", killed.elapsed());
+    wait_txn_state(&cluster, z, &txn_id, "PrepareCommit", Duration::from_secs(10));
+    cluster.restart(x);
+    cluster.restart(y);
+    wait_txn_state(&cluster, z, &txn_id, "CompleteCommit", Duration::from_secs(60));
+    println!("completed {:?} after the coordinator's kill", killed.elapsed());
+
+    let out = producer.wait(CLIENT_LIMIT);
+    println!("{}", out.stdout);
+    assert!(out.status.success(), "producer: {}\n{}\n{}", out.stdout, out.stderr, cluster.log_tails());
+    let ok = out.stdout.lines().find(|l| l.starts_with("OK cluster-txn failover")).expect("an OK line").to_string();
+    let committed = ok.split_whitespace().find_map(|w| w.strip_prefix("committed=")).expect("committed=").to_string();
+    assert!(committed.split(',').any(|k| k == "1"), "the held transaction was not committed: {ok}");
+    let mut cmd = python(&cluster, "cluster_txn.py", "check");
+    cmd.args(["--topic", &topic, "--committed", &committed]);
+    println!("{}", tools::run_client_ok("cluster-txn", cmd, CLIENT_LIMIT));
+}
