@@ -502,12 +502,26 @@ pub fn committed_offsets(w: &mut Wire, group: &str, topic: &str, partitions: i32
     Some((resp.error_code, offsets))
 }
 
-/// DescribeTransactions (v0) of `txn_id`, asked of the broker behind `w` (its coordinator): the
-/// error code and the state's name (`Ongoing`, `PrepareCommit`, ...; empty on an error).
-pub fn describe_transaction(w: &mut Wire, txn_id: &str) -> Option<(i16, String)> {
+/// A transactional id as DescribeTransactions shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnDescription {
+    pub error_code: i16,
+    /// `Ongoing`, `PrepareCommit`, ...; empty on an error.
+    pub state: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+/// DescribeTransactions (v0) of `txn_id`, asked of the broker behind `w` (its coordinator).
+pub fn describe_transaction(w: &mut Wire, txn_id: &str) -> Option<TxnDescription> {
     let mut req = DescribeTransactionsRequest::default();
     req.transactional_ids = vec![TransactionalId(StrBytes::from_string(txn_id.to_string()))];
     let resp: DescribeTransactionsResponse = w.try_call(ApiKey::DescribeTransactions, 0, &req)?;
     let s = resp.transaction_states.first()?;
-    Some((s.error_code, s.transaction_state.to_string()))
+    Some(TxnDescription {
+        error_code: s.error_code,
+        state: s.transaction_state.to_string(),
+        producer_id: s.producer_id.0,
+        producer_epoch: s.producer_epoch,
+    })
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use creek_tests::cluster::{CreekCluster, KEY_TYPE_TRANSACTION};
 use creek_tests::tools::{self, RunningClient};
 use creek_tests::unique_topic;
-use creek_tests::wire::{self, Wire};
+use creek_tests::wire::{self, TxnDescription, Wire};
 
 const PARTITIONS: i32 = 3;
 const CLIENT_LIMIT: Duration = Duration::from_secs(240);
@@ -209,15 +209,23 @@ fn survives_killing_the_coordinator(when: When) {
         .try_wait_for_line(line, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails()));
     println!("transactional id {txn_id} (and {hung_id}): coordinator {coordinator}; killing it ({when:?})");
+    let before = (when == When::Open)
+        .then(|| wait_txn_state(&cluster, coordinator, &txn_id, "Ongoing", Duration::from_secs(10)));
     cluster.kill(coordinator);
     let killed = Instant::now();
-    std::fs::write(&go_path, b"go").unwrap();
     let others = running(&cluster);
     let new = cluster.wait_coordinator_on(&others, KEY_TYPE_TRANSACTION, &txn_id, Duration::from_secs(30));
     let moved = killed.elapsed();
     println!("new coordinator {new} agreed on after {moved:?}");
     assert_ne!(new, coordinator);
     assert!(moved < Duration::from_secs(10), "a new transaction coordinator took {moved:?}");
+    if let Some(before) = before {
+        // The open transaction, with its producer id and epoch, is in the replicated state.
+        let after = wait_txn_state(&cluster, new, &txn_id, "Ongoing", Duration::from_secs(10));
+        assert_eq!((after.producer_id, after.producer_epoch), (before.producer_id, before.producer_epoch));
+    }
+    // Only now: the producer's commit must not race the look at the open transaction.
+    std::fs::write(&go_path, b"go").unwrap();
 
     let out = producer.wait(CLIENT_LIMIT);
     println!("{}", out.stdout.lines().filter(|l| !l.starts_with('[')).collect::<Vec<_>>().join("\n"));
@@ -264,15 +272,16 @@ fn txn_state_replicas(cluster: &CreekCluster, asked: i32, p: i32) -> Vec<i32> {
     part.replica_nodes.iter().map(|b| b.0).collect()
 }
 
-/// Polls DescribeTransactions on `node` until `txn_id` is in `state`. Panics after `limit`.
-fn wait_txn_state(cluster: &CreekCluster, node: i32, txn_id: &str, state: &str, limit: Duration) {
+/// Polls DescribeTransactions on `node` until `txn_id` is in `state`, and returns what it
+/// showed. Panics after `limit`.
+fn wait_txn_state(cluster: &CreekCluster, node: i32, txn_id: &str, state: &str, limit: Duration) -> TxnDescription {
     let deadline = Instant::now() + limit;
     let mut last = None;
     while Instant::now() < deadline {
         if let Ok(mut w) = Wire::connect_timeout(&cluster.addr(node), Duration::from_secs(2)) {
             last = wire::describe_transaction(&mut w, txn_id);
-            if last.as_ref().is_some_and(|(e, s)| *e == 0 && s == state) {
-                return;
+            if let Some(d) = last.as_ref().filter(|d| d.error_code == 0 && d.state == state) {
+                return d.clone();
             }
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -530,7 +530,9 @@ impl TxnCoordinator {
         result
     }
 
-    /// Waits for `waits`, then writes each set of markers and completes its transaction.
+    /// Waits for `waits`, then writes each set of markers and completes its transaction. The
+    /// transactions go on side by side: one whose partition has no leader for a while does not
+    /// hold up the others. The first error is returned.
     fn finish(
         &self,
         waits: Vec<Wait>,
@@ -541,37 +543,35 @@ impl TxnCoordinator {
                 self.release(&markers);
                 return Err(e);
             }
-            // This task owns every entry of `markers` (claimed when produced): each is released
-            // after `markers_written`, or with the rest when a step fails.
-            for (i, m) in markers.iter().enumerate() {
-                if let Err(e) = self.write_markers(m).await {
-                    self.release(&markers[i..]);
-                    return Err(e);
-                }
-                let persisted = {
-                    let mut inner = self.inner.lock();
-                    let reply = inner.txns.markers_written(&m.txn_id, m.producer_id, m.producer_epoch, now_ms());
-                    self.writing.lock().remove(&m.txn_id);
-                    if let Err(e) = reply.answer {
-                        tracing::warn!(txn = %m.txn_id, code = e, "completing a transaction after its markers");
-                    }
-                    self.persist_now(&mut inner, reply.effects)
-                };
-                let result = match persisted {
-                    // The `Complete*` record is not waited for: once the markers are durable the
-                    // outcome is decided, and a crash that loses the record leaves `Prepare*`,
-                    // whose markers recovery writes again (a repeated marker ends nothing).
-                    Ok((_, more)) if more.is_empty() => Ok(()),
-                    Ok((waits, more)) => self.finish(waits, more).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = result {
-                    self.release(&markers[i + 1..]);
-                    return Err(e);
-                }
-            }
-            Ok(())
+            let done = futures_util::future::join_all(markers.iter().map(|m| self.complete(m))).await;
+            done.into_iter().collect()
         })
+    }
+
+    /// Writes the markers of one transaction and completes it. The caller owns `m` (claimed
+    /// when produced); it is released after `markers_written`, or when a step fails.
+    async fn complete(&self, m: &Markers) -> Result<(), i16> {
+        if let Err(e) = self.write_markers(m).await {
+            self.release(std::slice::from_ref(m));
+            return Err(e);
+        }
+        let persisted = {
+            let mut inner = self.inner.lock();
+            let reply = inner.txns.markers_written(&m.txn_id, m.producer_id, m.producer_epoch, now_ms());
+            self.writing.lock().remove(&m.txn_id);
+            if let Err(e) = reply.answer {
+                tracing::warn!(txn = %m.txn_id, code = e, "completing a transaction after its markers");
+            }
+            self.persist_now(&mut inner, reply.effects)
+        };
+        match persisted {
+            // The `Complete*` record is not waited for: once the markers are durable the outcome
+            // is decided, and a crash that loses the record leaves `Prepare*`, whose markers
+            // recovery writes again (a repeated marker ends nothing).
+            Ok((_, more)) if more.is_empty() => Ok(()),
+            Ok((waits, more)) => self.finish(waits, more).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// Appends one marker per partition of `m` and waits until all are durable. Partitions of
