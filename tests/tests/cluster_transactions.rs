@@ -15,6 +15,7 @@ use creek_tests::wire::{self, TxnDescription, Wire};
 const PARTITIONS: i32 = 3;
 const CLIENT_LIMIT: Duration = Duration::from_secs(240);
 const COORDINATOR_WAIT: Duration = Duration::from_secs(60);
+const NOT_COORDINATOR: i16 = 16;
 
 fn settings() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -159,13 +160,16 @@ fn pipeline_with_group_and_transaction_coordinators_on_different_nodes_is_exactl
     assert_eq!(committed(&cluster), ends, "the group's final offsets");
 }
 
-/// When the coordinator is killed.
+/// What happens to the coordinator, and when.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum When {
-    /// The transaction is open: records written, not committed.
+    /// SIGKILL with the transaction open: records written, not committed.
     Open,
-    /// The producer has just called commit_transaction.
+    /// SIGKILL just after the producer called commit_transaction.
     Committing,
+    /// Cut off from its peers (its Kafka listener still serves) with the transaction open, then
+    /// reconnected.
+    OpenIsolated,
 }
 
 #[test]
@@ -182,8 +186,19 @@ fn transaction_survives_killing_its_coordinator_while_committing() {
     survives_killing_the_coordinator(When::Committing);
 }
 
+#[test]
+fn transaction_survives_isolating_its_coordinator_while_open() {
+    // Goal: a coordinator cut off from its peers stops coordinating (NOT_COORDINATOR while it
+    // still runs), the others take over with the open transaction, and the producer goes on.
+    survives_killing_the_coordinator(When::OpenIsolated);
+}
+
 fn survives_killing_the_coordinator(when: When) {
-    let mut cluster = CreekCluster::start_with(3, &settings());
+    let mut cluster = if when == When::OpenIsolated {
+        CreekCluster::start_with_internal_proxies_and(3, &settings())
+    } else {
+        CreekCluster::start_with(3, &settings())
+    };
     let topic = spread_topic(&cluster, "ctxn-kill");
     let (txn_id, coordinator) = key_coordinated(&cluster, KEY_TYPE_TRANSACTION, &format!("{topic}-txn"), |_| true);
     // A second producer whose open transaction is coordinated by the same node, abandoned.
@@ -204,16 +219,20 @@ fn survives_killing_the_coordinator(when: When) {
         cmd.arg("--kill-on-commit");
     }
     let mut producer = RunningClient::spawn("failover", cmd);
-    let line = if when == When::Open { "HOLDING" } else { "COMMITTING" };
+    let line = if when == When::Committing { "COMMITTING" } else { "HOLDING" };
     producer
         .try_wait_for_line(line, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails()));
-    println!("transactional id {txn_id} (and {hung_id}): coordinator {coordinator}; killing it ({when:?})");
-    let before = (when == When::Open)
+    println!("transactional id {txn_id} (and {hung_id}): coordinator {coordinator}; {when:?}");
+    let before = (when != When::Committing)
         .then(|| wait_txn_state(&cluster, coordinator, &txn_id, "Ongoing", Duration::from_secs(10)));
-    cluster.kill(coordinator);
+    if when == When::OpenIsolated {
+        cluster.isolate(coordinator);
+    } else {
+        cluster.kill(coordinator);
+    }
     let killed = Instant::now();
-    let others = running(&cluster);
+    let others: Vec<i32> = running(&cluster).into_iter().filter(|&id| id != coordinator).collect();
     let new = cluster.wait_coordinator_on(&others, KEY_TYPE_TRANSACTION, &txn_id, Duration::from_secs(30));
     let moved = killed.elapsed();
     println!("new coordinator {new} agreed on after {moved:?}");
@@ -224,6 +243,19 @@ fn survives_killing_the_coordinator(when: When) {
         let after = wait_txn_state(&cluster, new, &txn_id, "Ongoing", Duration::from_secs(10));
         assert_eq!((after.producer_id, after.producer_epoch), (before.producer_id, before.producer_epoch));
     }
+    if when == When::OpenIsolated {
+        // The cut-off node no longer coordinates the id, although it runs and serves Kafka.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut w = Wire::connect(&cluster.addr(coordinator));
+            let d = wire::describe_transaction(&mut w, &txn_id);
+            if d.as_ref().is_some_and(|d| d.error_code == NOT_COORDINATOR) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the isolated node still answers for {txn_id}: {d:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     // Only now: the producer's commit must not race the look at the open transaction.
     std::fs::write(&go_path, b"go").unwrap();
 
@@ -232,6 +264,9 @@ fn survives_killing_the_coordinator(when: When) {
     assert!(out.status.success(), "producer: {}\n{}\n{}", out.stdout, out.stderr, cluster.log_tails());
     let ok = out.stdout.lines().find(|l| l.starts_with("OK cluster-txn failover")).expect("an OK line").to_string();
     let committed = ok.split_whitespace().find_map(|w| w.strip_prefix("committed=")).expect("committed=").to_string();
+    if when == When::OpenIsolated {
+        cluster.heal();
+    }
 
     // The abandoned transaction (timeout 5 s) is aborted by the new coordinator: nothing holds
     // back any partition's last stable offset.
