@@ -14,10 +14,10 @@
 //!   spreads replicas and preferred leaders. A node that hosts no replica of a partition learns
 //!   its leader from the nodes that do ([`KIND_LEADERS`], polled every 250 ms while such
 //!   partitions exist) for Metadata, KIP-951 hints and ElectLeaders.
-//! - **Coordinators**: `__consumer_offsets` is replicated like any topic and a group's
-//!   coordinator is the leader of its partition (see `group/coordinator.rs`). The transaction
-//!   coordinator keeps its state in a local, unreplicated `__transaction_state` on the lowest
-//!   node id ([`Cluster::coordinator`]); transactions are refused in a cluster for now.
+//! - **Coordinators**: `__consumer_offsets` and `__transaction_state` are replicated like any
+//!   topic, and a group's or transactional id's coordinator is the leader of its partition (see
+//!   `group/coordinator.rs` and `txn/coordinator.rs`); they register their own message kinds
+//!   ([`Cluster::register_service`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -439,10 +439,23 @@ impl Cluster {
         self.partition_meta(topic, partition).is_some_and(|pm| !pm.replicas.contains(&self.node))
     }
 
-    /// The node that runs the transaction coordinator (group coordinators follow the leaders of
-    /// `__consumer_offsets` partitions).
-    pub(crate) fn coordinator(&self) -> NodeId {
-        self.members().first().copied().unwrap_or(self.node)
+    /// Serves message `kind` from other nodes with `handler` (the coordinators' own messages,
+    /// such as the transaction coordinator's markers, `txn/markers.rs`).
+    pub(crate) fn register_service(&self, kind: MessageKind, handler: Arc<dyn Handler>) {
+        self.router.register_service(kind, handler);
+    }
+
+    /// Sends `payload` to `peer` as message `kind` about `group` and waits up to `timeout` for
+    /// its answer.
+    pub(crate) async fn call(
+        &self,
+        peer: NodeId,
+        group: GroupId,
+        kind: MessageKind,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, crate::rpc::RpcError> {
+        self.rpc.call(peer, group, kind, payload, timeout).await
     }
 
     /// The leader of a partition as clients should see it: the one its replica knows, unless

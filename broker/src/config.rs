@@ -237,6 +237,12 @@ pub(crate) const BROKER_CONFIGS: &[ConfigDef] = &[
         "Partitions of __transaction_state, fixed when it is created.",
     ),
     read_only(
+        "transaction.state.log.replication.factor",
+        Kind::Int,
+        "3",
+        "Replicas of each __transaction_state partition in a cluster (at most the node count), fixed when it is created.",
+    ),
+    read_only(
         "transaction.state.log.segment.bytes",
         Kind::Int,
         "104857600",

@@ -150,14 +150,12 @@ async fn run(mut config: config::BrokerConfig) -> anyhow::Result<()> {
     // cluster `open` returns at once; partitions load as this node comes to lead them).
     let (loading, loading_txns, loading_stop) = (groups.clone(), txns.clone(), stop_rx.clone());
     let loader = tokio::spawn(async move {
-        if let Err(e) = loading.open(loading_stop).await {
+        if let Err(e) = loading.open(loading_stop.clone()).await {
             tracing::error!(error = %e, "loading __consumer_offsets failed");
         }
         // After the groups: markers it rewrites may complete transactional offset commits.
-        match tokio::task::spawn_blocking(move || loading_txns.start()).await {
-            Ok(Err(e)) => tracing::error!(error = %e, "loading __transaction_state failed"),
-            Err(e) => tracing::error!(error = %e, "loading __transaction_state failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = loading_txns.open(loading_stop).await {
+            tracing::error!(error = %e, "loading __transaction_state failed");
         }
     });
     let ticker = tokio::spawn(groups.run(stop_rx.clone()));

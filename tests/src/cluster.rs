@@ -35,6 +35,9 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// NOT_CONTROLLER.
 const CREATE_RETRIABLE: [i16; 4] = [5, 7, 8, 41];
 const TOPIC_ALREADY_EXISTS: i16 = 36;
+/// FindCoordinator key types.
+pub const KEY_TYPE_GROUP: i8 = 0;
+pub const KEY_TYPE_TRANSACTION: i8 = 1;
 /// Log lines per node shown in a panic.
 const TAIL_LINES: usize = 25;
 
@@ -369,11 +372,17 @@ impl CreekCluster {
     /// FindCoordinator (v3, key type group) for `group` asked of node `id`: (error code,
     /// coordinator node id), or why there is no answer.
     pub fn find_group_coordinator(&self, id: i32, group: &str) -> Result<(i16, i32), String> {
+        self.find_coordinator(id, KEY_TYPE_GROUP, group)
+    }
+
+    /// FindCoordinator (v3) for `key` of `key_type` (0 group, 1 transactional id) asked of node
+    /// `id`: (error code, coordinator node id), or why there is no answer.
+    pub fn find_coordinator(&self, id: i32, key_type: i8, key: &str) -> Result<(i16, i32), String> {
         let addr = self.addr(id);
         let mut w = Wire::connect_timeout(&addr, ASK_TIMEOUT).map_err(|e| format!("node {id} ({addr}): {e}"))?;
         let mut req = FindCoordinatorRequest::default();
-        req.key = kafka_protocol::protocol::StrBytes::from_string(group.to_string());
-        req.key_type = 0;
+        req.key = kafka_protocol::protocol::StrBytes::from_string(key.to_string());
+        req.key_type = key_type;
         let resp: FindCoordinatorResponse = w
             .try_call(ApiKey::FindCoordinator, 3, &req)
             .ok_or_else(|| format!("node {id} ({addr}) closed or timed out on FindCoordinator"))?;
@@ -383,17 +392,33 @@ impl CreekCluster {
     /// Waits until every running node names the same coordinator for `group` and returns it.
     /// Panics after `timeout`.
     pub fn wait_group_coordinator(&self, group: &str, timeout: Duration) -> i32 {
-        let ids: Vec<i32> = self.nodes.iter().filter(|n| n.answers()).map(|n| n.id).collect();
-        self.wait_group_coordinator_on(&ids, group, timeout)
+        self.wait_coordinator_on(&self.answering(), KEY_TYPE_GROUP, group, timeout)
+    }
+
+    /// Waits until every running node names the same coordinator for transactional id `txn_id`
+    /// and returns it. Panics after `timeout`.
+    pub fn wait_txn_coordinator(&self, txn_id: &str, timeout: Duration) -> i32 {
+        self.wait_coordinator_on(&self.answering(), KEY_TYPE_TRANSACTION, txn_id, timeout)
+    }
+
+    /// The nodes that run and are not paused.
+    fn answering(&self) -> Vec<i32> {
+        self.nodes.iter().filter(|n| n.answers()).map(|n| n.id).collect()
     }
 
     /// Like [`wait_group_coordinator`](Self::wait_group_coordinator), asking only nodes `ids`
     /// (not an isolated one, which knows no coordinator).
     pub fn wait_group_coordinator_on(&self, ids: &[i32], group: &str, timeout: Duration) -> i32 {
+        self.wait_coordinator_on(ids, KEY_TYPE_GROUP, group, timeout)
+    }
+
+    /// Waits until nodes `ids` all name the same coordinator for `key` of `key_type` and
+    /// returns it. Panics after `timeout`.
+    pub fn wait_coordinator_on(&self, ids: &[i32], key_type: i8, key: &str, timeout: Duration) -> i32 {
         let deadline = Instant::now() + timeout;
         loop {
             let answers: Vec<Result<(i16, i32), String>> =
-                ids.iter().map(|&id| self.find_group_coordinator(id, group)).collect();
+                ids.iter().map(|&id| self.find_coordinator(id, key_type, key)).collect();
             if let Some(Ok((0, c))) = answers.first()
                 && answers.iter().all(|a| a == &Ok((0, *c)))
             {
@@ -401,7 +426,7 @@ impl CreekCluster {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "no agreed coordinator for group `{group}` within {timeout:?}: {answers:?}\n{}",
+                    "no agreed coordinator for `{key}` (key type {key_type}) within {timeout:?}: {answers:?}\n{}",
                     self.log_tails()
                 );
             }

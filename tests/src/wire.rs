@@ -477,3 +477,51 @@ pub fn read_partition_markers(addr: &str, topic: &str, partition: i32) -> Vec<Ma
         }
     }
 }
+
+/// OffsetFetch (v5) of `group`'s committed offsets of `topic` partitions `0..partitions`, asked of
+/// the broker behind `w` (its coordinator): the top-level error code and one offset per
+/// partition (-1: none committed). Partition errors count as -1.
+pub fn committed_offsets(w: &mut Wire, group: &str, topic: &str, partitions: i32) -> Option<(i16, Vec<i64>)> {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse};
+    let mut t = OffsetFetchRequestTopic::default();
+    t.name = topic_name(topic);
+    t.partition_indexes = (0..partitions).collect();
+    let mut req = OffsetFetchRequest::default();
+    req.group_id = GroupId(StrBytes::from_string(group.to_string()));
+    req.topics = Some(vec![t]);
+    let resp: OffsetFetchResponse = w.try_call(ApiKey::OffsetFetch, 5, &req)?;
+    let mut offsets = vec![-1; partitions.max(0) as usize];
+    for p in resp.topics.iter().flat_map(|t| t.partitions.iter()) {
+        if let Some(slot) = usize::try_from(p.partition_index).ok().and_then(|i| offsets.get_mut(i))
+            && p.error_code == 0
+        {
+            *slot = p.committed_offset;
+        }
+    }
+    Some((resp.error_code, offsets))
+}
+
+/// A transactional id as DescribeTransactions shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnDescription {
+    pub error_code: i16,
+    /// `Ongoing`, `PrepareCommit`, ...; empty on an error.
+    pub state: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+/// DescribeTransactions (v0) of `txn_id`, asked of the broker behind `w` (its coordinator).
+pub fn describe_transaction(w: &mut Wire, txn_id: &str) -> Option<TxnDescription> {
+    let mut req = DescribeTransactionsRequest::default();
+    req.transactional_ids = vec![TransactionalId(StrBytes::from_string(txn_id.to_string()))];
+    let resp: DescribeTransactionsResponse = w.try_call(ApiKey::DescribeTransactions, 0, &req)?;
+    let s = resp.transaction_states.first()?;
+    Some(TxnDescription {
+        error_code: s.error_code,
+        state: s.transaction_state.to_string(),
+        producer_id: s.producer_id.0,
+        producer_epoch: s.producer_epoch,
+    })
+}

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::classic::{
     ClassicConfig, ClassicGroup, GroupState, JoinRequest, JoinResult, Output, ReqId, SyncRequest, SyncResult,
@@ -35,18 +35,11 @@ use super::store::{self, Loaded, OFFSETS_TOPIC};
 use crate::config::BrokerConfig;
 use crate::flusher::Flusher;
 use crate::handlers::code;
-use crate::raft::Applied;
-use crate::raft::log_store::PROPOSAL_OFFSET;
-use crate::raft::replica::{ProposeError, Replica};
+use crate::raft::internal_topic::{
+    Committed as RaftCommitted, Load, OrderedWriter, Step, WriteError, check_led, compacted, leadership_changes,
+    led_term, read_committed, replicate,
+};
 use crate::state::{Broker, Partition, now_ms};
-
-/// Coordinator records waiting for the writer task to hand them to their partitions' Raft groups
-/// (cluster mode). When the queue is full a write fails at once and its client retries.
-const RAFT_WRITES_QUEUED_MAX: usize = 4096;
-/// How long a coordinator record may take to commit before its client is told to retry.
-const RAFT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a cluster node retries creating `__consumer_offsets` until the metadata takes it.
-const CREATE_RETRY: Duration = Duration::from_millis(300);
 
 /// One partition's commit in an OffsetCommit, after the handler's own checks.
 #[derive(Debug, Clone)]
@@ -94,26 +87,10 @@ struct Inner {
     /// Cluster mode: how far each `__consumer_offsets` partition is loaded here, by index.
     /// Empty on a single node, which loads everything at startup.
     loads: Vec<Load>,
-}
-
-/// How far this node has loaded one `__consumer_offsets` partition (cluster mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Load {
-    /// Not led here: none of its groups is in memory.
-    Unloaded,
-    /// Led here in this term; its committed records are being read.
-    Loading(i32),
-    /// Led here in this term; its groups are in memory and served.
-    Loaded(i32),
-}
-
-/// A record batch for an offsets partition's Raft group, in decision order.
-struct RaftWrite {
-    partition: Arc<Partition>,
-    /// The leader's term when the batch was decided.
-    term: i32,
-    batch: Bytes,
-    reply: oneshot::Sender<Result<(), String>>,
+    /// Cluster mode: transaction markers (offsets partition, producer id, commit) that landed in
+    /// a partition while it was loading; the load may have read the log before them, so they
+    /// are applied again once it is installed.
+    markers_while_loading: Vec<(i32, i64, bool)>,
 }
 
 /// A batch on its way into `__consumer_offsets`.
@@ -126,7 +103,7 @@ enum Wait {
     /// Local: durable once the flusher has passed this offset.
     Flush(u64),
     /// Replicated: the writer task answers once a quorum holds the batch (in this term).
-    Commit(i32, oneshot::Receiver<Result<(), String>>),
+    Commit(i32, RaftCommitted),
 }
 
 impl Written {
@@ -141,7 +118,8 @@ impl Written {
                 .map_err(|e| (code::COORDINATOR_NOT_AVAILABLE, e.to_string())),
             Wait::Commit(_, rx) => match rx.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(m)) => Err((code::NOT_COORDINATOR, m)),
+                Ok(Err(WriteError::Refused(error))) => Err((error, "refused by the producer state".into())),
+                Ok(Err(WriteError::Failed(m))) => Err((code::NOT_COORDINATOR, m)),
                 Err(_) => Err((code::NOT_COORDINATOR, "the coordinator stopped".into())),
             },
         }
@@ -166,8 +144,8 @@ pub(crate) struct GroupCoordinator {
     flusher: Flusher,
     /// Partitions of `__consumer_offsets`.
     partitions: AtomicI32,
-    /// Cluster mode: the queue of the task that hands records to the Raft groups in order.
-    raft_writes: OnceLock<mpsc::Sender<RaftWrite>>,
+    /// Cluster mode: the task that hands records to the Raft groups in order.
+    raft_writes: OnceLock<OrderedWriter>,
 }
 
 fn classic_config(c: &BrokerConfig) -> ClassicConfig {
@@ -208,6 +186,7 @@ impl GroupCoordinator {
                 last_expiry_ms: now_ms(),
                 pending_txn: HashMap::new(),
                 loads: Vec::new(),
+                markers_while_loading: Vec::new(),
             }),
             loaded: AtomicBool::new(false),
             broker,
@@ -240,41 +219,14 @@ impl GroupCoordinator {
     async fn replicate_offsets_topic(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let cluster = self.broker.cluster.get().cloned().context("not in a cluster")?;
         let (wanted, configs) = self.offsets_topic_config();
-        let mut warned = false;
-        let topic = loop {
-            let known = cluster.meta.read(|m| m.topics.contains_key(OFFSETS_TOPIC));
-            match self.broker.topic(OFFSETS_TOPIC) {
-                // The reconciler starts a replica of every partition once the topic is open.
-                Some(t) if known => break t,
-                Some(_) if !warned => {
-                    warned = true;
-                    tracing::error!(
-                        "{OFFSETS_TOPIC} exists here but not in the cluster metadata (a data directory from a single node?); \
-                         consumer groups are not served until it is removed"
-                    );
-                }
-                None if !known => {
-                    // Every node tries at startup; the first proposal wins and the rest see
-                    // TOPIC_ALREADY_EXISTS.
-                    if let Err((error, m)) =
-                        cluster.create_topic(&self.broker, OFFSETS_TOPIC, wanted, -1, configs.clone()).await
-                    {
-                        tracing::debug!(error, message = %m, "{OFFSETS_TOPIC} not created here");
-                    }
-                }
-                _ => {}
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(CREATE_RETRY) => {}
-                _ = stop.changed() => return Ok(()),
-            }
+        let Some(topic) = replicate(&self.broker, &cluster, OFFSETS_TOPIC, (wanted, -1), configs, &mut stop).await
+        else {
+            return Ok(());
         };
         let count = topic.partition_count();
         self.partitions.store(count as i32, Ordering::Release);
         self.inner.lock().loads = vec![Load::Unloaded; count];
-        let (tx, rx) = mpsc::channel(RAFT_WRITES_QUEUED_MAX);
-        let _ = self.raft_writes.set(tx);
-        tokio::spawn(self.clone().write_to_raft(rx));
+        let _ = self.raft_writes.set(OrderedWriter::start_for(&self, Self::write_failed));
         self.loaded.store(true, Ordering::Release);
         tracing::info!(
             partitions = count,
@@ -286,10 +238,7 @@ impl GroupCoordinator {
     /// The partition count and configs `__consumer_offsets` is created with.
     fn offsets_topic_config(&self) -> (u32, BTreeMap<String, String>) {
         let segment_bytes = self.broker.config.read().i64("offsets.topic.segment.bytes");
-        let mut configs = BTreeMap::new();
-        configs.insert("cleanup.policy".to_string(), "compact".to_string());
-        configs.insert("segment.bytes".to_string(), segment_bytes.to_string());
-        (self.partitions.load(Ordering::Acquire) as u32, configs)
+        (self.partitions.load(Ordering::Acquire) as u32, compacted(segment_bytes))
     }
 
     /// Creates `__consumer_offsets` if missing, replays every partition of it (blocking I/O),
@@ -343,46 +292,21 @@ impl GroupCoordinator {
             }
             return if self.loaded.load(Ordering::Acquire) { Ok(()) } else { Err(code::COORDINATOR_LOAD_IN_PROGRESS) };
         }
-        let p = self.partition_of(group);
-        let Some(term) = self.offsets_replica(p).and_then(|r| led_term(&r)) else {
-            return Err(code::NOT_COORDINATOR);
-        };
-        match inner.loads.get(p as usize) {
-            Some(Load::Loaded(t)) if *t == term => Ok(()),
-            _ => Err(code::COORDINATOR_LOAD_IN_PROGRESS),
-        }
-    }
-
-    /// This node's replica of `__consumer_offsets` partition `p` (cluster mode).
-    fn offsets_replica(&self, p: i32) -> Option<Arc<Replica>> {
-        self.broker.topic(OFFSETS_TOPIC)?.partition(p)?.replica.get()
+        check_led(&self.broker, OFFSETS_TOPIC, self.partition_of(group), &inner.loads)
     }
 
     /// Cluster mode, every tick: loads the partitions this node has come to lead (in a new
-    /// term) and unloads those it no longer leads. Reads one watch per partition; nothing else
-    /// while leadership is stable.
+    /// term) and unloads those it no longer leads.
     fn follow_leadership(self: &Arc<Self>) {
-        let Some(topic) = self.broker.topic(OFFSETS_TOPIC) else { return };
-        let partitions = topic.partitions.read().clone();
         let mut inner = self.inner.lock();
-        for p in partitions {
-            let Some(replica) = p.replica.get() else { continue };
-            let term = led_term(&replica);
-            let Some(&state) = inner.loads.get(p.index as usize) else { continue };
-            match (term, state) {
-                (None, Load::Unloaded) => {}
-                (Some(t), Load::Loading(l) | Load::Loaded(l)) if t == l => {}
-                (None, _) => {
-                    self.unload(&mut inner, p.index);
-                    tracing::info!(partition = p.index, "no longer leading; unloaded its groups");
-                }
-                (Some(t), _) => {
-                    if state != Load::Unloaded {
-                        self.unload(&mut inner, p.index);
-                    }
+        for (p, step) in leadership_changes(&self.broker, OFFSETS_TOPIC, &inner.loads) {
+            self.unload(&mut inner, p.index);
+            match step {
+                Step::Load(t) => {
                     inner.loads[p.index as usize] = Load::Loading(t);
-                    tokio::spawn(self.clone().load_partition(p.clone(), t));
+                    tokio::spawn(self.clone().load_partition(p, t));
                 }
+                _ => tracing::info!(partition = p.index, "no longer leading; unloaded its groups"),
             }
         }
     }
@@ -392,7 +316,7 @@ impl GroupCoordinator {
     async fn load_partition(self: Arc<Self>, p: Arc<Partition>, term: i32) {
         let started = std::time::Instant::now();
         let reading = p.clone();
-        let read = tokio::task::spawn_blocking(move || read_committed(&reading)).await;
+        let read = tokio::task::spawn_blocking(move || load_committed(&reading)).await;
         let loaded = match read.unwrap_or_else(|e| Err(e.to_string())) {
             Ok(loaded) => loaded,
             Err(error) => {
@@ -411,6 +335,11 @@ impl GroupCoordinator {
         let groups = loaded.groups.len();
         install(&mut inner, loaded, now_ms());
         inner.loads[p.index as usize] = Load::Loaded(term);
+        let (early, rest) = std::mem::take(&mut inner.markers_while_loading).into_iter().partition(|m| m.0 == p.index);
+        inner.markers_while_loading = rest;
+        for (partition, producer_id, commit) in early {
+            complete_pending(&mut inner, partition, producer_id, commit);
+        }
         tracing::info!(
             partition = p.index,
             term,
@@ -431,6 +360,11 @@ impl GroupCoordinator {
             inner.offsets.remove_group(&id);
         }
         inner.consumer.forget(here);
+        for pending in inner.pending_txn.values_mut() {
+            pending.retain(|o| o.offsets_partition != p);
+        }
+        inner.pending_txn.retain(|_, pending| !pending.is_empty());
+        inner.markers_while_loading.retain(|m| m.0 != p);
         let joins: Vec<ReqId> = inner.joins.iter().filter(|(_, (g, _))| here(g)).map(|(r, _)| *r).collect();
         for r in joins {
             if let Some((_, tx)) = inner.joins.remove(&r) {
@@ -452,48 +386,9 @@ impl GroupCoordinator {
     /// partition is unloaded and, if this node still leads it, read again from the log.
     fn write_failed(&self, p: i32, term: i32) {
         let mut inner = self.inner.lock();
-        if matches!(inner.loads.get(p as usize), Some(Load::Loading(t) | Load::Loaded(t)) if *t == term) {
+        if inner.loads.get(p as usize).is_some_and(|l| l.in_term(term)) {
             self.unload(&mut inner, p);
             tracing::warn!(partition = p, term, "a coordinator write failed; reloading the partition's groups");
-        }
-    }
-
-    /// The one writer of the offsets partitions' Raft groups: submits records in the order they
-    /// were decided, then waits for each commit in its own task.
-    async fn write_to_raft(self: Arc<Self>, mut queue: mpsc::Receiver<RaftWrite>) {
-        while let Some(w) = queue.recv().await {
-            let Some(replica) = w.partition.replica.get() else { continue };
-            // A record decided in an earlier term must not enter a later term's log: that term's
-            // leader loaded the partition without it.
-            let submitted = if led_term(&replica) != Some(w.term) {
-                Err(ProposeError::NotLeader(None))
-            } else {
-                // Bounded like the commit below: a group that does not take the entry must not
-                // hold up every other partition's writes.
-                tokio::time::timeout(RAFT_WRITE_TIMEOUT, replica.submit(w.batch))
-                    .await
-                    .unwrap_or_else(|_| Err(ProposeError::Stopped("not accepted in time".into())))
-            };
-            let this = self.clone();
-            tokio::spawn(async move {
-                let result = match submitted {
-                    Ok(committed) => tokio::select! {
-                        r = committed => match r {
-                            Ok(Applied::Batch { .. }) => Ok(()),
-                            Ok(other) => Err(format!("unexpected apply result {other:?}")),
-                            Err(e) => Err(format!("{e:?}")),
-                        },
-                        () = lost_leadership(&replica, w.term) => Err("leadership moved".into()),
-                        () = tokio::time::sleep(RAFT_WRITE_TIMEOUT) => Err("not committed in time".into()),
-                    },
-                    Err(e) => Err(format!("{e:?}")),
-                };
-                if let Err(e) = &result {
-                    tracing::debug!(partition = w.partition.index, error = %e, "coordinator write failed");
-                    this.write_failed(w.partition.index, w.term);
-                }
-                let _ = w.reply.send(result);
-            });
         }
     }
 
@@ -526,12 +421,9 @@ impl GroupCoordinator {
         if let Some((pid, epoch)) = producer {
             creek_protocol::batch::set_producer(&mut batch, pid, epoch, -1, true);
         }
-        if let Some(queue) = self.raft_writes.get() {
+        if let Some(writer) = self.raft_writes.get() {
             let term = partition.replica.get().and_then(|r| led_term(&r)).ok_or("not leading the partition")?;
-            creek_protocol::batch::set_base_offset(&mut batch, PROPOSAL_OFFSET);
-            let (reply, rx) = oneshot::channel();
-            let write = RaftWrite { partition: partition.clone(), term, batch: Bytes::from(batch), reply };
-            queue.try_send(write).map_err(|_| "too many coordinator writes queued")?;
+            let rx = writer.write(partition.clone(), term, batch)?;
             return Ok(Written { partition, wait: Wait::Commit(term, rx) });
         }
         let info = partition.log.lock().append(&mut batch, partition.leader_epoch, now).map_err(|e| e.to_string())?;
@@ -825,16 +717,11 @@ impl GroupCoordinator {
     /// pending offsets there become committed (COMMIT) or are dropped (ABORT).
     pub(crate) fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
         let mut inner = self.inner.lock();
-        let Some(mut pending) = inner.pending_txn.remove(&producer_id) else { return };
-        let (done, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|p| p.offsets_partition == partition);
-        if !rest.is_empty() {
-            inner.pending_txn.insert(producer_id, rest);
+        if matches!(inner.loads.get(partition as usize), Some(Load::Loading(_))) {
+            inner.markers_while_loading.push((partition, producer_id, commit));
+            return;
         }
-        if commit {
-            for p in done {
-                inner.offsets.commit(&p.group, &p.topic, p.partition, p.committed);
-            }
-        }
+        complete_pending(&mut inner, partition, producer_id, commit);
     }
 
     /// Whether `group` has an offset for (topic, partition) pending in an open transaction
@@ -1187,50 +1074,11 @@ fn consumer_group_id(r: &super::consumer::Record) -> &str {
     }
 }
 
-/// The term in which this node leads a replica and serves it (see `Replica::is_leader`).
-fn led_term(replica: &Replica) -> Option<i32> {
-    replica.is_leader().then(|| replica.epoch())
-}
-
-/// Resolves once `replica` no longer serves as leader in `term`.
-async fn lost_leadership(replica: &Replica, term: i32) {
-    while led_term(replica) == Some(term) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The committed records of one offsets partition: from its log start to its high watermark
-/// (a new leader's high watermark covers everything committed before its term).
-fn read_committed(p: &Partition) -> Result<Loaded, String> {
+/// The committed records of one offsets partition (see [`read_committed`]).
+fn load_committed(p: &Partition) -> Result<Loaded, String> {
     let mut loaded = Loaded::default();
-    let (mut at, end) = {
-        let log = p.log.lock();
-        (log.log_start_offset(), p.high_watermark(&log))
-    };
-    while at < end {
-        let read = p.log.lock().read(at, 1 << 20).map_err(|e| e.to_string())?;
-        if read.next_offset <= at {
-            break;
-        }
-        let bytes = committed_prefix(&read.bytes, end);
-        if let Err(e) = loaded.apply_batches(p.index, bytes) {
-            tracing::warn!(partition = p.index, offset = at, error = %e, "skipping unreadable batches");
-        }
-        at = read.next_offset;
-    }
+    read_committed(p, &mut |bytes| loaded.apply_batches(p.index, bytes))?;
     Ok(loaded)
-}
-
-/// The whole batches of `bytes` that end below `end`.
-fn committed_prefix(bytes: &[u8], end: u64) -> &[u8] {
-    let mut cut = 0;
-    for range in creek_protocol::batch::batch_ranges(bytes).unwrap_or_default() {
-        match creek_protocol::batch::BatchView::new(&bytes[range.clone()]) {
-            Ok(v) if (v.last_offset() as u64) < end => cut = range.end,
-            _ => break,
-        }
-    }
-    &bytes[..cut]
 }
 
 /// Adds replayed groups, offsets and KIP-848 records to memory.
@@ -1256,6 +1104,21 @@ fn install(inner: &mut Inner, loaded: Loaded, now: i64) {
     }
 }
 
+/// A marker of `producer_id` in offsets partition `partition`: its pending offsets there become
+/// committed (COMMIT) or are dropped (ABORT).
+fn complete_pending(inner: &mut Inner, partition: i32, producer_id: i64, commit: bool) {
+    let Some(mut pending) = inner.pending_txn.remove(&producer_id) else { return };
+    let (done, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|p| p.offsets_partition == partition);
+    if !rest.is_empty() {
+        inner.pending_txn.insert(producer_id, rest);
+    }
+    if commit {
+        for p in done {
+            inner.offsets.commit(&p.group, &p.topic, p.partition, p.committed);
+        }
+    }
+}
+
 /// The offset a commit part stores.
 fn committed(p: &CommitPart, now: i64) -> Committed {
     Committed { offset: p.offset, leader_epoch: p.leader_epoch, metadata: p.metadata.clone(), commit_ms: now }
@@ -1263,24 +1126,4 @@ fn committed(p: &CommitPart, now: i64) -> Committed {
 
 fn sync_error(error: i16) -> SyncResult {
     SyncResult { error, protocol_type: None, protocol_name: None, assignment: Bytes::new() }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_load_reads_only_batches_below_the_high_watermark() {
-        // Goal: a new leader loads what is committed, never an uncommitted tail.
-        let (k, v, k2): (&[u8], &[u8], &[u8]) = (b"k", b"v", b"k2");
-        let records = [(Some(k), Some(v)), (Some(k2), None)];
-        let mut bytes = creek_protocol::batch::build_batch(0, 1, &records);
-        let first = bytes.len();
-        bytes.extend(creek_protocol::batch::build_batch(2, 1, &records));
-        assert_eq!(committed_prefix(&bytes, 4).len(), bytes.len());
-        assert_eq!(committed_prefix(&bytes, 3).len(), first);
-        assert_eq!(committed_prefix(&bytes, 2).len(), first);
-        assert!(committed_prefix(&bytes, 1).is_empty());
-        assert!(committed_prefix(&bytes[..first - 1], 10).is_empty(), "a torn batch is not read");
-    }
 }

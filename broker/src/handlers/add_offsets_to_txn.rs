@@ -12,7 +12,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<AddOffsetsToTxnRequest>) -> O
     let txn_id = b.transactional_id.0.to_string();
     let partition = ctx.txns.offsets_partition(&b.group_id.0);
     let (pid, epoch) = (b.producer_id.0, b.producer_epoch);
-    let answer = ctx.txns.call(|s, _| s.add_offsets(&txn_id, pid, epoch, partition, crate::state::now_ms())).await;
+    let answer =
+        ctx.txns.call(&txn_id, |s, _| s.add_offsets(&txn_id, pid, epoch, partition, crate::state::now_ms())).await;
     let mut resp = AddOffsetsToTxnResponse::default();
     resp.error_code = answer.err().map_or(0, |e| fenced_code(e, version >= 2));
     Some(resp)

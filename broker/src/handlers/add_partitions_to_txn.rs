@@ -51,7 +51,7 @@ async fn add(ctx: &Ctx, t: &AddPartitionsToTxnTransaction, version: i16) -> Vec<
         let parts: Vec<(String, i32)> =
             t.topics.iter().flat_map(|x| x.partitions.iter().map(|&p| (x.name.0.to_string(), p))).collect();
         let (pid, epoch) = (t.producer_id.0, t.producer_epoch);
-        Some(ctx.txns.call(|s, _| s.add_partitions(&txn_id, pid, epoch, &parts, crate::state::now_ms())).await)
+        Some(ctx.txns.call(&txn_id, |s, _| s.add_partitions(&txn_id, pid, epoch, &parts, crate::state::now_ms())).await)
     };
     t.topics
         .iter()

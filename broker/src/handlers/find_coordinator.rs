@@ -1,7 +1,7 @@
-//! FindCoordinator: a group's coordinator is the leader of its `__consumer_offsets` partition
-//! (this node for every group on a single node); in a cluster any node names that leader, or
-//! answers COORDINATOR_NOT_AVAILABLE while there is none. Transactional ids are all coordinated
-//! by one node (the lowest id in a cluster, where transactions are refused).
+//! FindCoordinator: a group's coordinator is the leader of its `__consumer_offsets` partition,
+//! a transactional id's the leader of its `__transaction_state` partition (this node for every
+//! key on a single node); in a cluster any node names that leader, or answers
+//! COORDINATOR_NOT_AVAILABLE while there is none or it is still loading.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -11,6 +11,7 @@ use super::{Ctx, Request, code, str_bytes};
 use crate::cluster::Cluster;
 use crate::group::store::OFFSETS_TOPIC;
 use crate::rpc::NodeId;
+use crate::txn::store::TXN_TOPIC;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -21,15 +22,6 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> O
         let c = ctx.broker.config.read();
         (c.node_id, c.advertised_host.clone(), i32::from(c.advertised_port))
     };
-    // In a cluster one node coordinates every transactional id (see `cluster.rs`); the others
-    // point to it. Groups follow their partitions' leaders (below).
-    let (node_id, host, port, remote) = match ctx.broker.cluster.get() {
-        Some(c) if c.coordinator() != c.node => match c.broker_address(c.coordinator()) {
-            Some((h, p)) => (c.coordinator() as i32, h, i32::from(p), Some(true)),
-            None => (-1, String::new(), -1, Some(false)),
-        },
-        _ => (node_id, host, port, None),
-    };
     let key_type = req.body.key_type;
     let keys: Vec<String> = if version >= 4 {
         req.body.coordinator_keys.iter().map(|k| k.to_string()).collect()
@@ -39,16 +31,22 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> O
     let answers: Vec<Coordinator> = keys
         .into_iter()
         .map(|key| {
-            if key_type == KEY_TYPE_GROUP
-                && let Some(c) = ctx.broker.cluster.get()
-            {
-                return group_in_cluster(ctx, c, key);
+            if let Some(c) = ctx.broker.cluster.get() {
+                match key_type {
+                    KEY_TYPE_GROUP => {
+                        let p = ctx.groups.partition_of(&key);
+                        return in_cluster(ctx, c, (OFFSETS_TOPIC, p), key, &|k| ctx.groups.check(k));
+                    }
+                    KEY_TYPE_TRANSACTION => {
+                        let p = ctx.txns.partition_of(&key);
+                        return in_cluster(ctx, c, (TXN_TOPIC, p), key, &|k| ctx.txns.check(k));
+                    }
+                    _ => {}
+                }
             }
-            let checked = match (key_type, remote) {
-                (KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION, Some(true)) => Ok(()),
-                (KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION, Some(false)) => Err(code::COORDINATOR_NOT_AVAILABLE),
-                (KEY_TYPE_GROUP, None) => ctx.groups.check(&key),
-                (KEY_TYPE_TRANSACTION, None) => ctx.txns.check(&key),
+            let checked = match key_type {
+                KEY_TYPE_GROUP => ctx.groups.check(&key),
+                KEY_TYPE_TRANSACTION => ctx.txns.check(&key),
                 _ => Err(code::INVALID_REQUEST),
             };
             let error = match checked {
@@ -84,19 +82,26 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<FindCoordinatorRequest>) -> O
     Some(resp)
 }
 
-/// A group's coordinator in a cluster: the visible leader of its `__consumer_offsets` partition.
-fn group_in_cluster(ctx: &Ctx, cluster: &Cluster, key: String) -> Coordinator {
+/// A key's coordinator in a cluster: the visible leader of its internal partition (`topic`,
+/// `partition`); `check` says whether this node serves the key.
+fn in_cluster(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    (topic, partition): (&str, i32),
+    key: String,
+    check: &dyn Fn(&str) -> Result<(), i16>,
+) -> Coordinator {
     let mut c = Coordinator::default();
     // The partition's leader as Produce and Fetch hints name it (here, or reported by the nodes
     // that host it).
     let leader = ctx
         .broker
-        .topic(OFFSETS_TOPIC)
-        .and_then(|t| t.partition(ctx.groups.partition_of(&key)))
+        .topic(topic)
+        .and_then(|t| t.partition(partition))
         .and_then(|p| NodeId::try_from(cluster.leader_of(&p).id).ok());
     let found = match leader {
-        // This node: only once the partition's groups are loaded.
-        Some(l) if l == cluster.node => match ctx.groups.check(&key) {
+        // This node: only once the partition is loaded.
+        Some(l) if l == cluster.node => match check(&key) {
             Ok(()) => {
                 let conf = ctx.broker.config.read();
                 Ok((l, conf.advertised_host.clone(), conf.advertised_port))

@@ -12,12 +12,6 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<InitProducerIdRequest>) -> Op
     let answer = match b.transactional_id.as_ref().map(|t| t.0.to_string()) {
         // No transactional id: always a new producer id at epoch 0 (as Kafka, also for KIP-360).
         None => ctx.txns.allocate_producer_id().map(|id| (id, 0)),
-        // Transaction markers are not written through Raft yet, so a cluster refuses
-        // transactional producers rather than corrupt a replicated log.
-        Some(txn_id) if ctx.broker.cluster.get().is_some() => {
-            tracing::warn!(transactional_id = %txn_id, "transactions are not supported in a replicated cluster yet");
-            Err(super::code::INVALID_REQUEST)
-        }
         Some(txn_id) => {
             let expected = (b.producer_id.0 >= 0).then_some((b.producer_id.0, b.producer_epoch));
             let timeout = b.transaction_timeout_ms;
@@ -27,7 +21,9 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<InitProducerIdRequest>) -> Op
             for _ in 0..3 {
                 answer = ctx
                     .txns
-                    .call(|t, alloc| t.init_producer_id(&txn_id, timeout, expected, crate::state::now_ms(), alloc))
+                    .call(&txn_id, |t, alloc| {
+                        t.init_producer_id(&txn_id, timeout, expected, crate::state::now_ms(), alloc)
+                    })
                     .await;
                 if answer != Err(CONCURRENT_TRANSACTIONS) {
                     break;

@@ -35,8 +35,7 @@ pub(crate) trait LeaderView {
 
 impl LeaderView for Cluster {
     fn leader_of(&self, partition: &Partition) -> Leader {
-        // Hosted elsewhere: the leader its replicas report. (No replica yet, or an unreplicated
-        // internal topic on another node than its coordinator: nothing to point to.)
+        // Hosted elsewhere: the leader its replicas report (none while its replica is starting).
         let Some(replica) = partition.replica.get() else {
             return match self.remote_leader(&partition.topic, partition.index) {
                 Some((id, term)) => Leader { id: id as i32, epoch: term as i32 },

@@ -10,7 +10,7 @@ use crate::txn::state::{ListFilter, TxnState};
 pub(super) async fn handle(ctx: &Ctx, req: Request<ListTransactionsRequest>) -> Option<ListTransactionsResponse> {
     let b = req.body;
     let mut resp = ListTransactionsResponse::default();
-    if let Err(e) = ctx.txns.check("") {
+    if let Err(e) = ctx.txns.check_serving() {
         resp.error_code = e;
         return Some(resp);
     }

@@ -179,12 +179,6 @@ fn describe(topic: &Topic, node_id: i32, version: i16, cluster: Option<&Cluster>
                             }
                         }
                     }
-                    // Internal topics are kept by the coordinator node, unreplicated.
-                    None if topic.name.starts_with("__") => {
-                        let coordinator = BrokerId(c.coordinator() as i32);
-                        (mp.leader_id, mp.replica_nodes, mp.isr_nodes) =
-                            (coordinator, vec![coordinator], vec![coordinator]);
-                    }
                     // Hosted by other nodes (or its replica is starting): the leader its replicas
                     // report, and as ISR the replicas this node sees alive.
                     None => {

@@ -18,9 +18,15 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<TxnOffsetCommitRequest>) -> O
     let txn_id = b.transactional_id.0.to_string();
     let (pid, epoch) = (b.producer_id.0, b.producer_epoch);
     // The producer must be the transaction's current one, with the group's partition added.
+    // Where this node does not coordinate the transaction (a cluster: the group's and the
+    // transaction's coordinators are the leaders of different partitions), the producer's epoch
+    // is checked by the offsets partition's producer state when the batch is appended, as Kafka's
+    // group coordinator does.
     let offsets_partition = ctx.txns.offsets_partition(&group);
-    let txn_check = ctx.txns.check(&txn_id).and_then(|()| {
-        ctx.txns.with_state(|s| match s.describe(&txn_id) {
+    let txn_check = match ctx.txns.check(&txn_id) {
+        Err(_) if ctx.broker.cluster.get().is_some() => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => ctx.txns.with_state(|s| match s.describe(&txn_id) {
             Err(_) => Err(crate::txn::state::INVALID_PRODUCER_ID_MAPPING),
             Ok(m) if m.producer_id != pid => Err(crate::txn::state::INVALID_PRODUCER_ID_MAPPING),
             Ok(m) if m.producer_epoch != epoch => Err(crate::txn::state::PRODUCER_FENCED),
@@ -28,8 +34,8 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<TxnOffsetCommitRequest>) -> O
                 Err(INVALID_TXN_STATE)
             }
             Ok(_) => Ok(()),
-        })
-    });
+        }),
+    };
     let top = if group.is_empty() { Err(code::INVALID_GROUP_ID) } else { ctx.groups.check(&group) }
         .and(txn_check)
         .map_err(|e| fenced_code(e, version >= 3));

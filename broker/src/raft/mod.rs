@@ -43,6 +43,7 @@
 #[cfg(test)]
 mod cluster_tests;
 pub(crate) mod codec;
+pub(crate) mod internal_topic;
 pub(crate) mod log_store;
 pub(crate) mod metadata;
 pub(crate) mod network;

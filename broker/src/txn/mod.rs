@@ -3,6 +3,7 @@
 //! (`coordinator`), and producer id allocation (`producer_ids`).
 
 pub(crate) mod coordinator;
+pub(crate) mod markers;
 pub(crate) mod producer_ids;
 pub(crate) mod state;
 pub(crate) mod store;

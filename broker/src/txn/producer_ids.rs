@@ -47,6 +47,12 @@ impl ProducerIds {
         Ok(ProducerIds { path, lane, lanes, next: start, reserved_end: start })
     }
 
+    /// Makes every later id larger than `floor`, a real id seen elsewhere (a cluster node that
+    /// loads a `__transaction_state` partition holding ids other nodes handed out).
+    pub(crate) fn raise_floor(&mut self, floor: i64) {
+        self.next = self.next.max(floor.div_euclid(self.lanes).saturating_add(1));
+    }
+
     /// The next producer id. Fails only if the reservation cannot be made durable.
     pub(crate) fn allocate(&mut self) -> anyhow::Result<i64> {
         if self.next >= self.reserved_end {
@@ -81,6 +87,24 @@ mod tests {
         assert_eq!(ids.allocate().unwrap(), 5 * BLOCK + 1);
         std::fs::write(dir.path().join("producer-id-block"), "garbage").unwrap();
         assert!(ProducerIds::open(dir.path(), -1, (0, 1)).is_err(), "a malformed file is an error, not a reset");
+    }
+
+    #[test]
+    fn a_raised_floor_moves_allocation_above_ids_seen_elsewhere() {
+        // Goal: a node that loads transactions of another node's ids never hands out one at or
+        // below them (the state machine asserts it), and stays in its own lane.
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = ProducerIds::open(dir.path(), -1, (1, 3)).unwrap();
+        assert_eq!(ids.allocate().unwrap(), 1);
+        ids.raise_floor(3_000);
+        let id = ids.allocate().unwrap();
+        assert!(id > 3_000 && id % 3 == 1, "{id}");
+        ids.raise_floor(10);
+        assert!(ids.allocate().unwrap() > id, "a lower floor changes nothing");
+        // Past the reservation on disk: the next open starts above what was handed out.
+        let last = ids.allocate().unwrap();
+        let mut reopened = ProducerIds::open(dir.path(), -1, (1, 3)).unwrap();
+        assert!(reopened.allocate().unwrap() > last);
     }
 
     #[test]

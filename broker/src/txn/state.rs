@@ -510,6 +510,12 @@ impl Transactions {
         }
     }
 
+    /// Forgets every transactional id for which `gone` holds (a cluster node that stopped
+    /// leading their `__transaction_state` partition). The largest producer id seen stays.
+    pub(crate) fn forget(&mut self, gone: impl Fn(&str) -> bool) {
+        self.txns.retain(|id, _| !gone(id));
+    }
+
     /// After replay: transactions whose markers may not all be written. The driver writes them
     /// and calls [`Transactions::markers_written`].
     pub(crate) fn in_flight(&self) -> Vec<Markers> {

@@ -429,3 +429,26 @@ fn describe_and_list() {
     assert_eq!(TxnState::from_name("Bogus"), None);
     assert_eq!(TxnState::PrepareEpochFence.name(), "PrepareEpochFence");
 }
+
+#[test]
+fn forgetting_a_partition_keeps_the_others_and_the_largest_producer_id() {
+    // Goal: a cluster node that stops leading a `__transaction_state` partition forgets exactly
+    // its ids, answers for the rest as before, and never hands out a producer id again at or
+    // below one it has seen.
+    let mut t = Transactions::new(TxnConfig::default());
+    let mut pids = Pids::new();
+    for id in ["a", "b", "c"] {
+        assert!(t.init_producer_id(id, TIMEOUT, None, 0, &mut pids.alloc()).answer.is_ok());
+    }
+    let seen = t.max_producer_id_seen();
+    t.forget(|id| id == "a" || id == "c");
+    assert_eq!(t.describe("a").err(), Some(TRANSACTIONAL_ID_NOT_FOUND));
+    assert_eq!(t.describe("c").err(), Some(TRANSACTIONAL_ID_NOT_FOUND));
+    assert_eq!(state(&t, "b"), TxnState::Empty);
+    assert_eq!(t.max_producer_id_seen(), seen);
+    // Loaded again from its records (another term), "a" is as it was.
+    let m = TxnMetadata { producer_id: seen + 7, ..t.describe("b").unwrap().clone() };
+    t.replay("a", Some(m));
+    assert_eq!(t.describe("a").unwrap().producer_id, seen + 7);
+    assert_eq!(t.max_producer_id_seen(), seen + 7);
+}

@@ -19,6 +19,9 @@ Modes:
                 transaction stuck for TXN_STUCK_S: exit 4 (the test starts a new process). --hold-after K: in transaction K+1, after producing
                 and flushing, prints `HOLDING` and sleeps --hold-s before committing (so the test can
                 SIGSTOP or SIGKILL it inside an open transaction).
+                --hold-offsets-after K: in transaction K+1, after send_offsets_to_transaction, prints
+                `HOLDING_OFFSETS txn=<K+1> offsets=<partition>:<offset>,...` (the offsets sent) and sleeps --hold-s
+                before committing (the sent offsets must not be visible yet).
   verify        reads --output with --isolation (read_committed by default) from the beginning and
                 prints `RESULT {json}`: records_in, records_out, duplicates, missing, unexpected,
                 and the partitions whose end was never reached.
@@ -350,6 +353,10 @@ def mode_pipeline(args) -> None:
                 log("hold over: committing")
             positions = consumer.position(consumer.assignment())
             producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
+            if args.hold_offsets_after is not None and txns == args.hold_offsets_after:
+                sent = ",".join(f"{tp.partition}:{tp.offset}" for tp in positions)
+                say(f"HOLDING_OFFSETS txn={txns + 1} offsets={sent}")
+                time.sleep(args.hold_s)
             retrying("commit_transaction", lambda: producer.commit_transaction(30))
             watchdog.cancel()
             txns += 1
@@ -419,6 +426,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--hold-after", type=int)
     p.add_argument("--hold-s", type=float, default=3.0)
+    p.add_argument("--hold-offsets-after", type=int, help="like --hold-after, holding after the offsets were sent")
     p.add_argument("--slow-ms", type=int, default=0)
     p.add_argument("--wait-s", type=float, default=60.0)
     p.add_argument("--debug", help="librdkafka debug contexts for the transactional producer (e.g. eos,protocol)")
