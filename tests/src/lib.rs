@@ -269,12 +269,15 @@ impl Drop for Starting {
     }
 }
 
-/// The last `lines` lines of a log file (or why it cannot be read), for panic messages.
+/// The last `lines` lines of a log file but openraft's (or why it cannot be read), for panic
+/// messages.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     match std::fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
-            let all: Vec<&str> = text.lines().collect();
+            // openraft's warnings about a peer that is down repeat many times a second and
+            // would push Creek's own lines out of the tail.
+            let all: Vec<&str> = text.lines().filter(|l| !l.contains(" openraft::")).collect();
             all[all.len().saturating_sub(lines)..].join("\n")
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),

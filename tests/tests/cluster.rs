@@ -953,6 +953,21 @@ fn a_compacted_topic_compacts_on_every_replica_and_keeps_the_latest_values_throu
     });
 }
 
+/// Every partition (internal ones too) node `id` reports `broker` a replica of, with its leader.
+fn hosted_by(cluster: &CreekCluster, id: i32, broker: i32) -> Vec<(String, i32, i32)> {
+    let md = cluster.metadata(id, None).unwrap_or_else(|e| panic!("Metadata from node {id}: {e}"));
+    md.topics
+        .iter()
+        .flat_map(|t| {
+            let name = t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+            t.partitions
+                .iter()
+                .filter(|p| p.replica_nodes.iter().any(|b| b.0 == broker))
+                .map(move |p| (name.clone(), p.partition_index, p.leader_id.0))
+        })
+        .collect()
+}
+
 #[test]
 fn a_decommission_goes_on_when_the_controller_dies_mid_way() {
     // Goal: the drain is driven by whichever node leads the metadata group, and every step is
@@ -980,13 +995,16 @@ fn a_decommission_goes_on_when_the_controller_dies_mid_way() {
                 .all(|(l, _, r)| r.len() == 3 && !r.contains(&leaving) && *l > 0)
     };
     for &id in &rest {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Five debug nodes of ~100 Raft groups each on two cores, beside other tests in CI: the
+        // drain (about 60 moves, one metadata proposal and voter change each) may take a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while !drained(&cluster, id) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "node {id} still sees node {leaving} (brokers {:?}, partitions {:?}) without node {controller}\n{}",
+                "node {id} still sees node {leaving} (brokers {:?}, partitions {:?}, all partitions it hosts: {:?}) without node {controller}\n{}",
                 brokers_seen(&cluster, id),
                 partitions_seen(&cluster, id, &topic),
+                hosted_by(&cluster, id, leaving),
                 cluster.log_tails()
             );
             std::thread::sleep(Duration::from_millis(100));
