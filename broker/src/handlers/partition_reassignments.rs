@@ -68,12 +68,9 @@ async fn reassign(
         };
     };
     let current = cluster.partition_meta(topic, partition).ok_or_else(unknown)?;
-    let Some(target) = target else {
-        return match current.moving() {
-            None => Err((NO_REASSIGNMENT_IN_PROGRESS, "No reassignment is in progress.".to_string())),
-            Some(_) => cluster.cancel_reassignment(topic, partition).await,
-        };
-    };
+    // A cancellation is decided by the metadata group, not by this node's copy, which may not
+    // have applied the move yet: the command is refused there if nothing moves.
+    let Some(target) = target else { return cluster.cancel_reassignment(topic, partition).await };
     let target: Vec<u64> = target
         .into_iter()
         .map(|id| u64::try_from(id).map_err(|_| (code::INVALID_REPLICA_ASSIGNMENT, format!("{id} is not a broker id"))))

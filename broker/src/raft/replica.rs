@@ -191,8 +191,19 @@ impl Replica {
     pub(crate) async fn change_voters(&self, target: &[NodeId]) -> Result<(), String> {
         let current: Vec<NodeId> =
             self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
-        for &node in target.iter().filter(|n| !current.contains(n)) {
-            self.raft.add_learner(node, BasicNode::default(), true).await.map_err(|e| e.to_string())?;
+        let joining: Vec<NodeId> = target.iter().copied().filter(|n| !current.contains(n)).collect();
+        for &node in &joining {
+            self.raft.add_learner(node, BasicNode::default(), false).await.map_err(|e| e.to_string())?;
+        }
+        // Each new replica must hold the log as it was once all were added before it may vote.
+        // (openraft's own wait counts a learner within 5,000 entries as caught up, so a move onto
+        // a node that is down completed at once on a short log.)
+        let upto = self.raft.metrics().borrow_watched().last_log_index;
+        while !joining.iter().all(|&n| self.holds_upto(n, upto)) {
+            if self.is_follower() {
+                return Err("no longer leading".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let voters: std::collections::BTreeSet<NodeId> = target.iter().copied().collect();
         self.raft.change_membership(voters.clone(), false).await.map_err(|e| e.to_string())?;
@@ -311,9 +322,16 @@ impl Replica {
     /// Whether `follower` holds everything this leader's log holds (from openraft's replication
     /// progress; only a leader knows it).
     pub(crate) fn has_caught_up(&self, follower: NodeId) -> bool {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let last = self.raft.metrics().borrow_watched().last_log_index;
+        last.is_some() && self.holds_upto(follower, last)
+    }
+
+    /// Whether `follower` has replicated this leader's log up to index `upto` (`None`: nothing).
+    fn holds_upto(&self, follower: NodeId, upto: Option<u64>) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         let matched = m.replication.as_ref().and_then(|r| r.get(&follower).copied().flatten());
-        m.last_log_index.is_some() && matched.map(|l| l.index()) == m.last_log_index
+        matched.map(|l| l.index()) >= upto
     }
 
     /// Hands leadership to `to`: it campaigns at once with this leader's blessing (openraft's
