@@ -100,9 +100,6 @@ pub(crate) fn cluster_id(peers: &[(NodeId, String)]) -> String {
 /// This node's part in the cluster.
 pub(crate) struct Cluster {
     pub(crate) node: NodeId,
-    /// The configured nodes (`internal.peers`), in id order: the metadata group's first voters.
-    /// Brokers added later register through the metadata ([`Cluster::members`]).
-    configured: Vec<NodeId>,
     /// Where other brokers reach this node's internal listener.
     internal_addr: String,
     rpc: Rpc,
@@ -232,7 +229,6 @@ impl Cluster {
         let meta = Metadata::start(node, rpc.clone(), &router, store, &nodes).await?;
         let cluster = Arc::new(Cluster {
             node,
-            configured: nodes,
             internal_addr,
             rpc,
             router,
@@ -264,11 +260,11 @@ impl Cluster {
         let _ = rx.wait_for(|r| *r).await;
     }
 
-    /// Every node of the cluster, in id order: the configured ones and the brokers that
-    /// registered, less the ones removed.
+    /// Every node of the cluster, in id order: the configured ones (`internal.peers`, the
+    /// metadata group's first voters) and the brokers that registered, less the ones removed.
     pub(crate) fn members(&self) -> Vec<NodeId> {
         self.meta.read(|m| {
-            let mut all: std::collections::BTreeSet<NodeId> = self.configured.iter().copied().collect();
+            let mut all: std::collections::BTreeSet<NodeId> = self.meta.configured.iter().copied().collect();
             all.extend(m.brokers.keys());
             all.retain(|n| !m.removed.contains(n));
             all.into_iter().collect()
@@ -829,12 +825,12 @@ impl Cluster {
         // Brokers added to the cluster are dialed at the address they announced; removed ones
         // are forgotten.
         for (&id, addr) in &meta.internal_addrs {
-            if !self.configured.contains(&id) {
+            if !self.meta.configured.contains(&id) {
                 self.rpc.add_peer(id, addr);
             }
         }
         for &id in &meta.removed {
-            if id != self.node && !self.configured.contains(&id) {
+            if id != self.node && !self.meta.configured.contains(&id) {
                 self.rpc.remove_peer(id);
             }
         }

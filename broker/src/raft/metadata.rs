@@ -109,14 +109,10 @@ pub(crate) struct PartitionMeta {
 
 impl PartitionMeta {
     /// Every node that hosts (or is to host) a replica: the replicas and the target.
+    /// A node appears once: `cancelled` is filled only when the target becomes the replicas.
     pub(crate) fn hosts(&self) -> impl Iterator<Item = NodeId> + '_ {
         let extra = self.target.iter().flatten().chain(&self.cancelled).filter(|n| !self.replicas.contains(n));
-        let mut seen = Vec::new();
-        self.replicas.iter().chain(extra).copied().filter(move |n| {
-            let first = !seen.contains(n);
-            seen.push(*n);
-            first
-        })
+        self.replicas.iter().chain(extra).copied()
     }
 
     /// Whether a reassignment (not a cancellation moving the voters back) is in progress.
@@ -346,9 +342,9 @@ impl ApplyHook for MetaHook {
 pub(crate) struct Metadata {
     pub(crate) replica: Arc<Replica>,
     rpc: Rpc,
-    /// The configured voters (`internal.peers`): where a node that knows no leader sends its
-    /// proposals.
-    configured: Vec<NodeId>,
+    /// The configured voters (`internal.peers`), in id order: where a node that knows no
+    /// leader sends its proposals.
+    pub(crate) configured: Vec<NodeId>,
     state: Arc<RwLock<ClusterMeta>>,
     changed: watch::Receiver<u64>,
 }

@@ -380,6 +380,7 @@ impl Rpc {
     }
 
     /// The peers this node knows, configured or joined.
+    #[cfg(test)]
     pub(crate) fn peer_ids(&self) -> Vec<NodeId> {
         self.inner.peers.read().keys().copied().collect()
     }
