@@ -940,8 +940,24 @@ impl Cluster {
                     continue;
                 }
                 draining = true;
+                if let Some(target) = p.moving() {
+                    // A move in progress; the next round looks again. One onto a node that has
+                    // gone down since would wait for it: cancel it, and a later round picks a
+                    // live broker.
+                    if target.iter().any(|n| !p.replicas.contains(n) && !self.is_live(*n)) {
+                        match self.cancel_reassignment(name, index as i32).await {
+                            Ok(()) => {
+                                tracing::info!(node = leaving, topic = %name, partition = index, ?target, "a drain move's new broker is down; cancelled it")
+                            }
+                            Err((_, e)) => {
+                                tracing::warn!(node = leaving, topic = %name, partition = index, error = %e, "cancelling a drain move failed")
+                            }
+                        }
+                    }
+                    continue;
+                }
                 if p.target.is_some() {
-                    continue; // a move in progress; the next round looks again
+                    continue; // a cancelled move going back
                 }
                 let spare = placeable
                     .iter()
