@@ -935,6 +935,9 @@ impl Cluster {
                 }
             }
             let mut draining = false;
+            // Moves to start and moves to cancel, proposed together below: one at a time, a
+            // drain of a hundred partitions waited for a hundred metadata commits in a row.
+            let (mut moves, mut cancels) = (Vec::new(), Vec::new());
             for (name, index, p) in meta.partitions() {
                 if !p.hosts().any(|n| n == leaving) {
                     continue;
@@ -945,14 +948,7 @@ impl Cluster {
                     // gone down since would wait for it: cancel it, and a later round picks a
                     // live broker.
                     if target.iter().any(|n| !p.replicas.contains(n) && !self.is_live(*n)) {
-                        match self.cancel_reassignment(name, index as i32).await {
-                            Ok(()) => {
-                                tracing::info!(node = leaving, topic = %name, partition = index, ?target, "a drain move's new broker is down; cancelled it")
-                            }
-                            Err((_, e)) => {
-                                tracing::warn!(node = leaving, topic = %name, partition = index, error = %e, "cancelling a drain move failed")
-                            }
-                        }
+                        cancels.push((name, index, target.clone()));
                     }
                     continue;
                 }
@@ -970,6 +966,19 @@ impl Cluster {
                 };
                 *load.get_mut(&spare).expect("placeable") += 1;
                 let target: Vec<NodeId> = p.replicas.iter().map(|&n| if n == leaving { spare } else { n }).collect();
+                moves.push((name, index, target));
+            }
+            let cancelled = cancels.iter().map(|(name, index, target)| async move {
+                match self.cancel_reassignment(name, *index as i32).await {
+                    Ok(()) => {
+                        tracing::info!(node = leaving, topic = %name, partition = index, ?target, "a drain move's new broker is down; cancelled it")
+                    }
+                    Err((_, e)) => {
+                        tracing::warn!(node = leaving, topic = %name, partition = index, error = %e, "cancelling a drain move failed")
+                    }
+                }
+            });
+            let moved = moves.into_iter().map(|(name, index, target)| async move {
                 match self.reassign(name, index as i32, target.clone()).await {
                     Ok(()) => {
                         tracing::info!(node = leaving, topic = %name, partition = index, ?target, "draining a decommissioned broker")
@@ -978,7 +987,12 @@ impl Cluster {
                         tracing::warn!(node = leaving, topic = %name, partition = index, error = %e, "draining a decommissioned broker failed")
                     }
                 }
-            }
+            });
+            futures_util::future::join(
+                futures_util::future::join_all(cancelled),
+                futures_util::future::join_all(moved),
+            )
+            .await;
             if draining {
                 continue;
             }

@@ -632,6 +632,17 @@ impl CreekCluster {
 
 impl Drop for CreekCluster {
     fn drop(&mut self) {
+        // A failing test's node logs are gone with their temporary directories; keep copies
+        // where CREEK_TEST_KEEP_LOGS says (debugging a rare failure in a loop).
+        if std::thread::panicking()
+            && let Some(dir) = std::env::var_os("CREEK_TEST_KEEP_LOGS")
+        {
+            let dir = PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            for n in &self.nodes {
+                let _ = std::fs::copy(n.log_path(), dir.join(format!("node{}.log", n.id)));
+            }
+        }
         let ids: Vec<i32> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             self.kill(id);

@@ -189,8 +189,7 @@ impl Replica {
     /// voters not in `target` leave the group, as do learners (of a cancelled move). Only the
     /// leader can; an error says why not.
     pub(crate) async fn change_voters(&self, target: &[NodeId]) -> Result<(), String> {
-        let current: Vec<NodeId> =
-            self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        let (current, _) = self.leading_voters()?;
         let joining: Vec<NodeId> = target.iter().copied().filter(|n| !current.contains(n)).collect();
         for &node in &joining {
             self.raft.add_learner(node, BasicNode::default(), false).await.map_err(|e| e.to_string())?;
@@ -205,16 +204,30 @@ impl Replica {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // One change: the new voters, without the learners of a move that was cancelled before
+        // they became voters. (A second change after the first could find this node already
+        // out of the group it still leads, if the move took it out.)
+        let (_, learners) = self.leading_voters()?;
         let voters: std::collections::BTreeSet<NodeId> = target.iter().copied().collect();
-        self.raft.change_membership(voters.clone(), false).await.map_err(|e| e.to_string())?;
-        // Learners added for a move that was cancelled before they became voters.
-        let (_, learners) = self.members();
         let stray: std::collections::BTreeSet<NodeId> = learners.into_iter().filter(|n| !voters.contains(n)).collect();
+        let mut change = vec![openraft::ChangeMembers::ReplaceAllVoters(voters)];
         if !stray.is_empty() {
-            let remove = openraft::ChangeMembers::RemoveNodes(stray);
-            self.raft.change_membership(remove, false).await.map_err(|e| e.to_string())?;
+            change.push(openraft::ChangeMembers::RemoveNodes(stray));
         }
+        self.raft.change_membership(openraft::ChangeMembers::Batch(change), false).await.map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// The voters and learners, when this node leads the group and is one of its voters. A
+    /// leader that a move has just taken out of the group keeps leading until that change
+    /// commits; it must not change the membership again (openraft requires a leader's own
+    /// membership to name it a voter).
+    fn leading_voters(&self) -> Result<(Vec<NodeId>, Vec<NodeId>), String> {
+        let (voters, learners) = self.members();
+        if self.is_follower() || !voters.contains(&self.node) {
+            return Err(format!("node {} is not a voter leading the group (voters {voters:?})", self.node));
+        }
+        Ok((voters, learners))
     }
 
     /// The group's voters and learners in its effective membership, each sorted.
@@ -228,6 +241,7 @@ impl Replica {
     /// On the leader: adds `node` as a learner, which the leader then replicates to in the
     /// background (a broker joining the metadata group). Returns once the change is committed.
     pub(crate) async fn add_learner(&self, node: NodeId) -> Result<(), String> {
+        self.leading_voters()?;
         self.raft.add_learner(node, BasicNode::default(), false).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
@@ -236,7 +250,7 @@ impl Replica {
     /// group keeps its number of voters.
     pub(crate) async fn remove_member(&self, node: NodeId, successor: Option<NodeId>) -> Result<(), String> {
         use openraft::ChangeMembers;
-        let (voters, learners) = self.members();
+        let (voters, learners) = self.leading_voters()?;
         if voters.contains(&node) {
             let mut next: std::collections::BTreeSet<NodeId> = voters.iter().copied().filter(|&v| v != node).collect();
             next.extend(successor.filter(|s| learners.contains(s)));
