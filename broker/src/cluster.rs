@@ -343,6 +343,11 @@ impl Cluster {
                         first == Some(self.node) || d >= SECOND_CANDIDATE_DELAY
                     });
                     r.set_ticking(campaign);
+                } else if let Some(to) = r.removed_leader_successor() {
+                    // Out of the voters after a move: no heartbeats (so the voters notice the
+                    // silence), and leadership handed to the most caught-up voter meanwhile.
+                    r.set_ticking(false);
+                    r.transfer_leadership(to).await;
                 } else {
                     r.set_ticking(false);
                     let reachable = {

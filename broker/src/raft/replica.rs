@@ -287,6 +287,22 @@ impl Replica {
             && m.state == ServerState::Leader
             && m.current_leader == Some(self.node)
             && m.last_applied.is_some_and(|a| a.committed_leader_id().term == m.current_term)
+            && m.membership_config.membership().voter_ids().any(|v| v == self.node)
+    }
+
+    /// On a leader that a reassignment took out of the group's voters (it still leads until
+    /// openraft reverts it): the voter that holds most of its log, to hand leadership to. `None`
+    /// on any other replica. Such a leader serves nothing ([`Replica::is_leader`] is false) and
+    /// must stop heartbeating, or the remaining voters, hearing a live leader, never elect one.
+    pub(crate) fn removed_leader_successor(&self) -> Option<NodeId> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        if m.state != ServerState::Leader || membership.voter_ids().any(|v| v == self.node) {
+            return None;
+        }
+        let matched = |v: &NodeId| m.replication.as_ref().and_then(|r| r.get(v).copied().flatten());
+        membership.voter_ids().max_by_key(matched)
     }
 
     /// Whether this replica is a follower (or candidate, or not yet initialized) rather than
