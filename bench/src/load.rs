@@ -72,6 +72,8 @@ pub struct Workload {
     /// Commit a transaction every this many messages per producer; 0 = no transactions.
     pub transaction_messages: u64,
     pub broker_pid: Option<u32>,
+    /// Extra librdkafka properties for every client (`--set KEY=VALUE`), applied last.
+    pub client_properties: Vec<(String, String)>,
 }
 
 /// Commits the producer's transaction. The rdkafka crate's `commit_transaction` flushes first,
@@ -115,6 +117,9 @@ impl ProducerContext for Ctx {
 fn client_config(w: &Workload) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &w.bootstrap);
+    for (k, v) in &w.client_properties {
+        c.set(k, v);
+    }
     c
 }
 
@@ -156,6 +161,9 @@ fn produce(w: &Workload, epoch: Instant, progress: bool) -> anyhow::Result<(Repo
             .set("batch.size", w.batch_bytes.to_string())
             .set("enable.idempotence", (w.idempotence || w.transaction_messages > 0).to_string())
             .set("queue.buffering.max.kbytes", "262144");
+        for (k, v) in &w.client_properties {
+            producer.set(k, v);
+        }
         if w.transaction_messages > 0 {
             producer.set("transactional.id", format!("creek-bench-{}-{id}", w.name));
         }

@@ -59,6 +59,16 @@ enum Command {
         #[arg(long, default_value = "sink")]
         base: String,
     },
+    /// Print each broker's per-round ratio of two presets' produce MB/s and the median, from
+    /// JSON-lines reports of repeated rounds (`bench/run-rounds.sh`).
+    Rounds {
+        /// File of JSON lines written by `run --json`.
+        results: PathBuf,
+        #[arg(long, default_value = "p1000-keyed")]
+        of: String,
+        #[arg(long, default_value = "acks1-16p")]
+        to: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -110,6 +120,9 @@ struct RunArgs {
     /// The broker's process id, for CPU-seconds per GB and peak RSS.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// A librdkafka property for every client, KEY=VALUE (repeatable; applied last).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Print JSON lines instead of the table.
     #[arg(long)]
     json: bool,
@@ -140,9 +153,18 @@ fn workload(a: &RunArgs) -> anyhow::Result<Workload> {
     );
     w.duration = a.duration_s.map(Duration::from_secs);
     w.broker_pid = a.broker_pid;
+    for kv in &a.set {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
+        w.client_properties.push((k.trim().to_string(), v.trim().to_string()));
+    }
     anyhow::ensure!(w.producers > 0, "--producers must be at least 1");
     anyhow::ensure!(w.message_bytes >= 8, "--message-bytes must be at least 8 (the send timestamp)");
     Ok(w)
+}
+
+fn read_reports(path: &std::path::Path) -> anyhow::Result<Vec<creek_bench::stats::Report>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -156,10 +178,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Table { results, base } => {
-            let text = std::fs::read_to_string(&results).with_context(|| format!("reading {}", results.display()))?;
-            let reports: Vec<creek_bench::stats::Report> =
-                text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
-            print!("{}", creek_bench::stats::side_by_side(&reports, &base));
+            print!("{}", creek_bench::stats::side_by_side(&read_reports(&results)?, &base));
+            Ok(())
+        }
+        Command::Rounds { results, of, to } => {
+            print!("{}", creek_bench::stats::rounds(&read_reports(&results)?, &of, &to));
             Ok(())
         }
         Command::Sink { listen, data, partitions } => runtime.block_on(sink::run(&listen, &data, partitions)),

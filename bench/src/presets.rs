@@ -40,6 +40,7 @@ pub fn preset(name: &str, bootstrap: &str) -> Option<Workload> {
         idempotence: false,
         transaction_messages: 0,
         broker_pid: None,
+        client_properties: Vec::new(),
     };
     match name {
         "acks1-16p" => {}

@@ -223,3 +223,76 @@ pub fn side_by_side(reports: &[Report], base: &str) -> String {
     }
     out
 }
+
+/// Repeated rounds of two presets per broker, as a markdown table: each round's produce MB/s of
+/// preset `of` and preset `to` (the i-th run of each, in file order), their ratio, and the
+/// median of the ratios. Single runs on a shared machine vary too much to compare alone.
+pub fn rounds(reports: &[Report], of: &str, to: &str) -> String {
+    let mut labels: Vec<&str> = Vec::new();
+    for r in reports {
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
+    let mut out = format!("| broker | round | {to} MB/s | {of} MB/s | {of} / {to} |\n|---|---|---|---|---|\n");
+    for label in labels {
+        let runs = |name: &str| -> Vec<f64> {
+            reports
+                .iter()
+                .filter(|r| r.label == label && r.name == name && r.phase == "produce")
+                .map(|r| r.mb_per_s)
+                .collect()
+        };
+        let (a, b) = (runs(of), runs(to));
+        let mut ratios = Vec::new();
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            let ratio = a / b.max(1e-9);
+            ratios.push(ratio);
+            out += &format!("| {label} | {} | {b:.1} | {a:.1} | {:.0}% |\n", i + 1, ratio * 100.0);
+        }
+        if let Some(m) = median(&mut ratios) {
+            let (ma, mb) = (median(&mut a.clone()).unwrap_or(0.0), median(&mut b.clone()).unwrap_or(0.0));
+            out += &format!("| {label} | median | {mb:.1} | {ma:.1} | {:.0}% |\n", m * 100.0);
+        }
+    }
+    out
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+#[cfg(test)]
+mod rounds_tests {
+    use super::*;
+
+    fn run(label: &str, name: &str, mb_per_s: f64) -> Report {
+        Report { label: label.into(), name: name.into(), phase: "produce".into(), mb_per_s, ..Report::default() }
+    }
+
+    #[test]
+    fn rounds_pair_runs_in_order_per_broker_and_take_the_median_ratio() {
+        let reports = [
+            run("creek", "16p", 500.0),
+            run("creek", "p1000", 400.0),
+            run("sink", "16p", 400.0),
+            run("sink", "p1000", 200.0),
+            run("creek", "16p", 400.0),
+            run("creek", "p1000", 200.0),
+            run("creek", "16p", 600.0),
+            run("creek", "p1000", 420.0),
+        ];
+        let table = rounds(&reports, "p1000", "16p");
+        assert!(table.contains("| creek | 1 | 500.0 | 400.0 | 80% |"), "{table}");
+        assert!(table.contains("| creek | 2 | 400.0 | 200.0 | 50% |"), "{table}");
+        assert!(table.contains("| creek | 3 | 600.0 | 420.0 | 70% |"), "{table}");
+        assert!(table.contains("| creek | median | 500.0 | 400.0 | 70% |"), "{table}");
+        assert!(table.contains("| sink | median | 400.0 | 200.0 | 50% |"), "{table}");
+        assert_eq!(median(&mut [3.0, 1.0, 2.0, 10.0]), Some(2.5));
+    }
+}
