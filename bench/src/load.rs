@@ -117,10 +117,15 @@ impl ProducerContext for Ctx {
 fn client_config(w: &Workload) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &w.bootstrap);
+    overrides(&mut c, w);
+    c
+}
+
+/// The user's `--set` properties, applied after a client's own settings so they win.
+fn overrides(c: &mut ClientConfig, w: &Workload) {
     for (k, v) in &w.client_properties {
         c.set(k, v);
     }
-    c
 }
 
 /// Creates the topic; an existing topic is fine.
@@ -161,9 +166,7 @@ fn produce(w: &Workload, epoch: Instant, progress: bool) -> anyhow::Result<(Repo
             .set("batch.size", w.batch_bytes.to_string())
             .set("enable.idempotence", (w.idempotence || w.transaction_messages > 0).to_string())
             .set("queue.buffering.max.kbytes", "262144");
-        for (k, v) in &w.client_properties {
-            producer.set(k, v);
-        }
+        overrides(&mut producer, w);
         if w.transaction_messages > 0 {
             producer.set("transactional.id", format!("creek-bench-{}-{id}", w.name));
         }
@@ -280,15 +283,16 @@ fn consume(w: &Workload, epoch: Instant, expect: u64, progress: bool) -> anyhow:
     let start = Instant::now();
     let mut threads = Vec::new();
     for id in 0..w.consumers.max(1) {
-        let consumer: BaseConsumer = client_config(w)
+        let mut consumer = client_config(w);
+        consumer
             .set("group.id", "creek-bench-unused")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "4194304")
-            .set("fetch.wait.max.ms", "100")
-            .create()
-            .context("consumer")?;
+            .set("fetch.wait.max.ms", "100");
+        overrides(&mut consumer, w);
+        let consumer: BaseConsumer = consumer.create().context("consumer")?;
         let mut tpl = TopicPartitionList::new();
         for p in (0..w.partitions).filter(|p| *p as usize % w.consumers.max(1) == id) {
             tpl.add_partition_offset(&w.topic, p, Offset::Offset(0)).context("partition")?;
